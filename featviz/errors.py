@@ -1,0 +1,9 @@
+"""One exception type for every mistake a user can fix.
+
+The CLI turns :class:`FeatvizError` into a one-line message and exit code 2;
+the Python API lets it propagate so notebooks see the same message.
+"""
+
+
+class FeatvizError(Exception):
+    """A problem with the user's input (spec, file, model) that names its fix."""

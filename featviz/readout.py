@@ -1,0 +1,156 @@
+"""Forward passes with hooks: read target values at every position.
+
+One hooked forward serves any set of targets; it stops after the deepest block
+that any target needs unless logits are wanted.  Hook sites use TransformerLens
+names: ``blocks.L.mlp.hook_post``, ``blocks.L.attn.hook_z``,
+``blocks.L.attn.hook_pattern`` and ``blocks.L.hook_resid_post``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from .errors import FeatvizError
+from .targets import MLP_POST, PATTERN, RESID_POST, Z, Target, all_sites
+
+
+class _StopForward(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _attn_impl(handle, impl: str | None):
+    model = handle.model
+    old = model.config._attn_implementation
+    if impl is None or impl == old:
+        yield
+        return
+    model.set_attn_implementation(impl)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(old)
+
+
+def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits: bool = False):
+    """One forward pass; returns ({(site, layer): tensor}, logits or None).
+
+    ``input_ids`` / ``inputs_embeds`` must already start with BOS.  Gradients flow
+    through the captured tensors when the inputs carry them.
+    """
+    sites = set(sites)
+    caps: dict = {}
+    hooks = []
+
+    def keep(key, value):
+        caps[key] = value
+
+    for site, layer in sites:
+        if site == MLP_POST:
+            hooks.append(handle.mlp_out_proj(layer).register_forward_pre_hook(
+                lambda m, args, key=(site, layer): keep(key, args[0])))
+        elif site == Z:
+            hooks.append(handle.attn_out_proj(layer).register_forward_pre_hook(
+                lambda m, args, key=(site, layer): keep(key, args[0])))
+        elif site == PATTERN:
+            hooks.append(handle.attn_module(layer).register_forward_hook(
+                lambda m, args, out, key=(site, layer): keep(key, out[1])))
+        elif site == RESID_POST:
+            hooks.append(handle.blocks[layer].register_forward_hook(
+                lambda m, args, out, key=(site, layer): keep(
+                    key, out[0] if isinstance(out, tuple) else out)))
+        else:  # pragma: no cover - guarded by the target parser
+            raise ValueError(site)
+    stop_layer = None
+    if sites and not need_logits:
+        stop_layer = max(layer for _, layer in sites)
+
+        def stop(m, args, out):
+            raise _StopForward
+
+        hooks.append(handle.blocks[stop_layer].register_forward_hook(stop))
+    need_eager = any(site == PATTERN for site, _ in sites)
+    logits = None
+    try:
+        with _attn_impl(handle, "eager" if need_eager else None):
+            out = handle.model(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False)
+            logits = out.logits
+    except _StopForward:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    return caps, logits
+
+
+def with_bos(handle, ids) -> torch.Tensor:
+    """(batch, n) token ids -> (batch, 1 + n) with BOS prepended."""
+    ids = torch.as_tensor(ids, dtype=torch.long, device=handle.device)
+    if ids.dim() == 1:
+        ids = ids[None]
+    bos = torch.full((ids.shape[0], 1), handle.bos_id, dtype=torch.long, device=ids.device)
+    return torch.cat([bos, ids], dim=1)
+
+
+def xe_from_logits(logits: torch.Tensor, ids: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats) of ids[:, start:] given the model's logits.
+
+    Position ``start`` is predicted from everything before it (the BOS-only
+    context included when start = 1).  Returns shape (batch,).
+    """
+    logp = torch.log_softmax(logits[:, start - 1:-1].float(), dim=-1)
+    tgt = ids[:, start:]
+    return -logp.gather(-1, tgt[..., None])[..., 0].mean(dim=-1)
+
+
+@dataclass
+class Reading:
+    """Per-token values of several targets on one sequence."""
+
+    tokens: list[str]
+    token_ids: list[int]
+    values: dict        # target name -> list of per-position floats (BOS at 0)
+    reduced: dict       # target name -> float
+    xe: float | None = None
+
+    def to_json(self) -> dict:
+        return {"tokens": self.tokens, "token_ids": self.token_ids, "values": self.values,
+                "reduced": self.reduced, "xe": self.xe}
+
+
+def evaluate_ids(handle, targets: list[Target], ids, *, with_xe: bool = False,
+                 batch_size: int = 64):
+    """Exact values of ``targets`` on hard token ids (batch, n) *without* BOS.
+
+    Returns (values (n_targets, batch) tensor, xe (batch,) tensor or None).
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    if ids.dim() == 1:
+        ids = ids[None]
+    sites = all_sites(targets)
+    vals, xes = [], []
+    with torch.no_grad():
+        for i in range(0, ids.shape[0], batch_size):
+            full = with_bos(handle, ids[i:i + batch_size])
+            caps, logits = run(handle, sites, input_ids=full, need_logits=with_xe)
+            vals.append(torch.stack([t.evaluate(caps, handle) for t in targets]))
+            if with_xe:
+                xes.append(xe_from_logits(logits, full))
+    return torch.cat(vals, dim=1), (torch.cat(xes) if with_xe else None)
+
+
+def read_text(handle, targets: list[Target], text: str, *, with_xe: bool = True) -> Reading:
+    """Values of several targets at every token of ``text`` (BOS + its tokens), in one pass."""
+    ids = handle.encode(text)
+    if not ids:
+        raise FeatvizError("the text is empty after tokenization; pass some text")
+    full = with_bos(handle, ids)
+    with torch.no_grad():
+        caps, logits = run(handle, all_sites(targets), input_ids=full, need_logits=with_xe)
+        per = {str(t): t.per_position(caps, handle)[0].tolist() for t in targets}
+        red = {str(t): float(t.evaluate(caps, handle)[0]) for t in targets}
+        xe = float(xe_from_logits(logits, full)[0]) if with_xe and full.shape[1] > 1 else None
+    return Reading(tokens=handle.token_strings(full[0].tolist()), token_ids=full[0].tolist(),
+                   values=per, reduced=red, xe=xe)
