@@ -34,7 +34,8 @@ def _attn_impl(handle, impl: str | None):
         model.set_attn_implementation(old)
 
 
-def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits: bool = False):
+def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits: bool = False,
+        model_kwargs: dict | None = None):
     """One forward pass; returns ({(site, layer): tensor}, logits or None).
 
     ``input_ids`` / ``inputs_embeds`` must already start with BOS.  Gradients flow
@@ -75,7 +76,8 @@ def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits: bool 
     logits = None
     try:
         with _attn_impl(handle, "eager" if need_eager else None):
-            out = handle.model(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=False)
+            kw = {"use_cache": False, **(model_kwargs or {})}
+            out = handle.model(input_ids=input_ids, inputs_embeds=inputs_embeds, **kw)
             logits = out.logits
     except _StopForward:
         pass

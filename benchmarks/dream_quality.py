@@ -1,0 +1,166 @@
+"""Dream-quality benchmark (protocol: ../shared/bench/README.md).
+
+For each dev neuron and method, at a fixed wall-clock budget per neuron (model
+loading excluded), the best activation at xe <= 5.0, xe <= 6.5 and unbounded, each
+recomputed by a fresh forward pass on the decoded-and-re-encoded text, over the
+corpus max (first 200,000 tokens, BOS + 63-token windows; benchmarks/corpus_max.py).
+
+Run:  python benchmarks/dream_quality.py [--budget 90] [--methods featviz,epo,gcg]
+Writes benchmarks/results/dream_quality_<tag>.jsonl (one line per run, resumable)
+and benchmarks/results/dream_quality_<tag>.md (the table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import featviz  # noqa: E402
+from featviz.discretize import Tokens  # noqa: E402
+from featviz.dream import DreamConfig, _verify, dream  # noqa: E402
+
+from benchmarks.baselines.epo import run_epo, run_gcg  # noqa: E402
+
+DEV = os.path.join(HERE, "..", "..", "shared", "bench", "dev_neurons.json")
+CAPS = (5.0, 6.5, math.inf)
+
+METHODS = {
+    # name: DreamConfig overrides (featviz variants) or a baseline runner
+    "featviz": {},
+    "featviz-norelax": {"relax_fraction": 0.0, "steps": 0},
+    "featviz-nolm": {"lm_share": 0.0},
+    "featviz-random-init": {"init": "random"},
+    "epo": run_epo,
+    "gcg": run_gcg,
+}
+
+
+def run_one(handle, spec, method, budget, seed):
+    target = featviz.parse_target(spec, handle)
+    t0 = time.perf_counter()
+    how = METHODS[method]
+    if isinstance(how, dict):
+        cfg = DreamConfig(budget_seconds=budget, steps=10 ** 6, swap_iters=10 ** 6, seed=seed,
+                          **how)
+        res = dream(handle, target, cfg, progress=False)
+        best = {c: (res.best if c == math.inf else res.best_at.get(c)) for c in CAPS}
+        stats = {k: v for k, v in res.stats.items() if k != "soft_trace"}
+    else:
+        archive, stats = how(handle, target, seconds=budget, seed=seed)
+        tokens = Tokens(handle, [], [])
+        best = {}
+        for c in CAPS:
+            hit = archive.best(c)
+            best[c] = None if hit is None else _verify(handle, target, tokens, hit[0], 12)
+    secs = time.perf_counter() - t0
+    row = {"target": spec, "method": method, "budget": budget, "seconds": secs, "stats": stats}
+    for c in CAPS:
+        b = best[c]
+        key = "any" if c == math.inf else f"{c:g}"
+        row[f"act_{key}"] = None if b is None else b.activation
+        row[f"xe_{key}"] = None if b is None else b.xe
+        row[f"text_{key}"] = None if b is None else b.text
+    return row
+
+
+def table(rows, cmax, methods, specs):
+    def fmt(v):
+        return "—" if v is None else f"{v:.2f}"
+    by = {(r["target"], r["method"]): r for r in rows}
+    out = ["| neuron | corpus max | " + " | ".join(
+        f"{m} ≤5.0 | {m} ≤6.5 | {m} any (xe)" for m in methods) + " |",
+        "|---|---|" + "---|" * (3 * len(methods))]
+    for s in specs:
+        mx = cmax[s]
+        cells = []
+        for m in methods:
+            r = by.get((s, m))
+            if r is None:
+                cells += ["", "", ""]
+                continue
+            ratio = lambda k: None if r[f"act_{k}"] is None else r[f"act_{k}"] / mx  # noqa: E731
+            cells += [fmt(ratio("5")), fmt(ratio("6.5")),
+                      f"{fmt(ratio('any'))} ({fmt(r['xe_any'])})"]
+        out.append(f"| {s} | {mx:.3f} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("Ratios are activation / corpus max; 'any' shows the xe of that prompt.")
+    out.append("")
+    for m in methods:
+        fl = [by[(s, m)]["act_6.5"] / cmax[s] if by.get((s, m)) and by[(s, m)]["act_6.5"] is not None
+              else 0.0 for s in specs if (s, m) in by]
+        if not fl:
+            continue
+        above = sum(f > 1 for f in fl)
+        line = (f"- {m}: fluent (xe ≤ 6.5) ratio > 1 on {above}/{len(fl)}; median fluent ratio "
+                f"{statistics.median(fl):.2f}")
+        anyr = [by[(s, m)]["act_any"] / cmax[s] for s in specs if (s, m) in by]
+        line += f"; median ratio at any fluency {statistics.median(anyr):.2f}"
+        if m.startswith("featviz"):
+            beats = 0
+            for s in specs:
+                r = by.get((s, m))
+                base = [by[(s, b)]["act_any"] for b in ("epo", "gcg") if (s, b) in by]
+                if r and base and r["act_6.5"] is not None and r["act_6.5"] > max(base):
+                    beats += 1
+            line += f"; fluent text beats EPO and GCG at any fluency on {beats}/{len(specs)}"
+        out.append(line)
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=float, default=90.0)
+    ap.add_argument("--methods", default="featviz,epo,gcg")
+    ap.add_argument("--neurons", default=DEV)
+    ap.add_argument("--only", default=None, help="comma-separated subset of targets")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="cpu")
+    ap.add_argument("--corpus-max", default=os.path.join(HERE, "results", "corpus_max_200000.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    specs = json.load(open(args.neurons))["targets"]
+    if args.only:
+        specs = [s for s in specs if s in args.only.split(",")]
+    methods = args.methods.split(",")
+    for m in methods:
+        if m not in METHODS:
+            sys.exit(f"unknown method {m}; choose from {', '.join(METHODS)}")
+    if not os.path.exists(args.corpus_max):
+        sys.exit(f"{args.corpus_max} is missing; run python benchmarks/corpus_max.py first")
+    cmax = {k: v["max"] for k, v in json.load(open(args.corpus_max))["targets"].items()}
+    jl = os.path.join(HERE, "results", f"dream_quality_{args.tag}.jsonl")
+    rows = [json.loads(x) for x in open(jl)] if os.path.exists(jl) else []
+    done = {(r["target"], r["method"], r["budget"]) for r in rows}
+    handle = featviz.load_model()
+    featviz.vocab.readable_mask(handle)
+    for s in specs:
+        for m in methods:
+            if (s, m, args.budget) in done:
+                continue
+            row = run_one(handle, s, m, args.budget, args.seed)
+            row["ratio_6.5"] = None if row["act_6.5"] is None else row["act_6.5"] / cmax[s]
+            rows.append(row)
+            with open(jl, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{s} {m}: ≤6.5 {row['act_6.5']} any {row['act_any']} (xe {row['xe_any']}) "
+                  f"/ max {cmax[s]:.3f}", flush=True)
+    rows = [r for r in rows if r["budget"] == args.budget]
+    all_methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    md = (f"# Dream quality, {args.budget:g} s per neuron (embedded SmolLM2-135M, 2 CPU cores)\n\n"
+          + table(rows, cmax, all_methods, specs) + "\n")
+    with open(os.path.join(HERE, "results", f"dream_quality_{args.tag}.md"), "w") as f:
+        f.write(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""LM-guided beam search: grow the prompt left to right from the model's own top tokens.
+
+Every candidate extends a beam by one of the model's top-k next tokens (so the text
+stays where the model itself would go) and is kept by activation - lambda * xe.  The
+KV cache makes each step cost one token per candidate, and the fluency of a child is
+known from its parent's next-token distribution without another pass.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from .objective import combine
+from .readout import run
+
+
+def _cache_kw(model):
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _forward(handle, target, ids, cache, kw):
+    """Full forward of ``ids`` after ``cache``: (activation at the new last position, logits, cache)."""
+    out_cache = {}
+
+    def grab(m, args, out):
+        out_cache["logits"] = out.logits
+        out_cache["cache"] = out[kw] if kw == "cache" else out["past_key_values"]
+
+    h = handle.model.register_forward_hook(grab)
+    try:
+        caps, logits = run(handle, target.sites(), input_ids=ids, need_logits=True,
+                           model_kwargs={kw: cache, "use_cache": True})
+    finally:
+        h.remove()
+    return target.evaluate(caps, handle, start=0), logits, out_cache["cache"]
+
+
+def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: int = 8,
+                expand: int = 48, lam: float = 0.5, generator: torch.Generator | None = None,
+                sample: bool = False):
+    """Returns (ids (beams, n), activation (beams,), xe (beams,)) of the final beams."""
+    kw = _cache_kw(handle.model)
+    dev = handle.device
+    neg = torch.where(mask, 0.0, float("-inf"))
+    with torch.no_grad():
+        start = torch.tensor([[handle.bos_id, *tokens.prefix]], device=dev)
+        _, logits, cache = _forward(handle, target, start, None, kw)
+        logp = torch.log_softmax(logits[:, -1].float(), -1) + neg      # (1, V)
+        ids = torch.zeros(1, 0, dtype=torch.long, device=dev)
+        xe_sum = torch.zeros(1, device=dev)
+        act = torch.zeros(1, device=dev)
+        lam_t = torch.tensor([lam], device=dev)
+        cap_t = torch.tensor([float("inf")], device=dev)
+        for t in range(n):
+            b = ids.shape[0]
+            k = min(expand, int(mask.sum()))
+            if sample and generator is not None:
+                u = torch.rand(logp.shape, generator=generator, device=dev).clamp_(1e-10, 1)
+                cand = (logp - torch.log(-torch.log(u))).topk(k, -1).indices
+            else:
+                cand = logp.topk(k, -1).indices                           # (b, k)
+            lp = logp.gather(-1, cand)
+            cache.batch_repeat_interleave(k)
+            kid_act, kid_logits, cache = _forward(handle, target, cand.reshape(-1, 1), cache, kw)
+            kid_xe = (xe_sum.repeat_interleave(k) - lp.reshape(-1)) / (t + 1)
+            score = combine(kid_act.float(), kid_xe, lam_t, cap_t)
+            score = torch.nan_to_num(score, nan=-float("inf"))
+            keep = score.topk(min(beams, score.numel())).indices
+            cache.batch_select_indices(keep)
+            parent = keep // k
+            ids = torch.cat([ids[parent], cand.reshape(-1)[keep, None]], 1)
+            xe_sum = kid_xe[keep] * (t + 1)
+            act = kid_act[keep].float()
+            logp = torch.log_softmax(kid_logits[keep, -1].float(), -1) + neg
+    return ids, act, xe_sum / n

@@ -1,0 +1,228 @@
+"""From relaxed logits to real tokens, and gradient-guided token swaps on real tokens.
+
+Every candidate is kept only if decoding it and encoding the text again gives the
+same tokens (so the text a user copies is exactly what was scored), and every
+score here is an exact forward pass on hard tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .objective import combine, exact_scores, needs_fluency
+from .readout import run, xe_from_logits
+
+
+@dataclass
+class Archive:
+    """Every exactly-scored, round-trip-stable candidate: tokens -> (activation, xe)."""
+
+    entries: dict = field(default_factory=dict)
+    evaluated: int = 0
+
+    def add(self, ids: torch.Tensor, act: torch.Tensor, xe: torch.Tensor) -> None:
+        for row, a, x in zip(ids.tolist(), act.tolist(), xe.tolist()):
+            self.entries[tuple(row)] = (a, x)
+        self.evaluated += len(act)
+
+    def __contains__(self, key) -> bool:
+        return tuple(key) in self.entries
+
+    def frontier(self) -> list[tuple[tuple, float, float]]:
+        """Pareto frontier (max activation, min xe): xe ascending, activation ascending."""
+        items = sorted(((k, a, x) for k, (a, x) in self.entries.items()
+                        if a == a and x < float("inf")), key=lambda r: (r[2], -r[1]))
+        out, best = [], float("-inf")
+        for k, a, x in items:
+            if a > best:
+                out.append((k, a, x))
+                best = a
+        return out
+
+    def best(self, xe_cap: float = float("inf")):
+        ok = [(k, a, x) for k, (a, x) in self.entries.items()
+              if x <= xe_cap and a == a and x < float("inf")]
+        return max(ok, key=lambda r: r[1]) if ok else None
+
+
+class Tokens:
+    """The fixed parts around the optimised tokens and the round-trip check."""
+
+    def __init__(self, handle, prefix_ids: list[int], suffix_ids: list[int]):
+        self.handle = handle
+        self.prefix = list(prefix_ids)
+        self.suffix = list(suffix_ids)
+        self.start = 1 + len(self.prefix)          # position of the first optimised token
+
+    def full(self, ids: torch.Tensor) -> torch.Tensor:
+        b = ids.shape[0]
+        dev = ids.device
+        parts = [torch.full((b, 1), self.handle.bos_id, device=dev, dtype=torch.long)]
+        if self.prefix:
+            parts.append(torch.tensor([self.prefix] * b, device=dev, dtype=torch.long))
+        parts.append(ids)
+        if self.suffix:
+            parts.append(torch.tensor([self.suffix] * b, device=dev, dtype=torch.long))
+        return torch.cat(parts, 1)
+
+    def text(self, ids) -> str:
+        return self.handle.decode(list(self.prefix) + list(ids) + list(self.suffix))
+
+    def stable(self, ids) -> bool:
+        ids = list(map(int, ids))
+        return self.handle.encode(self.text(ids)) == self.prefix + ids + self.suffix
+
+
+def evaluate(tokens: Tokens, target, ids: torch.Tensor, batch_size: int = 64,
+             with_xe: bool = True):
+    """Exact scores of hard optimised tokens (batch, n).
+
+    Returns (activation (batch,), xe (batch,) or None, per-position target values over the
+    optimised positions (batch, n)).  Without xe the forward stops after the target's layer.
+    """
+    h = tokens.handle
+    n, s = ids.shape[1], tokens.start
+    acts, xes, pers = [], [], []
+    with torch.no_grad():
+        for i in range(0, ids.shape[0], batch_size):
+            full = tokens.full(ids[i:i + batch_size])
+            caps, logits = run(h, target.sites(), input_ids=full, need_logits=with_xe)
+            acts.append(target.evaluate(caps, h))
+            pers.append(target.per_position(caps, h)[:, s:s + n])
+            if with_xe:
+                xes.append(xe_from_logits(logits[:, :s + n], full[:, :s + n], s))
+    return torch.cat(acts), (torch.cat(xes) if with_xe else None), torch.cat(pers)
+
+
+def rotations(ids: torch.Tensor, per_pos: torch.Tensor, floor: float, limit: int) -> torch.Tensor:
+    """Rotate sequences so that a position that fired harder than ``floor`` ends last.
+
+    For a last-position target, the tokens up to a strongly firing position carry the
+    trigger with its local context; rotating them to the end keeps that context.
+    """
+    n = ids.shape[1]
+    if n < 2 or not len(ids):
+        return ids[:0]
+    body = torch.nan_to_num(per_pos[:, :-1].float(), nan=-float("inf"))
+    v, j = body.max(dim=1)
+    order = torch.argsort(v, descending=True)[:limit]
+    out = [torch.cat([ids[r, j[r] + 1:], ids[r, :j[r] + 1]]) for r in order.tolist()
+           if v[r] > floor]
+    return torch.stack(out) if out else ids[:0]
+
+
+def onehot_grads(tokens: Tokens, target, ids: torch.Tensor, lam, cap):
+    """Gradient of each row's score w.r.t. its one-hot tokens, plus next-token logits.
+
+    Returns (grad (P, n, V), lm_logits (P, n, V) predicting each optimised position).
+    """
+    h = tokens.handle
+    W = h.embedding
+    full = tokens.full(ids)
+    x = torch.zeros(ids.shape[0], ids.shape[1], W.shape[0], device=ids.device)
+    x.scatter_(-1, ids[..., None], 1.0)
+    x.requires_grad_(True)
+    emb = h.model.get_input_embeddings()(full).detach()
+    s, n = tokens.start, ids.shape[1]
+    emb = torch.cat([emb[:, :s], x @ W, emb[:, s + n:]], 1)
+    caps, logits = run(h, target.sites(), inputs_embeds=emb, need_logits=True)
+    act = target.evaluate(caps, h)
+    xe = xe_from_logits(logits[:, :s + n], full[:, :s + n], s) if needs_fluency(lam, cap) else None
+    score = combine(act, xe, lam, cap)
+    grad, = torch.autograd.grad(score.sum(), x)
+    return grad, logits[:, s - 1:s - 1 + n].detach()
+
+
+def propose(ids: torch.Tensor, grad: torch.Tensor, lm_logits: torch.Tensor, mask: torch.Tensor,
+            children: int, k_grad: int, k_lm: int, lm_share: float,
+            generator: torch.Generator, frozen: torch.Tensor | None = None) -> torch.Tensor:
+    """Children of each parent by single-token swaps (EPO/GCG move).
+
+    Each child changes one random position to a token drawn from that position's
+    top-k_grad tokens by gradient or, with probability lm_share, from the model's own
+    top-k_lm next tokens there (fluent by construction).  Returns (P*children, n).
+    """
+    P, n, V = grad.shape
+    neg = torch.where(mask, 0.0, float("-inf"))
+    top_g = (grad + neg).topk(k_grad, -1).indices            # (P, n, kg)
+    lm = lm_logits.float()
+    top_l = (lm + neg).topk(k_lm, -1).indices                 # (P, n, kl)
+    kids = ids.repeat_interleave(children, 0).clone()        # (P*C, n)
+    parent = torch.arange(P).repeat_interleave(children)
+    allowed = torch.ones(n, dtype=torch.bool) if frozen is None else ~frozen.cpu()
+    # gradient swaps pick positions uniformly; LM swaps repair the least expected tokens
+    surprisal = -torch.log_softmax(lm, -1).gather(-1, ids[..., None])[..., 0].cpu()   # (P, n)
+    w_lm = torch.softmax(surprisal.clamp(max=30.0), -1) * allowed
+    w_uni = allowed.float().expand(P, n)
+    use_lm = torch.rand(P * children, generator=generator) < lm_share
+    w = torch.where(use_lm[:, None], w_lm[parent], w_uni[parent]) + 1e-12 * allowed
+    pos = torch.multinomial(w, 1, generator=generator)[:, 0]
+    jg = torch.randint(0, k_grad, (P * children,), generator=generator)
+    jl = torch.randint(0, k_lm, (P * children,), generator=generator)
+    tok = torch.where(use_lm, top_l[parent, pos, jl], top_g[parent, pos, jg])
+    kids[torch.arange(P * children), pos] = tok
+    return kids
+
+
+def sweep_last(tokens: Tokens, target, ids: torch.Tensor, grad: torch.Tensor,
+               lm_logits: torch.Tensor, mask: torch.Tensor, width: int):
+    """Try ``width`` tokens at the last optimised position of every row at one token each.
+
+    The rest of each row is computed once and kept in a KV cache (up to the target's
+    layer only); each candidate then costs a single-token forward.  A last-token change
+    leaves every earlier prediction alone, so the child's xe follows exactly from the
+    parent's next-token distribution.  Returns (children (P*width, n), activation,
+    xe delta to add to the parent's xe).  For last-position targets without a suffix.
+    """
+    from transformers import DynamicCache
+
+    from .beam import _cache_kw
+    h = tokens.handle
+    P, n = ids.shape
+    neg = torch.where(mask, 0.0, float("-inf"))
+    half = max(1, width // 2)
+    lm = lm_logits[:, -1].float()
+    cand = torch.cat([(grad[:, -1].float() + neg).topk(half, -1).indices,
+                      (lm + neg).topk(width - half, -1).indices], 1)          # (P, width)
+    lp = torch.log_softmax(lm, -1)
+    dxe = (lp.gather(-1, ids[:, -1:]) - lp.gather(-1, cand)) / n            # (P, width)
+    kw = _cache_kw(h.model)
+    cache = DynamicCache(config=h.model.config)
+    full = tokens.full(ids)
+    last = tokens.start + n - 1
+    with torch.no_grad():
+        run(h, target.sites(), input_ids=full[:, :last], model_kwargs={kw: cache, "use_cache": True})
+        cache.batch_repeat_interleave(cand.shape[1])
+        caps, _ = run(h, target.sites(), input_ids=cand.reshape(-1, 1),
+                      model_kwargs={kw: cache, "use_cache": True})
+        act = target.evaluate(caps, h, start=0)
+    kids = ids.repeat_interleave(cand.shape[1], 0).clone()
+    kids[:, -1] = cand.reshape(-1)
+    return kids, act, dxe.reshape(-1)
+
+
+def crossover(pop: torch.Tensor, act: torch.Tensor, xe: torch.Tensor, count: int,
+              max_tail: int, generator: torch.Generator) -> torch.Tensor:
+    """Children that join a fluent member's head to a strong member's tail.
+
+    The tail (last 1..max_tail tokens) comes from a member drawn among the higher
+    activations, the head from one drawn among the lower xe: a trigger that only
+    gibberish reached gets a natural context.
+    """
+    P, n = pop.shape
+    if P < 2 or n < 2 or count < 1:
+        return pop[:0]
+    by_act = torch.argsort(torch.nan_to_num(act, nan=-float("inf")), descending=True)
+    by_xe = torch.argsort(torch.nan_to_num(xe, nan=float("inf")))
+    half = max(1, P // 2)
+    a = by_act[torch.randint(0, half, (count,), generator=generator)]
+    b = by_xe[torch.randint(0, half, (count,), generator=generator)]
+    k = torch.randint(1, min(max_tail, n - 1) + 1, (count,), generator=generator)
+    keep = torch.arange(n)[None] >= (n - k)[:, None]                     # tail mask
+    return torch.where(keep, pop[a], pop[b])
+
+
+def select(scores_rows: torch.Tensor, pool_ids: torch.Tensor) -> torch.Tensor:
+    """Per row (one lambda each), the pool member with the best score: (P, n)."""
+    return pool_ids[scores_rows.argmax(dim=1)]

@@ -1,0 +1,129 @@
+"""A single-target query: synthetic maximizers beside the top corpus exemplars.
+
+    q = featviz.query("mlp:12:345", QueryConfig(dream=DreamConfig(budget_seconds=60)))
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+from .dream import DreamConfig, DreamResult, dream
+from .errors import FeatvizError
+from .exemplars import TargetExemplars, scan
+from .models import load_model
+from .targets import as_target
+
+
+@dataclass
+class QueryConfig:
+    dream: DreamConfig = field(default_factory=DreamConfig)
+    corpus: str | None = None        # None: the embedded Wikipedia summaries
+    corpus_tokens: int = 20_000      # tokens of corpus to scan for exemplars (0: skip)
+    window: int = 63
+    top_k: int = 5
+
+    def check(self) -> "QueryConfig":
+        self.dream.check()
+        if self.corpus_tokens < 0:
+            raise FeatvizError(f"--corpus-tokens must not be negative, got {self.corpus_tokens}")
+        if self.corpus_tokens and self.corpus_tokens < self.window:
+            raise FeatvizError(f"--corpus-tokens {self.corpus_tokens} is less than one window "
+                               f"of {self.window} tokens")
+        if self.top_k < 1:
+            raise FeatvizError("--top-k must be at least 1")
+        return self
+
+
+@dataclass
+class QueryResult:
+    dream: DreamResult
+    exemplars: TargetExemplars | None
+    corpus_max: float | None
+    ratio_fluent: float | None     # best fluent synthetic activation / corpus max
+    ratio_best: float | None       # best synthetic activation at any fluency / corpus max
+    model: dict
+
+    def to_json(self, handle=None) -> dict:
+        ex = None
+        if self.exemplars is not None:
+            ex = {"n_windows": self.exemplars.n_windows, "n_tokens": self.exemplars.n_tokens,
+                  "max": self.exemplars.max,
+                  "top": [e.to_json(handle) for e in self.exemplars.top]}
+        return {"version": 1, "model": self.model, "dream": self.dream.to_json(),
+                "exemplars": ex, "corpus_max": self.corpus_max,
+                "ratio_fluent": self.ratio_fluent, "ratio_best": self.ratio_best}
+
+
+def _ratio(c, mx):
+    if c is None or mx is None or not math.isfinite(mx) or mx <= 0:
+        return None
+    return c.activation / mx
+
+
+def query(target, config: QueryConfig | None = None, *, model=None, progress: bool = True
+          ) -> QueryResult:
+    """Dream for ``target`` and scan the corpus for its top exemplars."""
+    cfg = (config or QueryConfig()).check()
+    handle = model if model is not None and not isinstance(model, str) else load_model(model)
+    t = as_target(target, handle)
+    ex = None
+    if cfg.corpus_tokens:
+        ex = scan(handle, [t], cfg.corpus, window=cfg.window, max_tokens=cfg.corpus_tokens,
+                  k=cfg.top_k, progress=progress)[0]
+    res = dream(handle, t, cfg.dream, progress=progress)
+    mx = ex.max if ex is not None else None
+    return QueryResult(dream=res, exemplars=ex, corpus_max=mx,
+                       ratio_fluent=_ratio(res.best_fluent, mx), ratio_best=_ratio(res.best, mx),
+                       model=handle.describe())
+
+
+# ---- configs (YAML presets) ----
+def load_config(path: str | None, overrides: dict) -> QueryConfig:
+    """A QueryConfig from a YAML preset (optional) with command-line overrides on top."""
+    data: dict = {}
+    if path:
+        import yaml
+        if not os.path.isfile(path):
+            raise FeatvizError(f"config file '{path}' does not exist; see configs/ for presets")
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise FeatvizError(f"config file '{path}' is not valid YAML: "
+                               f"{str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise FeatvizError(f"config file '{path}' must be a mapping of option: value")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    dream_keys = {f.name for f in fields(DreamConfig)}
+    query_keys = {f.name for f in fields(QueryConfig)} - {"dream"}
+    extra = {"target", "model", "targets"}
+    unknown = set(data) - dream_keys - query_keys - extra
+    if unknown:
+        raise FeatvizError(f"unknown config option(s) {', '.join(sorted(unknown))}; valid: "
+                           f"{', '.join(sorted(dream_keys | query_keys | extra))}")
+    dkw = {k: v for k, v in data.items() if k in dream_keys}
+    if "caps" in dkw:
+        dkw["caps"] = tuple(dkw["caps"])
+    for name in ("corpus_tokens", "window", "top_k"):
+        v = data.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise FeatvizError(f"config option {name} must be an integer, got {v!r}")
+    try:
+        dc = DreamConfig(**dkw)
+        qc = QueryConfig(dream=dc, **{k: v for k, v in data.items() if k in query_keys})
+    except TypeError as e:
+        raise FeatvizError(f"bad config: {e}") from None
+    defaults = DreamConfig()
+    for name, v in dkw.items():
+        d = getattr(defaults, name)
+        numeric = name == "budget_seconds" or (isinstance(d, (int, float)) and not isinstance(d, bool))
+        if numeric and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise FeatvizError(f"config option {name} must be a number, got {v!r}")
+    return qc.check()
+
+
+def config_as_dict(cfg: QueryConfig) -> dict:
+    d = asdict(cfg)
+    d["dream"].pop("corpus_init", None)
+    return d
