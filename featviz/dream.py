@@ -58,7 +58,8 @@ class DreamConfig:
     k_grad: int = 64
     k_lm: int = 48
     lm_share: float = 0.5           # share of swaps drawn from the model's own top tokens
-    sweep: int = 256                # tokens tried at the last position per row and iteration
+    sweep: int | None = None        # tokens tried at the last position per row and iteration
+                                    # (None: as many as ~1500 token-layers of compute allow)
     sweep_keep: int = 8             # of those, kept per row (best by the row's score)
     crossover: int = 16             # head-of-fluent + tail-of-strong children per iteration
     rotate: int = 8                 # rotation moves per iteration (last-position targets)
@@ -96,6 +97,8 @@ class DreamConfig:
             bad("init_samples must be at least 1")
         if self.vocab not in ("ascii", "all"):
             bad(f"vocab must be ascii or all, got '{self.vocab}'")
+        if self.sweep is not None and self.sweep < 0:
+            bad("sweep must not be negative")
         if self.children < 1 or self.k_grad < 1 or self.k_lm < 1:
             bad("children, k_grad and k_lm must be at least 1")
         return self
@@ -326,7 +329,11 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
 
     # ---- stage 4: gradient- and LM-guided swaps, scored exactly ----
     t_swap = time.perf_counter()
-    two_stage = cfg.xe_share < 1 and (target.max_layer + 1) / handle.n_layers < 0.5
+    depth = (target.max_layer + 1) / handle.n_layers
+    two_stage = cfg.xe_share < 1 and depth < 0.5
+    sweep = cfg.sweep if cfg.sweep is not None else int(min(2048, max(192, 1500 / (B * depth))))
+    sweep = min(sweep, int(mask.sum()))
+    stats["sweep"] = sweep
     stats["two_stage"] = two_stage
     it = 0
     while it < (cfg.swap_iters if cfg.budget_seconds is None else 10 ** 9):
@@ -336,16 +343,16 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
             grad, lm = onehot_grads(tokens, target, pop, lam, cap)
         kids = propose(pop, grad.float(), lm.float(), mask, cfg.children, cfg.k_grad, cfg.k_lm,
                        cfg.lm_share, gen)
-        if cfg.sweep and last_only and not tokens.suffix:
+        if sweep and last_only and not tokens.suffix:
             with autocast:
-                sk, sa, sdx = sweep_last(tokens, target, pop, grad, lm, mask, cfg.sweep)
+                sk, sa, sdx = sweep_last(tokens, target, pop, grad, lm, mask, sweep)
             sa = torch.nan_to_num(sa.float(), nan=-math.inf)
-            sx = pop_x.repeat_interleave(cfg.sweep) + sdx
+            sx = pop_x.repeat_interleave(sweep) + sdx
             rows = _scores_for_rows(sa, sx, lam, cap)                    # (B, B*sweep)
-            own = torch.arange(B, device=dev).repeat_interleave(cfg.sweep)
+            own = torch.arange(B, device=dev).repeat_interleave(sweep)
             rows = torch.where(own[None] == torch.arange(B, device=dev)[:, None], rows, -math.inf)
-            pick = rows.topk(min(cfg.sweep_keep, cfg.sweep), dim=1).indices.flatten()
-            pick = torch.unique(torch.cat([pick, sa.topk(cfg.sweep_keep).indices]))
+            pick = rows.topk(min(cfg.sweep_keep, sweep), dim=1).indices.flatten()
+            pick = torch.unique(torch.cat([pick, sa.topk(min(cfg.sweep_keep, len(sa))).indices]))
             sk, sa, sx = sk[pick], sa[pick], sx[pick]
             ok = [i for i, row in enumerate(sk.tolist()) if tuple(row) not in archive
                   and tokens.stable(row)]

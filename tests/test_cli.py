@@ -43,3 +43,19 @@ def test_cli_activations_json(capsys):
     assert t["tokens"][0] == "<|im_start|>" and len(t["values"]["mlp:12:345"]) == len(t["tokens"])
     assert set(t["reduced"]) == {"mlp:12:345", "head:3:2@max"}
     assert doc["targets"][0]["description"].startswith("MLP neuron 345 of layer 12")
+
+
+@pytest.mark.slow
+def test_cli_query_json_and_out(tmp_path, capsys):
+    out = tmp_path / "q.json"
+    rc = main(["query", "--target", "mlp:14:1333", "--budget-seconds", "12", "--corpus-tokens",
+               "630", "--top-k", "3", "--json", "--out", str(out)])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == doc
+    assert doc["dream"]["target"] == "mlp:14:1333" and "silu" in doc["dream"]["target_description"]
+    assert len(doc["exemplars"]["top"]) == 3 and doc["corpus_max"] == doc["exemplars"]["top"][0]["value"]
+    fr = doc["dream"]["frontier"]
+    assert fr and all(a["xe"] <= b["xe"] and a["activation"] < b["activation"]
+                      for a, b in zip(fr, fr[1:]))
+    assert doc["ratio_best"] == pytest.approx(doc["dream"]["best"]["activation"] / doc["corpus_max"])

@@ -1,0 +1,88 @@
+"""The discrete moves of the dreaming engine, each checked against exact evaluation."""
+import torch
+
+from featviz import parse_target
+from featviz.beam import beam_search
+from featviz.discretize import (Archive, Tokens, crossover, evaluate, onehot_grads, propose,
+                                rotations, sweep_last)
+from featviz.vocab import readable_mask
+
+
+def _ids(h, rows=3, n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    allowed = readable_mask(h).nonzero().flatten()
+    return allowed[torch.randint(0, len(allowed), (rows, n), generator=g)]
+
+
+def test_sweep_last_is_exact(tiny):
+    t = parse_target("mlp:1:5", tiny)
+    tok = Tokens(tiny, [], [])
+    ids = _ids(tiny)
+    lam = torch.zeros(3)
+    cap = torch.full((3,), 6.0)
+    grad, lm = onehot_grads(tok, t, ids, lam, cap)
+    kids, act, dxe = sweep_last(tok, t, ids, grad, lm, readable_mask(tiny), 10)
+    a_par, x_par, _ = evaluate(tok, t, ids)
+    a, x, _ = evaluate(tok, t, kids)
+    assert torch.allclose(act, a, atol=1e-5)
+    assert torch.allclose(x_par.repeat_interleave(10) + dxe, x, atol=1e-5)
+    assert torch.equal(kids[:, :-1], ids.repeat_interleave(10, 0)[:, :-1])
+
+
+def test_onehot_grads_match_finite_difference(llama):
+    t = parse_target("mlp:2:3", llama)
+    tok = Tokens(llama, [], [])
+    ids = _ids(llama, rows=1)
+    lam, cap = torch.zeros(1), torch.full((1,), float("inf"))
+    grad, lm = onehot_grads(tok, t, ids, lam, cap)
+    assert grad.shape == (1, 6, llama.vocab_size) and lm.shape == grad.shape
+    # the LM logits are the model's next-token logits at each optimised position
+    from featviz.readout import run
+    _, logits = run(llama, set(), input_ids=tok.full(ids), need_logits=True)
+    assert torch.allclose(lm, logits[:, :6], atol=1e-5)
+
+
+def test_propose_changes_one_token(llama):
+    ids = _ids(llama)
+    V = llama.vocab_size
+    g = torch.Generator().manual_seed(0)
+    kids = propose(ids, torch.randn(3, 6, V), torch.randn(3, 6, V), readable_mask(llama), 5, 4, 4,
+                   0.5, g)
+    assert kids.shape == (15, 6)
+    diff = (kids != ids.repeat_interleave(5, 0)).sum(1)
+    assert (diff <= 1).all()
+    assert readable_mask(llama)[kids].all()
+
+
+def test_rotation_moves_peak_to_end():
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    per = torch.tensor([[0.0, 9.0, 0.0, 0.0, 1.0]])
+    assert rotations(ids, per, 2.0, 4).tolist() == [[3, 4, 5, 1, 2]]
+    assert rotations(ids, per, 10.0, 4).shape[0] == 0
+
+
+def test_crossover_joins_head_and_tail():
+    pop = torch.tensor([[1, 1, 1, 1], [2, 2, 2, 2]])
+    act = torch.tensor([5.0, 0.0])
+    xe = torch.tensor([9.0, 2.0])
+    kids = crossover(pop, act, xe, 6, 3, torch.Generator().manual_seed(0))
+    for k in kids.tolist():
+        j = k.index(1)
+        assert k[:j] == [2] * j and k[j:] == [1] * (4 - j) and 1 <= 4 - j <= 3
+
+
+def test_beam_search_scores_are_exact(tiny):
+    t = parse_target("mlp:2:1", tiny)
+    tok = Tokens(tiny, [], [])
+    ids, act, xe = beam_search(tiny, t, tok, readable_mask(tiny), 5, beams=3, expand=4, lam=0.5)
+    a, x, _ = evaluate(tok, t, ids)
+    assert ids.shape == (3, 5)
+    assert torch.allclose(act, a, atol=1e-5) and torch.allclose(xe, x, atol=1e-5)
+
+
+def test_archive_frontier():
+    ar = Archive()
+    ar.add(torch.tensor([[1], [2], [3], [4]]), torch.tensor([1.0, 3.0, 2.0, 5.0]),
+           torch.tensor([2.0, 4.0, 5.0, float("inf")]))
+    assert [(k, a) for k, a, _ in ar.frontier()] == [((1,), 1.0), ((2,), 3.0)]
+    assert ar.best(4.5)[0] == (2,) and ar.best(1.0) is None
