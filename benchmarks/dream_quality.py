@@ -49,8 +49,8 @@ def run_one(handle, spec, method, budget, seed):
     t0 = time.perf_counter()
     how = METHODS[method]
     if isinstance(how, dict):
-        cfg = DreamConfig(budget_seconds=budget, steps=10 ** 6, swap_iters=10 ** 6, seed=seed,
-                          **how)
+        kw = {"budget_seconds": budget, "steps": 10 ** 6, "swap_iters": 10 ** 6, "seed": seed}
+        cfg = DreamConfig(**{**kw, **how})
         res = dream(handle, target, cfg, progress=False)
         best = {c: (res.best if c == math.inf else res.best_at.get(c)) for c in CAPS}
         stats = {k: v for k, v in res.stats.items() if k != "soft_trace"}
