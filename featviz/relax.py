@@ -41,14 +41,13 @@ def sample_from_model(handle, batch: int, n: int, mask: torch.Tensor,
     """Ancestral samples of n readable tokens after BOS + prefix: where the model itself goes."""
     ids = torch.tensor([[handle.bos_id, *prefix_ids]] * batch, device=handle.device)
     bias = torch.where(mask, 0.0, float("-inf"))
-    import inspect
-    new_api = "cache" in inspect.signature(handle.model.forward).parameters  # transformers >= 5.2x
+    from .beam import _cache_kw
+    name = _cache_kw(handle.model)   # "cache" on transformers >= 5.2x, else "past_key_values"
     past, step_ids = None, ids
     with torch.no_grad():
         for _ in range(n):
-            kw = {"cache" if new_api else "past_key_values": past}
-            out = handle.model(input_ids=step_ids, use_cache=True, **kw)
-            past = out["cache"] if new_api else out["past_key_values"]
+            out = handle.model(input_ids=step_ids, use_cache=True, **{name: past})
+            past = out[name]
             p = torch.softmax(out.logits[:, -1].float() / temperature_ + bias, -1)
             step_ids = torch.multinomial(p, 1, generator=generator)
             ids = torch.cat([ids, step_ids], 1)

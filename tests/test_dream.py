@@ -71,9 +71,6 @@ def test_lambda_zero_stops_after_target_layer(llama):
     try:
         cfg = DreamConfig(length=4, batch=1, caps=(), steps=3, swap_iters=0, hard_samples=0,
                           init="random")
-        from featviz.objective import forward_scores
-        from featviz.relax import relax
-        import featviz.dream as d
         seen.clear()
         dream(llama, "mlp:0:1", cfg, progress=False)
     finally:
