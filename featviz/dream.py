@@ -198,8 +198,9 @@ def _verify(handle, target, tokens: Tokens, key, n) -> Candidate | None:
     text = handle.decode(list(key))
     ids = handle.encode(tokens.text(key))
     body = ids[len(tokens.prefix): len(ids) - len(tokens.suffix)]
-    if len(body) != n:
-        return None
+    if (len(body) != n or ids[:len(tokens.prefix)] != tokens.prefix
+            or ids[len(ids) - len(tokens.suffix):] != tokens.suffix):
+        return None          # the re-encoded text is not prefix + these tokens + suffix
     act, xe = exact_scores(handle, target, tokens.full(torch.tensor([body], device=handle.device)),
                            tokens.start, n)
     return Candidate(text=text, token_ids=list(body), tokens=handle.token_strings(body),
