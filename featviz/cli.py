@@ -7,43 +7,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 
 from .errors import FeatvizError
+from .fileio import dump_json
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
         raise FeatvizError(f"{message} (see `{self.prog} --help`)")
-
-
-def _clean(x):
-    """JSON-safe copy: NaN/Inf become null so the output stays valid JSON."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
-def dump_json(obj) -> str:
-    return json.dumps(_clean(obj), indent=1, ensure_ascii=False, allow_nan=False)
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write a file so that readers never see it half-written."""
-    d = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(d, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise FeatvizError(f"cannot write '{path}': {e.strerror}") from None
 
 
 def _fmt(v) -> str:
@@ -102,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .query_cli import add_query_parser
     add_query_parser(sub, common)
+    from .gallery_cli import add_gallery_parser
+    add_gallery_parser(sub, common)
     return p
 
 
@@ -114,8 +88,8 @@ def main(argv=None) -> int:
             return 2
         return args.func(args)
     except FeatvizError as e:
-        print(f"featviz: error: {e}", file=sys.stderr)
-        return 2
+        print(f"featviz: {'error: ' if e.exit_code == 2 else ''}{e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("featviz: interrupted", file=sys.stderr)
         return 130

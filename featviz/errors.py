@@ -7,3 +7,11 @@ the Python API lets it propagate so notebooks see the same message.
 
 class FeatvizError(Exception):
     """A problem with the user's input (spec, file, model) that names its fix."""
+
+    exit_code = 2
+
+
+class Interrupted(FeatvizError):
+    """Ctrl-C during a long run; the message says how to resume."""
+
+    exit_code = 130

@@ -1,10 +1,22 @@
-"""Streaming top-k corpus exemplars for many targets in one pass.
+"""Exemplar mining: one streaming pass over a corpus for many targets at once.
 
-Each window's score for a target is its maximum over positions (BOS excluded);
-memory is bounded by k x number of targets, whatever the corpus length.
+Per target the miner keeps
+
+* the top-k windows by their maximum (BOS excluded by default), with per-token values;
+* samples from interval bands below the top (fractions of the corpus max, as SAE
+  dashboards show them), drawn from per-cell reservoirs on a grid of window maxima;
+* an exact histogram of every token's value on a grid anchored at 0 whose bin width
+  doubles (merging neighbours) whenever a value falls outside it;
+* the density (fraction of tokens above a threshold), mean, min and max;
+* the values on a small shared random control group of windows.
+
+Memory is O(targets x (k + cells x slots + controls) x window), whatever the corpus
+length.  Everything is vectorised over targets, so thousands of neurons cost little
+beyond the forward pass itself.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -12,13 +24,56 @@ import torch
 from tqdm.auto import tqdm
 
 from . import corpus as corpus_mod
+from .errors import FeatvizError
 from .readout import run
-from .targets import Target, all_sites
+from .targets import MLP_POST, RESID_POST, Z, Atom, Target, all_sites
+
+
+@dataclass
+class MineConfig:
+    window: int = 63              # tokens per window after BOS
+    max_tokens: int = 50_000      # corpus tokens read
+    k: int = 20                   # top windows kept per target
+    bands: int = 5                # interval bands of the corpus max (top band included)
+    per_band: int = 3             # windows sampled per band
+    cells: int = 32               # reservoir cells over [0, max) of window maxima
+    slots: int = 2                # reservoir slots per cell
+    hist_bins: int = 32           # histogram bins per sign (2 x hist_bins in all)
+    density_threshold: float = 0.0
+    controls: int = 5             # random control windows (shared by all targets)
+    batch_size: int = 16
+    include_bos: bool = False     # BOS is an attention sink on most models: off by default
+    seed: int = 0
+
+    def check(self) -> "MineConfig":
+        for name in ("window", "k", "bands", "cells", "slots", "hist_bins", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise FeatvizError(f"mining option {name} must be a positive integer, got {v!r}")
+        for name in ("cells", "hist_bins"):
+            v = getattr(self, name)
+            if v & (v - 1):
+                raise FeatvizError(f"mining option {name} must be a power of two, got {v}")
+        for name in ("per_band", "controls"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise FeatvizError(f"mining option {name} must be a non-negative integer, got {v!r}")
+        if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) \
+                or self.max_tokens < self.window:
+            raise FeatvizError(f"--tokens must be at least one window ({self.window} tokens), "
+                               f"got {self.max_tokens!r}")
+        return self
+
+    def key(self) -> dict:
+        """The settings that change what is mined (for cache keys)."""
+        d = dict(self.__dict__)
+        d.pop("batch_size")
+        return d
 
 
 @dataclass
 class Exemplar:
-    value: float            # max over the window (BOS excluded)
+    value: float            # max over the window (BOS excluded unless include_bos)
     peak: int               # position of the max in the window (BOS = 0)
     window: int             # window index in the corpus stream
     token_ids: list
@@ -31,57 +86,406 @@ class Exemplar:
             d["tokens"] = handle.token_strings(self.token_ids)
         return d
 
+    @classmethod
+    def from_json(cls, d: dict) -> "Exemplar":
+        return cls(d["value"], d["peak"], d["window"], d["token_ids"], d["activations"])
+
+
+@dataclass
+class Band:
+    lo: float               # fraction of the corpus max (exclusive)
+    hi: float               # fraction of the corpus max (inclusive)
+    count: int              # windows whose max lies in the band (top-k included)
+    samples: list           # Exemplar
+
+    def to_json(self, handle=None) -> dict:
+        return {"lo": self.lo, "hi": self.hi, "count": self.count,
+                "samples": [e.to_json(handle) for e in self.samples]}
+
 
 @dataclass
 class TargetExemplars:
     target: str
-    top: list = field(default_factory=list)     # Exemplar, best first
+    top: list = field(default_factory=list)       # Exemplar, best first
     max: float = float("-inf")
+    min: float = float("inf")
+    mean: float = float("nan")
+    std: float = float("nan")
     n_windows: int = 0
-    n_tokens: int = 0
+    n_tokens: int = 0                             # token positions read (BOS excluded)
+    density: float = float("nan")                 # fraction of tokens above the threshold
+    density_threshold: float = 0.0
+    hist_edges: list = field(default_factory=list)
+    hist_counts: list = field(default_factory=list)
+    bands: list = field(default_factory=list)     # Band, lowest first
+    controls: list = field(default_factory=list)  # Exemplar (random windows)
+    nonfinite: int = 0                            # tokens where the value was NaN or Inf
+
+    def quantile(self, q: float) -> float:
+        """Approximate quantile from the histogram (exact to one bin width)."""
+        c = np.asarray(self.hist_counts, dtype=np.float64)
+        if not c.sum():
+            return float("nan")
+        cum = np.cumsum(c) / c.sum()
+        i = int(np.searchsorted(cum, q))
+        i = min(i, len(c) - 1)
+        lo, hi = self.hist_edges[i], self.hist_edges[i + 1]
+        prev = cum[i - 1] if i else 0.0
+        frac = (q - prev) / max(cum[i] - prev, 1e-12)
+        return float(lo + (hi - lo) * min(max(frac, 0.0), 1.0))
+
+    def to_json(self, handle=None) -> dict:
+        return {"target": self.target, "max": self.max, "min": self.min, "mean": self.mean,
+                "std": self.std,
+                "n_windows": self.n_windows, "n_tokens": self.n_tokens,
+                "density": self.density, "density_threshold": self.density_threshold,
+                "nonfinite": self.nonfinite,
+                "quantiles": {str(q): self.quantile(q) for q in (0.5, 0.9, 0.99, 0.999)},
+                "histogram": {"edges": self.hist_edges, "counts": self.hist_counts},
+                "top": [e.to_json(handle) for e in self.top],
+                "bands": [b.to_json(handle) for b in self.bands],
+                "controls": [e.to_json(handle) for e in self.controls]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TargetExemplars":
+        nan = float("nan")
+
+        def f(v, default=nan):
+            return default if v is None else v
+        return cls(target=d["target"], top=[Exemplar.from_json(e) for e in d["top"]],
+                   max=f(d["max"]), min=f(d["min"]), mean=f(d["mean"]), std=f(d.get("std")),
+                   n_windows=d["n_windows"], n_tokens=d["n_tokens"], density=f(d["density"]),
+                   density_threshold=d["density_threshold"],
+                   hist_edges=d["histogram"]["edges"], hist_counts=d["histogram"]["counts"],
+                   bands=[Band(b["lo"], b["hi"], b["count"],
+                               [Exemplar.from_json(e) for e in b["samples"]]) for b in d["bands"]],
+                   controls=[Exemplar.from_json(e) for e in d["controls"]],
+                   nonfinite=d.get("nonfinite", 0))
+
+
+# ---------------------------------------------------------------- batched reading
+def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
+    """Per-position values of many targets, shape (n_targets, batch, seq).
+
+    Neurons and basis dimensions of one site are gathered with one index; head norms
+    are computed once per layer; anything else is read target by target.
+    """
+    out: list = [None] * len(targets)
+    groups: dict = {}
+    for i, t in enumerate(targets):
+        if isinstance(t, Atom) and t.kind in ("mlp", "head") or \
+                (isinstance(t, Atom) and t.kind == "resid" and t.file is None):
+            groups.setdefault(t.site, []).append(i)
+        else:
+            out[i] = t.per_position(captures, handle)
+    for site, idx in groups.items():
+        x = captures[site]
+        if site[0] == Z:
+            b, s, _ = x.shape
+            x = x.reshape(b, s, handle.n_heads, handle.head_dim).norm(dim=-1)
+        elif site[0] not in (MLP_POST, RESID_POST):  # pragma: no cover
+            raise ValueError(site)
+        sel = torch.as_tensor([targets[i].index for i in idx], device=x.device)
+        vals = x.index_select(-1, sel).permute(2, 0, 1)
+        for j, i in enumerate(idx):
+            out[i] = vals[j]
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------- the grid
+def _fit_width(width: np.ndarray, need: np.ndarray, n_bins: int) -> np.ndarray:
+    """Doublings per target so that ``need`` < n_bins * width (0 where it already fits)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = need / (n_bins * width)
+    d = np.zeros(len(width), dtype=np.int64)
+    big = np.isfinite(ratio) & (ratio >= 1)
+    d[big] = np.floor(np.log2(ratio[big])).astype(np.int64) + 1
+    return d
+
+
+def _merge_pairs(a: np.ndarray, times: int, axis_from_zero: bool) -> np.ndarray:
+    """Merge neighbouring bins ``times`` times along the last axis.
+
+    ``axis_from_zero``: bins count outward from zero (positive side); otherwise they
+    count inward to zero (negative side, bin -1 is the one next to zero).
+    """
+    n = a.shape[-1]
+    f = 2 ** min(times, 62)
+    if f >= n:
+        merged = a.sum(axis=-1, keepdims=True)
+        pad = np.zeros(a.shape[:-1] + (n - 1,), dtype=a.dtype)
+        return np.concatenate([merged, pad] if axis_from_zero else [pad, merged], axis=-1)
+    if axis_from_zero:
+        m = a.reshape(a.shape[:-1] + (n // f, f)).sum(-1)
+        return np.concatenate([m, np.zeros(a.shape[:-1] + (n - n // f,), dtype=a.dtype)], -1)
+    m = a[..., ::-1].reshape(a.shape[:-1] + (n // f, f)).sum(-1)[..., ::-1]
+    return np.concatenate([np.zeros(a.shape[:-1] + (n - n // f,), dtype=a.dtype), m], -1)
+
+
+class Miner:
+    """Streaming state for many targets; feed it batches, then ``finish``."""
+
+    def __init__(self, targets: list[Target], cfg: MineConfig, width: int):
+        self.targets, self.cfg, self.W = list(targets), cfg, width
+        T, k, C, S, G = len(targets), cfg.k, cfg.cells, cfg.slots, cfg.hist_bins
+        self.rng = np.random.default_rng(cfg.seed)
+        self.top_v = np.full((T, k), -np.inf)
+        self.top_win = np.full((T, k), -1, dtype=np.int64)
+        self.top_peak = np.zeros((T, k), dtype=np.int64)
+        self.top_ids = np.zeros((T, k, width), dtype=np.int32)
+        self.top_acts = np.zeros((T, k, width), dtype=np.float32)
+        self.hist = np.zeros((T, 2 * G), dtype=np.int64)
+        self.hist_w = np.full(T, np.nan)
+        self.n_above = np.zeros(T, dtype=np.int64)
+        self.n_tok = 0
+        self.n_win = 0
+        self.total = np.zeros(T)
+        self.total2 = np.zeros(T)
+        self.vmin = np.full(T, np.inf)
+        self.vmax = np.full(T, -np.inf)
+        self.nonfinite = np.zeros(T, dtype=np.int64)
+        self.cell_w = np.full(T, np.nan)
+        self.seen = np.zeros((T, C), dtype=np.int64)
+        self.s_v = np.full((T, C, S), np.nan, dtype=np.float32)
+        self.s_win = np.full((T, C, S), -1, dtype=np.int64)
+        self.s_peak = np.zeros((T, C, S), dtype=np.int64)
+        self.s_ids = np.zeros((T, C, S, width), dtype=np.int32)
+        self.s_acts = np.zeros((T, C, S, width), dtype=np.float32)
+        n_c = cfg.controls
+        self.c_seen = 0
+        self.c_win = np.full(n_c, -1, dtype=np.int64)
+        self.c_ids = np.zeros((n_c, width), dtype=np.int32)
+        self.c_acts = np.zeros((T, n_c, width), dtype=np.float32)
+
+    # -- one batch: per (T, B, W) values, (B, W) ids, window indices (B,) --
+    def update(self, per: np.ndarray, ids: np.ndarray, win: np.ndarray) -> None:
+        cfg = self.cfg
+        T, B, _ = per.shape
+        start = 0 if cfg.include_bos else 1
+        body = per[:, :, start:]
+        finite = np.isfinite(body)
+        self.nonfinite += (~finite).reshape(T, -1).sum(1)
+        body_f = np.where(finite, body, np.nan)
+        with np.errstate(invalid="ignore"):
+            wmax = np.nanmax(np.where(finite, body, -np.inf), axis=2)      # (T, B)
+        peak = np.argmax(np.where(finite, body, -np.inf), axis=2) + start
+        self._topk(wmax, peak, per, ids, win)
+        self._histogram(body_f)
+        self._reservoir(wmax, peak, per, ids, win)
+        self._controls(per, ids, win)
+        self.n_tok += B * body.shape[2]
+        self.n_win += B
+
+    def _topk(self, wmax, peak, per, ids, win):
+        k, T, B = self.cfg.k, *wmax.shape
+        if not np.any(wmax > self.top_v[:, -1:]):
+            return
+        cand_v = np.concatenate([self.top_v, wmax], axis=1)                 # (T, k+B)
+        order = np.argsort(-cand_v, axis=1, kind="stable")[:, :k]
+        self.top_v = np.take_along_axis(cand_v, order, 1)
+        self.top_win = np.take_along_axis(
+            np.concatenate([self.top_win, np.broadcast_to(win, (T, B))], 1), order, 1)
+        self.top_peak = np.take_along_axis(np.concatenate([self.top_peak, peak], 1), order, 1)
+        all_ids = np.concatenate([self.top_ids, np.broadcast_to(ids, (T,) + ids.shape)], 1)
+        self.top_ids = np.take_along_axis(all_ids, order[:, :, None], 1)
+        self.top_acts = np.take_along_axis(np.concatenate([self.top_acts, per], 1),
+                                           order[:, :, None], 1)
+
+    def _histogram(self, body):
+        G = self.cfg.hist_bins
+        flat = body.reshape(body.shape[0], -1)
+        valid = np.isfinite(flat)
+        with np.errstate(invalid="ignore"):
+            absmax = np.nanmax(np.where(valid, np.abs(flat), 0.0), axis=1)
+            self.vmax = np.fmax(self.vmax, np.nanmax(np.where(valid, flat, -np.inf), axis=1))
+            self.vmin = np.fmin(self.vmin, np.nanmin(np.where(valid, flat, np.inf), axis=1))
+        new = np.isnan(self.hist_w)
+        self.hist_w[new] = np.where(absmax[new] > 0, absmax[new] / G * 1.5, 1e-6)
+        d = _fit_width(self.hist_w, absmax, G)
+        for t in np.nonzero(d)[0]:
+            self.hist[t, G:] = _merge_pairs(self.hist[t, G:], int(d[t]), True)
+            self.hist[t, :G] = _merge_pairs(self.hist[t, :G], int(d[t]), False)
+            self.hist_w[t] *= 2.0 ** int(d[t])
+        with np.errstate(invalid="ignore"):
+            b = np.floor(flat / self.hist_w[:, None]).astype(np.int64) + G
+        b = np.clip(np.where(valid, b, 0), 0, 2 * G - 1)
+        off = (np.arange(flat.shape[0]) * 2 * G)[:, None]
+        cnt = np.bincount((b + off)[valid], minlength=flat.shape[0] * 2 * G)
+        self.hist += cnt.reshape(flat.shape[0], 2 * G)
+        with np.errstate(invalid="ignore"):
+            self.n_above += (np.where(valid, flat, -np.inf) > self.cfg.density_threshold).sum(1)
+        fv = np.where(valid, flat, 0.0).astype(np.float64)
+        self.total += fv.sum(1)
+        self.total2 += (fv * fv).sum(1)
+
+    def _reservoir(self, wmax, peak, per, ids, win):
+        C, S = self.cfg.cells, self.cfg.slots
+        T, B = wmax.shape
+        pos = np.where(np.isfinite(wmax), wmax, 0.0)
+        need = pos.max(1)
+        new = np.isnan(self.cell_w) & (need > 0)
+        self.cell_w[new] = need[new] / C * 1.5
+        d = _fit_width(np.where(np.isnan(self.cell_w), 1.0, self.cell_w), need, C)
+        d[np.isnan(self.cell_w)] = 0
+        for t in np.nonzero(d)[0]:
+            self._coarsen(t, int(d[t]))
+        rows = np.arange(T)
+        for b in range(B):
+            ok = (wmax[:, b] > 0) & np.isfinite(wmax[:, b]) & ~np.isnan(self.cell_w)
+            if not ok.any():
+                continue
+            cell = np.zeros(T, dtype=np.int64)
+            cell[ok] = np.minimum((wmax[ok, b] / self.cell_w[ok]).astype(np.int64), C - 1)
+            self.seen[rows[ok], cell[ok]] += 1
+            n = self.seen[rows, cell]
+            j = np.where(n <= S, n - 1, (self.rng.random(T) * np.maximum(n, 1)).astype(np.int64))
+            hit = ok & (j < S)
+            t_i, c_i, j_i = rows[hit], cell[hit], j[hit]
+            self.s_v[t_i, c_i, j_i] = wmax[hit, b]
+            self.s_win[t_i, c_i, j_i] = win[b]
+            self.s_peak[t_i, c_i, j_i] = peak[hit, b]
+            self.s_ids[t_i, c_i, j_i] = ids[b]
+            self.s_acts[t_i, c_i, j_i] = per[hit, b]
+
+    def _coarsen(self, t: int, times: int) -> None:
+        """Double target t's cell width ``times`` times, merging reservoirs pairwise."""
+        C, S = self.cfg.cells, self.cfg.slots
+        for _ in range(min(times, int(math.log2(C)) + 1)):
+            arrays = (self.s_v[t], self.s_win[t], self.s_peak[t], self.s_ids[t], self.s_acts[t])
+            seen = self.seen[t].copy()
+            out = [np.zeros_like(a) for a in arrays]
+            out[0][:] = np.nan
+            out[1][:] = -1
+            new_seen = np.zeros_like(seen)
+            for c in range(0, C, 2):
+                pool = [(c2, s) for c2 in (c, c + 1) if c2 < C for s in range(S)
+                        if arrays[1][c2, s] >= 0]
+                new_seen[c // 2] = seen[c:c + 2].sum()
+                if not pool:
+                    continue
+                # each kept sample stands for seen/held windows of its cell
+                w = np.array([seen[c2] / max((arrays[1][c2] >= 0).sum(), 1) for c2, _ in pool])
+                take = self.rng.choice(len(pool), size=min(S, len(pool)), replace=False,
+                                       p=w / w.sum())
+                for slot, pi in enumerate(take):
+                    c2, s = pool[pi]
+                    for o, a in zip(out, arrays):
+                        o[c // 2, slot] = a[c2, s]
+            self.s_v[t], self.s_win[t], self.s_peak[t], self.s_ids[t], self.s_acts[t] = out
+            self.seen[t] = new_seen
+        self.cell_w[t] *= 2.0 ** times
+
+    def _controls(self, per, ids, win):
+        n_c = self.cfg.controls
+        for b in range(len(win)):
+            self.c_seen += 1
+            j = self.c_seen - 1 if self.c_seen <= n_c else int(self.rng.integers(self.c_seen))
+            if j < n_c:
+                self.c_win[j] = win[b]
+                self.c_ids[j] = ids[b]
+                self.c_acts[:, j] = per[:, b]
+
+    # -- results --
+    def finish(self) -> list[TargetExemplars]:
+        cfg, G = self.cfg, self.cfg.hist_bins
+        out = []
+        order_c = np.argsort(self.c_win[self.c_win >= 0])
+        for t, target in enumerate(self.targets):
+            r = TargetExemplars(str(target), density_threshold=cfg.density_threshold)
+            r.n_windows, r.n_tokens = self.n_win, self.n_tok
+            r.nonfinite = int(self.nonfinite[t])
+            n_ok = self.n_tok - r.nonfinite
+            r.top = [Exemplar(float(self.top_v[t, i]), int(self.top_peak[t, i]),
+                              int(self.top_win[t, i]), self.top_ids[t, i].tolist(),
+                              self.top_acts[t, i].tolist())
+                     for i in range(cfg.k) if self.top_win[t, i] >= 0]
+            if n_ok > 0:
+                r.max, r.min = float(self.vmax[t]), float(self.vmin[t])
+                r.mean = float(self.total[t] / n_ok)
+                r.std = float(math.sqrt(max(self.total2[t] / n_ok - r.mean ** 2, 0.0)))
+                r.density = float(self.n_above[t] / n_ok)
+                w = float(self.hist_w[t])
+                r.hist_edges = [float(w * i) for i in range(-G, G + 1)]
+                r.hist_counts = self.hist[t].tolist()
+            else:
+                r.max = r.min = r.mean = r.std = r.density = float("nan")
+            r.bands = self._bands(t, r)
+            valid = np.nonzero(self.c_win >= 0)[0][order_c]
+            r.controls = [Exemplar(float(np.max(self.c_acts[t, j, 0 if cfg.include_bos else 1:])),
+                                   int(np.argmax(self.c_acts[t, j, 0 if cfg.include_bos else 1:]))
+                                   + (0 if cfg.include_bos else 1),
+                                   int(self.c_win[j]), self.c_ids[j].tolist(),
+                                   self.c_acts[t, j].tolist()) for j in valid]
+            out.append(r)
+        return out
+
+    def _bands(self, t: int, r: TargetExemplars) -> list[Band]:
+        cfg = self.cfg
+        mx = r.max
+        if not (math.isfinite(mx) and mx > 0) or np.isnan(self.cell_w[t]):
+            return []
+        top_set = {e.window for e in r.top}
+        held = self.s_win[t] >= 0
+        vals, weights, idx = [], [], []
+        for c in range(cfg.cells):
+            n_held = int(held[c].sum())
+            for s in range(cfg.slots):
+                if held[c, s]:
+                    vals.append(float(self.s_v[t, c, s]))
+                    weights.append(self.seen[t, c] / n_held)
+                    idx.append((c, s))
+        vals_a = np.asarray(vals)
+        bands = []
+        rng = np.random.default_rng([cfg.seed, t])
+        # a cell's windows are counted in the band holding its midpoint (exact to one cell)
+        mid = np.minimum((np.arange(cfg.cells) + 0.5) * self.cell_w[t], mx)
+        cell_band = np.minimum(np.ceil(mid / mx * cfg.bands).astype(np.int64) - 1, cfg.bands - 1)
+        for bi in range(cfg.bands):
+            lo, hi = bi / cfg.bands, (bi + 1) / cfg.bands
+            inb = (vals_a > lo * mx) & (vals_a <= hi * mx) if len(vals_a) else np.zeros(0, bool)
+            cand = [i for i in np.nonzero(inb)[0] if self.s_win[t][idx[i]] not in top_set]
+            # the band's window count comes from the cells lying inside it
+            count = int(self.seen[t, cell_band == bi].sum())
+            picks = []
+            if cand and cfg.per_band:
+                w = np.asarray([weights[i] for i in cand], dtype=np.float64)
+                n = min(cfg.per_band, len(cand))
+                sel = rng.choice(len(cand), size=n, replace=False, p=w / w.sum())
+                for i in sorted((cand[j] for j in sel), key=lambda i: -vals[i]):
+                    c, s = idx[i]
+                    picks.append(Exemplar(vals[i], int(self.s_peak[t, c, s]), int(self.s_win[t, c, s]),
+                                          self.s_ids[t, c, s].tolist(), self.s_acts[t, c, s].tolist()))
+            bands.append(Band(lo, hi, count, picks))
+        return bands
+
+
+def mine(handle, targets: list[Target], source: str | None = None,
+         config: MineConfig | None = None, *, progress: bool = True) -> list[TargetExemplars]:
+    """Read every target on every corpus window in one streaming pass."""
+    cfg = (config or MineConfig()).check()
+    if not targets:
+        return []
+    sites = all_sites(targets)
+    miner = Miner(targets, cfg, cfg.window + 1)
+    total = cfg.max_tokens // cfg.window
+    bar = tqdm(total=total * cfg.window, unit="tok", desc="mining", disable=not progress,
+               leave=False)
+    for batch in corpus_mod.batched(corpus_mod.windows(handle, source, cfg.window,
+                                                       max_tokens=cfg.max_tokens), cfg.batch_size):
+        ids = np.stack([w.ids for w in batch])
+        with torch.no_grad():
+            caps, _ = run(handle, sites, input_ids=torch.as_tensor(ids, device=handle.device))
+            per = read_all(caps, targets, handle).float().cpu().numpy()
+        miner.update(per, ids.astype(np.int32), np.asarray([w.index for w in batch]))
+        bar.update(len(batch) * cfg.window)
+    bar.close()
+    return miner.finish()
 
 
 def scan(handle, targets: list[Target], source: str | None = None, *, window: int = 63,
          max_tokens: int = 50_000, k: int = 20, batch_size: int = 16,
          progress: bool = True) -> list[TargetExemplars]:
-    """Read every target on every corpus window and keep each target's top-k windows."""
-    sites = all_sites(targets)
-    n_t = len(targets)
-    best_v = [np.empty(0) for _ in range(n_t)]
-    best_rows: list[list] = [[] for _ in range(n_t)]
-    out = [TargetExemplars(str(t)) for t in targets]
-    total = max_tokens // window
-    bar = tqdm(total=total * window, unit="tok", desc="corpus scan", disable=not progress,
-               leave=False)
-    for batch in corpus_mod.batched(corpus_mod.windows(handle, source, window,
-                                                       max_tokens=max_tokens), batch_size):
-        ids = torch.as_tensor(np.stack([w.ids for w in batch]), device=handle.device)
-        with torch.no_grad():
-            caps, _ = run(handle, sites, input_ids=ids)
-            per = torch.stack([t.per_position(caps, handle) for t in targets]).float().cpu().numpy()
-        body = per[:, :, 1:]                       # BOS excluded
-        wmax = body.max(axis=2)
-        peak = body.argmax(axis=2) + 1
-        for ti in range(n_t):
-            cand_v = np.concatenate([best_v[ti], wmax[ti]])
-            cand_rows = best_rows[ti] + [(ti, b, w) for b, w in enumerate(batch)]
-            keep = np.argsort(-cand_v, kind="stable")[:k]
-            new_rows = []
-            for j in keep:
-                row = cand_rows[j]
-                if isinstance(row, Exemplar):
-                    new_rows.append(row)
-                else:
-                    _, b, w = row
-                    new_rows.append(Exemplar(float(wmax[ti, b]), int(peak[ti, b]), w.index,
-                                             w.ids.tolist(), per[ti, b].tolist()))
-            best_v[ti] = cand_v[keep]
-            best_rows[ti] = new_rows
-            out[ti].n_windows += len(batch)
-            out[ti].n_tokens += len(batch) * window
-        bar.update(len(batch) * window)
-    bar.close()
-    for ti in range(n_t):
-        out[ti].top = best_rows[ti]
-        out[ti].max = float(best_v[ti][0]) if len(best_v[ti]) else float("nan")
-    return out
+    """Top-k exemplars only (no bands or controls): the quick form used by ``query``."""
+    cfg = MineConfig(window=window, max_tokens=max_tokens, k=k, batch_size=batch_size,
+                     per_band=0, controls=0)
+    return mine(handle, targets, source, cfg, progress=progress)

@@ -35,7 +35,7 @@ def _short(s: str, n: int = 70) -> str:
 
 
 def cmd_query(args) -> int:
-    from .cli import dump_json, write_atomic
+    from .fileio import dump_json, write_atomic
     from .models import load_model
     from .query import load_config, query
     from .targets import parse_target, parse_targets

@@ -294,7 +294,7 @@ def parse_targets(spec: str, handle=None) -> list[Atom]:
     if len(parts) != arity[kind]:
         raise FeatvizError(f"bad target '{spec}': {kind} takes {arity[kind] - 1} numbers; {_SYNTAX}")
     layer = _int(parts[1], "layer", spec)
-    if kind == "resid" and not re.fullmatch(r"-?\d+", parts[2]):
+    if kind == "resid" and not re.fullmatch(r"-?\d+|\d+-\d+", parts[2]):
         atoms = [Atom("resid", layer, file=parts[2], reduction=red)]
     elif kind == "attn":
         atoms = [Atom("attn", layer, h, _int(parts[3], "key position", spec), reduction=red)

@@ -1,0 +1,238 @@
+"""Galleries: mine exemplars for many targets, dream for each, write a static site.
+
+    result = build_gallery(handle, targets, "galleries/demo", GalleryConfig())
+
+Layout of the output folder (schema: docs/gallery_schema.md)::
+
+    index.html             one sortable row per target
+    gallery.json           manifest: schema version, model, corpus, settings, targets
+    gallery.jsonl          every target record, one per line
+    targets/<slug>.json    one target record
+    targets/<slug>.html    one target page
+
+Targets are written one by one with atomic writes; re-running the same command skips
+targets whose record already exists with the same settings (resumption).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from tqdm.auto import tqdm
+
+from .cache import corpus_identity, mine_cached, model_fingerprint, slug
+from .dream import DreamConfig, DreamResult, dream
+from .effects import logit_effect
+from .errors import FeatvizError
+from .exemplars import MineConfig, TargetExemplars
+from .fileio import dump_json, read_json, write_atomic
+from .flags import Thresholds, quick_flags
+from .pages import index_page, target_page
+from .readout import read_text
+from .targets import Target
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class GalleryConfig:
+    mine: MineConfig = field(default_factory=lambda: MineConfig(max_tokens=20_000))
+    dream: DreamConfig | None = field(default_factory=lambda: DreamConfig(budget_seconds=20.0))
+    corpus: str | None = None
+    logit_k: int = 10
+    cache_dir: str | None = None        # None: ~/.cache/featviz/mining; "": no cache
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    title: str = "featviz gallery"
+
+    def check(self) -> "GalleryConfig":
+        self.mine.check()
+        if self.dream is not None:
+            self.dream.check()
+        return self
+
+    def settings(self) -> dict:
+        d = {"mine": self.mine.key(), "logit_k": self.logit_k,
+             "thresholds": asdict(self.thresholds)}
+        if self.dream is not None:
+            dc = asdict(self.dream)
+            dc.pop("corpus_init", None)
+            d["dream"] = dc
+        return d
+
+
+@dataclass
+class GalleryResult:
+    out_dir: str
+    index: str
+    done: list          # targets computed in this run
+    skipped: list       # targets already finished by an earlier run
+    failed: list        # targets whose record has a status other than ok
+
+
+def _peak_overlap(handle, synth_tokens: list, top: list) -> float | None:
+    norm = lambda s: s.strip().lower()  # noqa: E731
+    syn = {norm(t) for t in synth_tokens[1:]} - {""}
+    peaks = [norm(handle.decode([e.token_ids[e.peak]])) for e in top]
+    peaks = [p for p in peaks if p]
+    if not syn or not peaks:
+        return None
+    return sum(p in syn for p in peaks) / len(peaks)
+
+
+def _exemplar_json(handle, e) -> dict:
+    d = e.to_json(handle)
+    return {"tokens": d["tokens"], "activations": d["activations"], "value": d["value"],
+            "peak": d["peak"], "window": d["window"], "token_ids": d["token_ids"]}
+
+
+def _candidate_json(handle, target, c) -> dict:
+    r = read_text(handle, [target], c.text, with_xe=False)
+    return {"text": c.text, "tokens": r.tokens, "token_ids": r.token_ids,
+            "activations": r.values[str(target)], "activation": c.activation, "xe": c.xe}
+
+
+def target_record(handle, target: Target, ex: TargetExemplars, res: DreamResult | None,
+                  cfg: GalleryConfig, settings_key: str) -> dict:
+    """Everything the gallery knows about one target (JSON-ready)."""
+    syn = None
+    best = fluent = None
+    status, error = "ok", None
+    if res is not None:
+        syn = {"frontier": [_candidate_json(handle, target, c) for c in res.frontier],
+               "best": res.best.to_json() if res.best else None,
+               "best_fluent": res.best_fluent.to_json() if res.best_fluent else None,
+               "xe_cap": res.config.get("xe_cap"),
+               "evaluated": res.stats.get("evaluated")}
+        best = res.best.activation if res.best else None
+        fluent = res.best_fluent.activation if res.best_fluent else None
+        if res.stats.get("diverged"):
+            status, error = "diverged", "no finite activation was found while dreaming"
+    if ex.nonfinite:
+        status = "nonfinite"
+        error = f"the target was NaN or Inf on {ex.nonfinite} corpus tokens"
+    cmax = ex.max if math.isfinite(ex.max) else None
+    ratio = lambda v: (v / cmax if v is not None and cmax and cmax > 0 else None)  # noqa: E731
+    synth_tokens = []
+    if syn and (syn["best_fluent"] or syn["best"]):
+        synth_tokens = (syn["best_fluent"] or syn["best"])["tokens"]
+    st = ex.to_json(handle)
+    rec = {
+        "schema": "featviz.gallery.target", "version": SCHEMA_VERSION,
+        "target": str(target), "description": target.describe(handle),
+        "model": handle.name, "settings_key": settings_key, "status": status, "error": error,
+        "stats": {k: st[k] for k in ("max", "min", "mean", "std", "n_windows", "n_tokens", "density",
+                                     "density_threshold", "nonfinite", "quantiles", "histogram")},
+        # field names follow OpenAI's NeuronRecord so a converter is a few lines
+        "most_positive_activation_records": [_exemplar_json(handle, e) for e in ex.top],
+        "random_sample": [_exemplar_json(handle, e) for e in ex.controls],
+        "bands": [{"lo": b.lo, "hi": b.hi, "count": b.count,
+                   "samples": [_exemplar_json(handle, e) for e in b.samples]} for b in ex.bands],
+        "synthetic": syn,
+        "logit_effect": logit_effect(handle, target, cfg.logit_k),
+        "validation": {"ratio_fluent": ratio(fluent), "ratio_best": ratio(best),
+                       "xe_best_fluent": res.best_fluent.xe if res and res.best_fluent else None,
+                       "peak_overlap": _peak_overlap(handle, synth_tokens, ex.top)},
+    }
+    rec["flags"] = quick_flags(corpus_max=cmax, density=ex.density, best=best, fluent=fluent,
+                               nonfinite=ex.nonfinite, th=cfg.thresholds)
+    if status == "diverged":
+        rec["flags"].append("diverged")
+    return rec
+
+
+def _summary(rec: dict, order: int) -> dict:
+    syn = rec.get("synthetic") or {}
+    bf, b = syn.get("best_fluent") or {}, syn.get("best") or {}
+    return {"order": order, "target": rec["target"], "corpus_max": rec["stats"]["max"],
+            "best_fluent": bf.get("activation"), "best": b.get("activation"),
+            "ratio_fluent": (rec.get("validation") or {}).get("ratio_fluent"),
+            "density": rec["stats"]["density"], "flags": rec.get("flags", []),
+            "status": rec.get("status"), "best_fluent_text": bf.get("text")}
+
+
+def _write_index(out_dir, cfg, meta, targets, records):
+    rows = []
+    for i, t in enumerate(targets):
+        rec = records.get(str(t))
+        if rec is None:
+            s = {"order": i, "target": str(t), "status": "pending", "flags": []}
+        else:
+            s = _summary(rec, i)
+        rows.append((s, f"targets/{slug(str(t))}.html"))
+    write_atomic(os.path.join(out_dir, "index.html"), index_page(cfg.title, meta, rows))
+
+
+def build_gallery(handle, targets: list[Target], out_dir: str, config: GalleryConfig | None = None,
+                  *, progress: bool = True) -> GalleryResult:
+    cfg = (config or GalleryConfig()).check()
+    if not targets:
+        raise FeatvizError("no targets given; pass e.g. --targets mlp:6:0-7")
+    names = [str(t) for t in targets]
+    if len(set(names)) != len(names):
+        raise FeatvizError("the same target is listed twice; list each target once")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FeatvizError(f"--out '{out_dir}' exists and is not a folder; pick another path")
+    tdir = os.path.join(out_dir, "targets")
+    os.makedirs(tdir, exist_ok=True)
+    for stale in glob.glob(os.path.join(glob.escape(out_dir), "**", "*.tmp*"), recursive=True):
+        os.unlink(stale)                                    # left by a killed run
+    settings = cfg.settings()
+    key_doc = {"model": model_fingerprint(handle), "corpus": corpus_identity(cfg.corpus),
+               "settings": settings, "schema": SCHEMA_VERSION}
+    settings_key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:16]
+    meta = {"model": handle.name, "corpus": cfg.corpus or "wiki",
+            "tokens mined": cfg.mine.max_tokens, "targets": len(targets),
+            "dream budget (s)": cfg.dream.budget_seconds if cfg.dream else "off"}
+    manifest = {"schema": "featviz.gallery", "version": SCHEMA_VERSION, "title": cfg.title,
+                "model": handle.describe(), "model_fingerprint": key_doc["model"],
+                "corpus": key_doc["corpus"], "settings": settings, "settings_key": settings_key,
+                "targets": [{"target": n, "json": f"targets/{slug(n)}.json",
+                             "html": f"targets/{slug(n)}.html"} for n in names]}
+    write_atomic(os.path.join(out_dir, "gallery.json"), dump_json(manifest))
+
+    records: dict = {}
+    for t in targets:
+        rec = read_json(os.path.join(tdir, slug(str(t)) + ".json"), missing_ok=True, corrupt_ok=True)
+        if rec and rec.get("settings_key") == settings_key and rec.get("target") == str(t):
+            records[str(t)] = rec
+    skipped = [n for n in names if n in records]
+    todo = [t for t in targets if str(t) not in records]
+    _write_index(out_dir, cfg, meta, targets, records)
+    done = []
+    if todo:
+        mined, _ = mine_cached(handle, todo, cfg.corpus, cfg.mine, cache_dir=cfg.cache_dir,
+                               progress=progress)
+        bar = tqdm(total=len(todo), unit="target", desc="dreaming" if cfg.dream else "writing",
+                   disable=not progress)
+        for t, ex in zip(todo, mined):
+            t0 = time.perf_counter()
+            res, err = None, None
+            if cfg.dream is not None:
+                try:
+                    res = dream(handle, t, cfg.dream, progress=False)
+                except (FeatvizError, RuntimeError, ValueError, FloatingPointError) as e:
+                    err = f"dreaming failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            rec = target_record(handle, t, ex, res, cfg, settings_key)
+            if err:
+                rec["status"], rec["error"] = "error", err
+                rec["flags"].append("error")
+            rec["timing"] = {"seconds": time.perf_counter() - t0}
+            s = slug(str(t))
+            write_atomic(os.path.join(tdir, s + ".html"), target_page(rec))
+            write_atomic(os.path.join(tdir, s + ".json"), dump_json(rec))
+            records[str(t)] = rec
+            done.append(str(t))
+            _write_index(out_dir, cfg, meta, targets, records)
+            bar.update(1)
+        bar.close()
+    lines = [dump_json({k: v for k, v in records[n].items() if k != "audit_html"}, indent=None)
+             for n in names]
+    write_atomic(os.path.join(out_dir, "gallery.jsonl"), "\n".join(lines) + "\n")
+    failed = [n for n in names if records[n].get("status") != "ok"]
+    return GalleryResult(out_dir=out_dir, index=os.path.join(out_dir, "index.html"), done=done,
+                         skipped=skipped, failed=failed)
