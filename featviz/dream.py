@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -169,6 +169,18 @@ def _stable_unique(tokens: Tokens, ids: torch.Tensor, archive: Archive | None = 
     return ids[keep]
 
 
+def _fit_budget(cfg: DreamConfig, B: int) -> DreamConfig:
+    """Shrink the fixed-cost init stage (model samples, beam searches) for budgets under
+    a minute, so a short run keeps to its budget; longer budgets use the config as is."""
+    if cfg.budget_seconds is None or cfg.budget_seconds >= 60:
+        return cfg
+    f = cfg.budget_seconds / 60
+    return replace(cfg, init_samples=max(B, round(cfg.init_samples * f)),
+                   beam_width=max(2, round(cfg.beam_width * f)),
+                   beam_expand=max(8, round(cfg.beam_expand * f)),
+                   beam_lams=tuple(cfg.beam_lams)[: 1 if f < 0.25 else None])
+
+
 def _init_ids(handle, cfg, tokens, mask, gen, batch):
     if cfg.init == "model":
         return sample_from_model(handle, batch, cfg.length, mask, gen, tokens.prefix)
@@ -222,6 +234,7 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
     tokens = Tokens(handle, prefix, suffix)
     lam, cap = _row_params(cfg, dev)
     B, n = len(lam), cfg.length
+    user_cfg, cfg = cfg, _fit_budget(cfg, len(lam))
     archive = Archive()
     stats = {"relax_steps": 0, "swap_iters": 0, "seconds": {}}
     bar = tqdm(total=cfg.budget_seconds or (cfg.steps * cfg.restarts + cfg.swap_iters),
@@ -337,8 +350,9 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
     stats["sweep"] = sweep
     stats["two_stage"] = two_stage
     it = 0
+    reserve = 0.0 if cfg.budget_seconds is None else 0.15 * cfg.budget_seconds   # for verify
     while it < (cfg.swap_iters if cfg.budget_seconds is None else 10 ** 9):
-        if clock.left() <= 0:
+        if clock.left() <= reserve:
             break
         with autocast:
             grad, lm = onehot_grads(tokens, target, pop, lam, cap)
@@ -401,6 +415,12 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
     # ---- stage 5: report only what a fresh pass computes on re-encoded text ----
     t_ver = time.perf_counter()
     slack = 0.0 if cfg.precision == "fp32" else 0.25   # bf16 xe may differ a little from fp32
+    checked = {}
+
+    def verify(key):
+        if key not in checked:
+            checked[key] = _verify(handle, target, tokens, key, n)
+        return checked[key]
 
     def best_under(limit):
         """Highest fp32-verified activation with fp32 xe <= limit, from the best few."""
@@ -408,12 +428,12 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
                      if x <= limit + slack and a == a), reverse=True)
         best = None
         for a, k in ok[:8]:
-            c = _verify(handle, target, tokens, k, n)
+            c = verify(k)
             if c is not None and c.xe <= limit and (best is None or c.activation > best.activation):
                 best = c
         return best
 
-    verified = [c for c in (_verify(handle, target, tokens, k, n) for k, _, _ in archive.frontier())
+    verified = [c for c in (verify(k) for k, _, _ in archive.frontier())
                 if c is not None]
     extra = [best_under(float(c)) for c in tuple(cfg.caps) + (cfg.xe_cap, math.inf)]
     frontier, top = [], -math.inf
@@ -432,7 +452,8 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
     stats["evaluated"] = archive.evaluated
     stats["soft_trace"] = soft_trace
     stats["diverged"] = not any(math.isfinite(a) for a, _ in archive.entries.values())
-    cfg_json = asdict(cfg)
+    stats["verified"] = len(checked)
+    cfg_json = asdict(user_cfg)
     cfg_json.pop("corpus_init", None)
     return DreamResult(target=str(target), target_description=target.describe(handle),
                        model=handle.name, config=cfg_json, frontier=frontier,

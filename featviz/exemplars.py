@@ -16,6 +16,7 @@ beyond the forward pass itself.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -222,13 +223,45 @@ def _merge_pairs(a: np.ndarray, times: int, axis_from_zero: bool) -> np.ndarray:
     return np.concatenate([np.zeros(a.shape[:-1] + (n - n // f,), dtype=a.dtype), m], -1)
 
 
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: uint64 -> well-mixed uint64 (vectorised, wraps on overflow)."""
+    x = x.astype(np.uint64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _target_keys(targets, seed: int) -> np.ndarray:
+    """One 64-bit key per target, from its name and the seed, so each target's random
+    samples do not depend on which other targets are mined in the same pass."""
+    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{t}".encode()).digest()[:8], "little")
+                     for t in targets], dtype=np.uint64)
+
+
+def _uniform(keys, counters) -> np.ndarray:
+    """Uniform (0, 1) draws, a pure function of (key, counter) (arrays broadcast)."""
+    with np.errstate(over="ignore"):
+        x = _mix(np.asarray(keys, dtype=np.uint64)
+                 ^ _mix(np.asarray(counters, dtype=np.int64).astype(np.uint64)))
+    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def _weighted_pick(weights: np.ndarray, u: np.ndarray, n: int) -> np.ndarray:
+    """Indices of ``n`` draws without replacement, probability proportional to weight,
+    along the last axis (Efraimidis-Spirakis keys; weight 0 is never picked first)."""
+    with np.errstate(divide="ignore"):
+        key = np.where(weights > 0, np.log(u) / np.where(weights > 0, weights, 1.0), -np.inf)
+    return np.argsort(-key, axis=-1, kind="stable")[..., :n], key
+
+
 class Miner:
     """Streaming state for many targets; feed it batches, then ``finish``."""
 
     def __init__(self, targets: list[Target], cfg: MineConfig, width: int):
         self.targets, self.cfg, self.W = list(targets), cfg, width
         T, k, C, S, G = len(targets), cfg.k, cfg.cells, cfg.slots, cfg.hist_bins
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)          # controls (shared by all targets)
+        self.keys = _target_keys(targets, cfg.seed)          # per-target sampling
         self.top_v = np.full((T, k), -np.inf)
         self.top_win = np.full((T, k), -1, dtype=np.int64)
         self.top_peak = np.zeros((T, k), dtype=np.int64)
@@ -264,11 +297,16 @@ class Miner:
         start = 0 if cfg.include_bos else 1
         body = per[:, :, start:]
         finite = np.isfinite(body)
-        self.nonfinite += (~finite).reshape(T, -1).sum(1)
-        body_f = np.where(finite, body, np.nan)
-        with np.errstate(invalid="ignore"):
-            wmax = np.nanmax(np.where(finite, body, -np.inf), axis=2)      # (T, B)
-        peak = np.argmax(np.where(finite, body, -np.inf), axis=2) + start
+        if finite.all():                      # the common case: no masking passes needed
+            body_f = body
+            wmax = body.max(axis=2)
+            peak = body.argmax(axis=2) + start
+        else:
+            self.nonfinite += (~finite).reshape(T, -1).sum(1)
+            body_f = np.where(finite, body, np.nan)
+            masked = np.where(finite, body, -np.inf)
+            wmax = masked.max(axis=2)                                        # (T, B)
+            peak = masked.argmax(axis=2) + start
         self._topk(wmax, peak, per, ids, win)
         self._histogram(body_f)
         self._reservoir(wmax, peak, per, ids, win)
@@ -295,10 +333,17 @@ class Miner:
         G = self.cfg.hist_bins
         flat = body.reshape(body.shape[0], -1)
         valid = np.isfinite(flat)
-        with np.errstate(invalid="ignore"):
-            absmax = np.nanmax(np.where(valid, np.abs(flat), 0.0), axis=1)
-            self.vmax = np.fmax(self.vmax, np.nanmax(np.where(valid, flat, -np.inf), axis=1))
-            self.vmin = np.fmin(self.vmin, np.nanmin(np.where(valid, flat, np.inf), axis=1))
+        clean = valid.all()
+        if not clean:
+            lo_f, hi_f = np.where(valid, flat, np.inf), np.where(valid, flat, -np.inf)
+            flat = np.where(valid, flat, 0.0).astype(flat.dtype)
+        else:
+            lo_f = hi_f = flat
+        vmax, vmin = hi_f.max(axis=1), lo_f.min(axis=1)
+        self.vmax = np.fmax(self.vmax, vmax)
+        self.vmin = np.fmin(self.vmin, vmin)
+        absmax = np.maximum(np.abs(np.where(np.isfinite(vmax), vmax, 0.0)),
+                            np.abs(np.where(np.isfinite(vmin), vmin, 0.0)))
         new = np.isnan(self.hist_w)
         self.hist_w[new] = np.where(absmax[new] > 0, absmax[new] / G * 1.5, 1e-6)
         d = _fit_width(self.hist_w, absmax, G)
@@ -306,17 +351,15 @@ class Miner:
             self.hist[t, G:] = _merge_pairs(self.hist[t, G:], int(d[t]), True)
             self.hist[t, :G] = _merge_pairs(self.hist[t, :G], int(d[t]), False)
             self.hist_w[t] *= 2.0 ** int(d[t])
-        with np.errstate(invalid="ignore"):
-            b = np.floor(flat / self.hist_w[:, None]).astype(np.int64) + G
-        b = np.clip(np.where(valid, b, 0), 0, 2 * G - 1)
-        off = (np.arange(flat.shape[0]) * 2 * G)[:, None]
-        cnt = np.bincount((b + off)[valid], minlength=flat.shape[0] * 2 * G)
+        inv = (1.0 / self.hist_w).astype(flat.dtype)[:, None]
+        b = np.floor(flat * inv).astype(np.int64)
+        np.clip(b, -G, G - 1, out=b)
+        b += (np.arange(flat.shape[0]) * 2 * G + G)[:, None]
+        cnt = np.bincount(b[valid] if not clean else b.ravel(), minlength=flat.shape[0] * 2 * G)
         self.hist += cnt.reshape(flat.shape[0], 2 * G)
-        with np.errstate(invalid="ignore"):
-            self.n_above += (np.where(valid, flat, -np.inf) > self.cfg.density_threshold).sum(1)
-        fv = np.where(valid, flat, 0.0).astype(np.float64)
-        self.total += fv.sum(1)
-        self.total2 += (fv * fv).sum(1)
+        self.n_above += ((flat > self.cfg.density_threshold) & valid).sum(1)
+        self.total += flat.sum(1, dtype=np.float64)
+        self.total2 += np.square(flat).sum(1, dtype=np.float64)
 
     def _reservoir(self, wmax, peak, per, ids, win):
         C, S = self.cfg.cells, self.cfg.slots
@@ -338,7 +381,8 @@ class Miner:
             cell[ok] = np.minimum((wmax[ok, b] / self.cell_w[ok]).astype(np.int64), C - 1)
             self.seen[rows[ok], cell[ok]] += 1
             n = self.seen[rows, cell]
-            j = np.where(n <= S, n - 1, (self.rng.random(T) * np.maximum(n, 1)).astype(np.int64))
+            u = _uniform(self.keys, int(win[b]))
+            j = np.where(n <= S, n - 1, (u * np.maximum(n, 1)).astype(np.int64))
             hit = ok & (j < S)
             t_i, c_i, j_i = rows[hit], cell[hit], j[hit]
             self.s_v[t_i, c_i, j_i] = wmax[hit, b]
@@ -350,28 +394,34 @@ class Miner:
     def _coarsen(self, t: int, times: int) -> None:
         """Double target t's cell width ``times`` times, merging reservoirs pairwise."""
         C, S = self.cfg.cells, self.cfg.slots
-        for _ in range(min(times, int(math.log2(C)) + 1)):
-            arrays = (self.s_v[t], self.s_win[t], self.s_peak[t], self.s_ids[t], self.s_acts[t])
-            seen = self.seen[t].copy()
-            out = [np.zeros_like(a) for a in arrays]
-            out[0][:] = np.nan
-            out[1][:] = -1
-            new_seen = np.zeros_like(seen)
-            for c in range(0, C, 2):
-                pool = [(c2, s) for c2 in (c, c + 1) if c2 < C for s in range(S)
-                        if arrays[1][c2, s] >= 0]
-                new_seen[c // 2] = seen[c:c + 2].sum()
-                if not pool:
-                    continue
-                # each kept sample stands for seen/held windows of its cell
-                w = np.array([seen[c2] / max((arrays[1][c2] >= 0).sum(), 1) for c2, _ in pool])
-                take = self.rng.choice(len(pool), size=min(S, len(pool)), replace=False,
-                                       p=w / w.sum())
-                for slot, pi in enumerate(take):
-                    c2, s = pool[pi]
-                    for o, a in zip(out, arrays):
-                        o[c // 2, slot] = a[c2, s]
-            self.s_v[t], self.s_win[t], self.s_peak[t], self.s_ids[t], self.s_acts[t] = out
+        half, pad = (C + 1) // 2, C % 2
+        for step in range(min(times, int(math.log2(C)) + 1)):
+            arrays = [self.s_v[t], self.s_win[t], self.s_peak[t], self.s_ids[t], self.s_acts[t]]
+            fills = [np.nan, -1, 0, 0, 0]
+            held = arrays[1] >= 0
+            # each kept sample stands for seen/held windows of its cell
+            w = np.where(held, (self.seen[t] / np.maximum(held.sum(1), 1))[:, None], 0.0)
+
+            def pairs(a, fill):
+                if pad:
+                    a = np.concatenate([a, np.full((1,) + a.shape[1:], fill, a.dtype)])
+                return a.reshape((half, 2 * S) + a.shape[2:])
+
+            wp = pairs(w, 0.0)
+            u = _uniform(self.keys[t], np.arange(wp.size) + (self.n_win * 64 + step) * wp.size)
+            order, key = _weighted_pick(wp, u.reshape(wp.shape), S)
+            ok = np.take_along_axis(key, order, 1) > -np.inf                    # (half, S)
+            for i, (a, fill) in enumerate(zip(arrays, fills)):
+                ap = pairs(a, fill)
+                idx = order.reshape(order.shape + (1,) * (ap.ndim - 2))
+                sel = np.take_along_axis(ap, idx, 1)
+                sel[~ok] = fill
+                out = np.full_like(a, fill)
+                out[:half] = sel
+                arrays[i][...] = out
+            seen = np.concatenate([self.seen[t], [0] * pad])
+            new_seen = np.zeros_like(self.seen[t])
+            new_seen[:half] = seen.reshape(half, 2).sum(1)
             self.seen[t] = new_seen
         self.cell_w[t] *= 2.0 ** times
 
@@ -390,14 +440,20 @@ class Miner:
         cfg, G = self.cfg, self.cfg.hist_bins
         out = []
         order_c = np.argsort(self.c_win[self.c_win >= 0])
+        valid_c = np.nonzero(self.c_win >= 0)[0][order_c]
+        s0 = 0 if cfg.include_bos else 1
+        top_ids, top_acts = self.top_ids.tolist(), self.top_acts.tolist()   # one bulk conversion
+        c_ids = self.c_ids.tolist()
+        c_acts = self.c_acts[:, valid_c].tolist()
+        c_max = self.c_acts[:, valid_c, s0:].max(axis=2) if len(valid_c) else None
+        c_peak = self.c_acts[:, valid_c, s0:].argmax(axis=2) + s0 if len(valid_c) else None
         for t, target in enumerate(self.targets):
             r = TargetExemplars(str(target), density_threshold=cfg.density_threshold)
             r.n_windows, r.n_tokens = self.n_win, self.n_tok
             r.nonfinite = int(self.nonfinite[t])
             n_ok = self.n_tok - r.nonfinite
             r.top = [Exemplar(float(self.top_v[t, i]), int(self.top_peak[t, i]),
-                              int(self.top_win[t, i]), self.top_ids[t, i].tolist(),
-                              self.top_acts[t, i].tolist())
+                              int(self.top_win[t, i]), top_ids[t][i], top_acts[t][i])
                      for i in range(cfg.k) if self.top_win[t, i] >= 0]
             if n_ok > 0:
                 r.max, r.min = float(self.vmax[t]), float(self.vmin[t])
@@ -410,12 +466,8 @@ class Miner:
             else:
                 r.max = r.min = r.mean = r.std = r.density = float("nan")
             r.bands = self._bands(t, r)
-            valid = np.nonzero(self.c_win >= 0)[0][order_c]
-            r.controls = [Exemplar(float(np.max(self.c_acts[t, j, 0 if cfg.include_bos else 1:])),
-                                   int(np.argmax(self.c_acts[t, j, 0 if cfg.include_bos else 1:]))
-                                   + (0 if cfg.include_bos else 1),
-                                   int(self.c_win[j]), self.c_ids[j].tolist(),
-                                   self.c_acts[t, j].tolist()) for j in valid]
+            r.controls = [Exemplar(float(c_max[t, i]), int(c_peak[t, i]), int(self.c_win[j]),
+                                   c_ids[j], c_acts[t][i]) for i, j in enumerate(valid_c)]
             out.append(r)
         return out
 
@@ -426,36 +478,34 @@ class Miner:
             return []
         top_set = {e.window for e in r.top}
         held = self.s_win[t] >= 0
-        vals, weights, idx = [], [], []
-        for c in range(cfg.cells):
-            n_held = int(held[c].sum())
-            for s in range(cfg.slots):
-                if held[c, s]:
-                    vals.append(float(self.s_v[t, c, s]))
-                    weights.append(self.seen[t, c] / n_held)
-                    idx.append((c, s))
-        vals_a = np.asarray(vals)
-        bands = []
-        rng = np.random.default_rng([cfg.seed, t])
+        cs = np.argwhere(held)                                   # (n, 2): cell, slot
+        n_held = held.sum(1)
+        vals_a = self.s_v[t][held].astype(np.float64)
+        vals = vals_a.tolist()
+        weights = (self.seen[t, cs[:, 0]] / np.maximum(n_held[cs[:, 0]], 1)).tolist()
+        win_of = self.s_win[t][held].tolist()
+        chosen, bands = [], []                                   # chosen: (band, held index)
         # a cell's windows are counted in the band holding its midpoint (exact to one cell)
         mid = np.minimum((np.arange(cfg.cells) + 0.5) * self.cell_w[t], mx)
         cell_band = np.minimum(np.ceil(mid / mx * cfg.bands).astype(np.int64) - 1, cfg.bands - 1)
         for bi in range(cfg.bands):
             lo, hi = bi / cfg.bands, (bi + 1) / cfg.bands
             inb = (vals_a > lo * mx) & (vals_a <= hi * mx) if len(vals_a) else np.zeros(0, bool)
-            cand = [i for i in np.nonzero(inb)[0] if self.s_win[t][idx[i]] not in top_set]
+            cand = [i for i in np.nonzero(inb)[0].tolist() if win_of[i] not in top_set]
             # the band's window count comes from the cells lying inside it
             count = int(self.seen[t, cell_band == bi].sum())
-            picks = []
+            bands.append(Band(lo, hi, count, []))
             if cand and cfg.per_band:
                 w = np.asarray([weights[i] for i in cand], dtype=np.float64)
                 n = min(cfg.per_band, len(cand))
-                sel = rng.choice(len(cand), size=n, replace=False, p=w / w.sum())
-                for i in sorted((cand[j] for j in sel), key=lambda i: -vals[i]):
-                    c, s = idx[i]
-                    picks.append(Exemplar(vals[i], int(self.s_peak[t, c, s]), int(self.s_win[t, c, s]),
-                                          self.s_ids[t, c, s].tolist(), self.s_acts[t, c, s].tolist()))
-            bands.append(Band(lo, hi, count, picks))
+                sel, _ = _weighted_pick(w, _uniform(self.keys[t], np.asarray(cand) + bi * 100_003), n)
+                chosen += [(bi, i) for i in sorted((cand[j] for j in sel), key=lambda i: -vals[i])]
+        if chosen:                                               # one bulk gather per target
+            c, sl = cs[[i for _, i in chosen]].T
+            ids, acts = self.s_ids[t, c, sl].tolist(), self.s_acts[t, c, sl].tolist()
+            peaks, wins = self.s_peak[t, c, sl].tolist(), self.s_win[t, c, sl].tolist()
+            for j, (bi, i) in enumerate(chosen):
+                bands[bi].samples.append(Exemplar(vals[i], peaks[j], wins[j], ids[j], acts[j]))
         return bands
 
 

@@ -35,12 +35,14 @@ def write_atomic(path: str, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:          # also Ctrl-C mid-write: leave no temp file behind
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise FeatvizError(f"cannot write '{path}': {e.strerror}") from None
+        if isinstance(e, OSError):
+            raise FeatvizError(f"cannot write '{path}': {e.strerror}") from None
+        raise
 
 
 def read_json(path: str, *, missing_ok: bool = False, corrupt_ok: bool = False):
