@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_query_parser(sub, common)
     from .gallery_cli import add_gallery_parser
     add_gallery_parser(sub, common)
+    from .audit_cli import add_audit_parser
+    add_audit_parser(sub, common)
     return p
 
 

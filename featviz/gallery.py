@@ -167,6 +167,44 @@ def _write_index(out_dir, cfg, meta, targets, records):
     write_atomic(os.path.join(out_dir, "index.html"), index_page(cfg.title, meta, rows))
 
 
+def _write_jsonl(out_dir: str, recs: list) -> None:
+    write_atomic(os.path.join(out_dir, "gallery.jsonl"),
+                 "".join(dump_json(r, indent=None) + "\n" for r in recs))
+
+
+def attach_audit(out_dir: str, audits: list) -> list[str]:
+    """Embed audit results (``TargetAudit.to_json()`` dicts) into an existing gallery: the
+    target records gain an ``audit`` field and its flags, pages and index are rewritten.
+    Returns the targets that were found in the gallery."""
+    man = read_json(os.path.join(out_dir, "gallery.json"))
+    if man.get("schema") != "featviz.gallery":
+        raise FeatvizError(f"'{out_dir}' is not a featviz gallery (no gallery manifest)")
+    entries = {e["target"]: e for e in man["targets"]}
+    found = []
+    for a in audits:
+        e = entries.get(a["target"])
+        if e is None:
+            continue
+        path = os.path.join(out_dir, e["json"])
+        rec = read_json(path, missing_ok=True)
+        if rec is None:
+            continue
+        rec["audit"] = a
+        rec["flags"] = [f for f in rec.get("flags", []) if not f.startswith("audit:")] + \
+            [f"audit:{f}" for f in a.get("flags", [])]
+        write_atomic(os.path.join(out_dir, e["html"]), target_page(rec))
+        write_atomic(path, dump_json(rec))
+        found.append(a["target"])
+    recs = {t: read_json(os.path.join(out_dir, e["json"]), missing_ok=True) for t, e in entries.items()}
+    rows = [(_summary(r, i) if r else {"order": i, "target": t, "status": "pending", "flags": []},
+             entries[t]["html"]) for i, (t, r) in enumerate(recs.items())]
+    write_atomic(os.path.join(out_dir, "index.html"),
+                 index_page(man.get("title", "featviz gallery"), man.get("meta", {}), rows))
+    if all(recs.values()):
+        _write_jsonl(out_dir, list(recs.values()))
+    return found
+
+
 def build_gallery(handle, targets: list[Target], out_dir: str, config: GalleryConfig | None = None,
                   *, progress: bool = True) -> GalleryResult:
     cfg = (config or GalleryConfig()).check()
@@ -189,6 +227,7 @@ def build_gallery(handle, targets: list[Target], out_dir: str, config: GalleryCo
             "tokens mined": cfg.mine.max_tokens, "targets": len(targets),
             "dream budget (s)": cfg.dream.budget_seconds if cfg.dream else "off"}
     manifest = {"schema": "featviz.gallery", "version": SCHEMA_VERSION, "title": cfg.title,
+                "meta": meta,
                 "model": handle.describe(), "model_fingerprint": key_doc["model"],
                 "corpus": key_doc["corpus"], "settings": settings, "settings_key": settings_key,
                 "targets": [{"target": n, "json": f"targets/{slug(n)}.json",
@@ -230,9 +269,7 @@ def build_gallery(handle, targets: list[Target], out_dir: str, config: GalleryCo
             _write_index(out_dir, cfg, meta, targets, records)
             bar.update(1)
         bar.close()
-    lines = [dump_json({k: v for k, v in records[n].items() if k != "audit_html"}, indent=None)
-             for n in names]
-    write_atomic(os.path.join(out_dir, "gallery.jsonl"), "\n".join(lines) + "\n")
+    _write_jsonl(out_dir, [records[n] for n in names])
     failed = [n for n in names if records[n].get("status") != "ok"]
     return GalleryResult(out_dir=out_dir, index=os.path.join(out_dir, "index.html"), done=done,
                          skipped=skipped, failed=failed)

@@ -48,25 +48,29 @@ def expand_specs(specs: list, layers: str | None) -> list[str]:
     return out
 
 
-def cmd_gallery(args) -> int:
+def budget_dream_config(config_path: str | None, budget: float, seed: int):
+    """DreamConfig for a per-target time budget: a YAML preset (optional) with the budget
+    and seed on top; the step counts stop limiting, the budget does."""
     from .dream import DreamConfig
+    from .query import load_config
+    dream = load_config(config_path, {"budget_seconds": budget, "seed": seed}).dream \
+        if config_path else DreamConfig(budget_seconds=budget, seed=seed)
+    dream.steps, dream.swap_iters = max(dream.steps, 10 ** 6), max(dream.swap_iters, 10 ** 6)
+    return dream.check()
+
+
+def cmd_gallery(args) -> int:
     from .exemplars import MineConfig
     from .gallery import GalleryConfig, build_gallery
     from .models import load_model
-    from .query import load_config
     from .targets import parse_targets
     specs = expand_specs(args.targets, args.layers)
     for s in specs:
         parse_targets(s)                       # syntax first, before any model work
     mine = MineConfig(window=args.window, max_tokens=args.tokens, k=args.top_k,
                       include_bos=args.include_bos, seed=args.seed).check()
-    dream = None
-    if not args.no_dream:
-        dream = load_config(args.config, {"budget_seconds": args.budget_seconds,
-                                          "seed": args.seed}).dream if args.config else \
-            DreamConfig(budget_seconds=args.budget_seconds, seed=args.seed)
-        dream.steps, dream.swap_iters = max(dream.steps, 10**6), max(dream.swap_iters, 10**6)
-        dream.check()
+    dream = None if args.no_dream else budget_dream_config(args.config, args.budget_seconds,
+                                                            args.seed)
     cfg = GalleryConfig(mine=mine, dream=dream, corpus=args.corpus, cache_dir=args.cache_dir,
                         title=args.title).check()
     handle = load_model(args.model, trust_remote_code=args.trust_remote_code)

@@ -49,6 +49,46 @@ def _logits(eff: dict | None) -> str:
             f'<tbody>{col(eff["bottom"])}</tbody></table></div>')
 
 
+def _attribution_tokens(rows: list) -> str:
+    if not rows:
+        return ""
+    top = max([r["drop"] for r in rows if r["drop"] == r["drop"]] + [1e-9])
+    parts = []
+    for r in rows:
+        d = r["drop"]
+        a = 0.0 if d != d else max(min(d / top, 1.0), 0.0)
+        parts.append(f'<span class="tok" style="background:rgba(255,120,0,{a:.2f})" '
+                     f'title="drop {num(d)}; best alternative {esc(r.get("best_alternative"))}">'
+                     f'{esc(r["token"])}</span>')
+    return f'<span class="text">{"".join(parts)}</span>'
+
+
+def audit_section(audit: dict) -> str:
+    """The audit's checks as an HTML section (embedded in a gallery's target page)."""
+    from .audit import summary_line
+    rows = []
+    for c in audit.get("checks", []):
+        v = c["verdict"]
+        cls = "flag" if v == "flag" else "ok" if v == "ok" else "muted"
+        th = ", ".join(f"{esc(k)} {esc(val)}" for k, val in c.get("thresholds", {}).items())
+        rows.append(f'<tr><td>{esc(c["name"])}</td><td><span class="{cls}">{esc(v)}</span></td>'
+                    f'<td><span class="text">{esc(summary_line(c["name"], c["figures"]))}</span>'
+                    f'<br><span class="muted">{esc(c.get("note", ""))}</span></td>'
+                    f'<td class="muted">{th}</td></tr>')
+    att = next((c for c in audit.get("checks", []) if c["name"] == "attribution"), None)
+    attr = ""
+    if att and att["figures"]:
+        f = att["figures"]
+        attr = ("<p>Token attribution (shade = activation drop when the token is replaced by the "
+                "best of the model's top alternatives; hover for figures):</p>"
+                f'<p>synthetic: {_attribution_tokens(f.get("synthetic", []))}</p>'
+                f'<p>top exemplar (up to its peak): {_attribution_tokens(f.get("exemplar", []))}</p>')
+    flags = ", ".join(esc(f) for f in audit.get("flags", [])) or "none"
+    return (f'<h2 id="audit">Audit</h2><p>flags: {flags}</p><table><thead><tr><th>check</th>'
+            f'<th>verdict</th><th>figures</th><th>thresholds</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>{attr}')
+
+
 def target_page(rec: dict) -> str:
     st = rec["stats"]
     val = rec.get("validation") or {}
@@ -70,7 +110,7 @@ def target_page(rec: dict) -> str:
         bands.append(f'<h3>{b["lo"]:.0%}&ndash;{b["hi"]:.0%} of the max '
                      f'<span class="muted">(~{b["count"]} windows)</span></h3>'
                      + _ex_rows(b["samples"], scale))
-    audit = rec.get("audit_html") or ""
+    audit = audit_section(rec["audit"]) if rec.get("audit") else ""
     body = f"""<p><a href="../index.html">&larr; gallery</a></p>
 <h1>{esc(rec["target"])}</h1><p>{esc(rec.get("description", ""))}</p>{status}
 <div class="fig"><div class="card"><b>Validation</b><br>
