@@ -17,10 +17,10 @@ class Thresholds:
     silent_abs: float = 0.5        # ... while the synthetic best exceeds this: hidden trigger
     fluency_gap: float = 2.0       # best at any fluency / best fluent above this: flag
     context_drop: float = 0.5      # in-context / own-context activation below this: flag
-    path_score: float = 0.25       # synthetic path score (1 = like exemplars, 0 = like random
-                                   # corpus positions) below this: flag
+    path_z: float = -2.0           # synthetic-to-nearest-exemplar similarity this many sds of
+                                   # random corpus positions below their mean: flag
     poly_min_group: float = 0.2    # the smaller of two groups holds at least this share ...
-    poly_silhouette: float = 0.2   # ... and the split's silhouette reaches this: flag polysemantic
+    poly_silhouette: float = 0.35  # ... and the split's silhouette reaches this: flag polysemantic
 
 
 def _finite(*xs) -> bool:

@@ -216,3 +216,25 @@ def test_documented_neuron_record_converter(built, monkeypatch):
     ex = r["most_positive_activation_records"][0]
     assert len(ex["tokens"]) == len(ex["activations"]) and max(ex["activations"]) == pytest.approx(
         r["max_activation"])
+
+
+def test_audit_embeds_into_gallery(built, hostile, corpus, tmp_path):
+    from featviz.audit import AuditConfig, audit
+    from featviz.gallery import attach_audit
+    out = str(tmp_path / "g")
+    shutil.copytree(built[0], out)
+    cfg = AuditConfig(mine=cfg_for(corpus).mine, dream=DreamConfig(**FAST), corpus=corpus,
+                      contexts=3, context_len=6, baseline=8, cache_dir="")
+    rep = audit(hostile, ["mlp:1:1"], cfg, progress=False)
+    before = records(out)
+    assert attach_audit(out, [t.to_json() for t in rep.targets]) == ["mlp:1:1"]
+    after = records(out)
+    assert after["mlp_1_1.json"]["audit"]["target"] == "mlp:1:1"
+    assert {k: v for k, v in after.items() if k != "mlp_1_1.json"} == \
+        {k: v for k, v in before.items() if k != "mlp_1_1.json"}
+    page = open(f"{out}/targets/mlp_1_1.html").read()
+    assert 'id="audit"' in page and "polysemantic" in page and HOSTILE not in page
+    lines = [json.loads(x) for x in open(f"{out}/gallery.jsonl")]
+    assert lines[1]["audit"]["target"] == "mlp:1:1"
+    with pytest.raises(FeatvizError):
+        attach_audit(str(tmp_path / "nothing"), [])
