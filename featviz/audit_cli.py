@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from .errors import FeatvizError
+from .gallery_cli import add_dream_budget_args
 
 
 def add_audit_parser(sub, common):
@@ -14,9 +15,7 @@ def add_audit_parser(sub, common):
     a.add_argument("--corpus", help="wiki (default), .txt/.jsonl file or folder, hf:NAME")
     a.add_argument("--tokens", type=int, default=20_000, help="corpus tokens to mine")
     a.add_argument("--window", type=int, default=63, help="tokens per corpus window (after BOS)")
-    a.add_argument("--budget-seconds", dest="budget_seconds", type=float, default=30.0,
-                   help="dreaming time per target")
-    a.add_argument("--config", help="YAML preset for the dreaming settings (see configs/)")
+    add_dream_budget_args(a, 30.0)
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--cache-dir", dest="cache_dir",
                    help="mining cache (default ~/.cache/featviz/mining; '' turns it off)")
@@ -61,12 +60,17 @@ def cmd_audit(args) -> int:
         raise FeatvizError(f"--gallery '{args.gallery}' is not a gallery folder (no gallery.json); "
                            "build it first with featviz gallery")
     mine = MineConfig(window=args.window, max_tokens=args.tokens, seed=args.seed).check()
-    dream = budget_dream_config(args.config, args.budget_seconds, args.seed)
+    dream = budget_dream_config(args)
     cfg = AuditConfig(mine=mine, dream=dream, corpus=args.corpus, cache_dir=args.cache_dir,
                       thresholds=th, seed=args.seed).check()
     handle = load_model(args.model, trust_remote_code=args.trust_remote_code)
     targets = [t for s in args.target for t in parse_targets(s, handle)]
-    report = audit(handle, targets, cfg)
+    try:
+        report = audit(handle, targets, cfg)
+    except KeyboardInterrupt:
+        from .errors import Interrupted
+        raise Interrupted("interrupted before the report was written; re-run the same command "
+                          "(the corpus mining is cached, so it resumes faster)") from None
     doc = report.to_json()
     if args.out:
         write_atomic(args.out, dump_json(doc))

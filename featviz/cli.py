@@ -90,11 +90,20 @@ def main(argv=None) -> int:
             return 2
         return args.func(args)
     except FeatvizError as e:
+        _close_bars()
         print(f"featviz: {'error: ' if e.exit_code == 2 else ''}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        _close_bars()
         print("featviz: interrupted", file=sys.stderr)
         return 130
+
+
+def _close_bars() -> None:
+    """Close progress bars an interrupted run left open, so the message is the last line."""
+    from tqdm.auto import tqdm
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -69,6 +69,7 @@ class DreamConfig:
     prefix: str = ""
     suffix: str = ""
     corpus_init: list = field(default_factory=list)   # token id rows for init="corpus"
+    memory_gb: float | None = None  # memory the search may use (None: what the OS says is free)
 
     def check(self) -> "DreamConfig":
         def bad(msg):
@@ -101,6 +102,8 @@ class DreamConfig:
             bad("sweep must not be negative")
         if self.children < 1 or self.k_grad < 1 or self.k_lm < 1:
             bad("children, k_grad and k_lm must be at least 1")
+        if self.memory_gb is not None and not self.memory_gb > 0:
+            bad(f"memory_gb must be positive, got {self.memory_gb}")
         return self
 
 
@@ -169,6 +172,40 @@ def _stable_unique(tokens: Tokens, ids: torch.Tensor, archive: Archive | None = 
     return ids[keep]
 
 
+def available_memory() -> int | None:
+    """Bytes the OS reports as available (Linux /proc/meminfo), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def search_memory(handle, target: Target, cfg: DreamConfig, B: int) -> int:
+    """Peak bytes the search needs, roughly: the relaxation's logits over the vocabulary
+    (theta, its gradient, Adam's two moments, the Gumbel samples and the soft-xe logits)
+    plus the activations kept for the backward pass, and the swap stage's scoring batch."""
+    V, d, f = handle.vocab_size, handle.d_model, handle.d_mlp
+    T = cfg.length + 1 + len(cfg.prefix) + len(cfg.suffix)   # chars bound the tokens
+    layers = handle.n_layers if (cfg.lam_max > 0 or cfg.caps) else target.max_layer + 1
+    vocab = 10 * B * cfg.length * V * 4
+    acts = B * T * layers * (12 * d + 4 * f + 2 * handle.n_heads * T) * 4
+    swap = 64 * T * (layers * (6 * d + 2 * f) + V) * 4
+    return int(vocab + acts + swap)
+
+
+def _check_memory(handle, target, cfg: DreamConfig, B: int) -> None:
+    need = search_memory(handle, target, cfg, B)
+    have = cfg.memory_gb * 2 ** 30 if cfg.memory_gb else available_memory()
+    if have is not None and need > have:
+        raise FeatvizError(
+            f"dreaming needs about {need / 2 ** 30:.1f} GiB but {have / 2 ** 30:.1f} GiB is "
+            f"available; lower --batch (now {B}) or --length (now {cfg.length})")
+
+
 def _fit_budget(cfg: DreamConfig, B: int) -> DreamConfig:
     """Shrink the fixed-cost init stage (model samples, beam searches) for budgets under
     a minute, so a short run keeps to its budget; longer budgets use the config as is."""
@@ -234,6 +271,7 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
     tokens = Tokens(handle, prefix, suffix)
     lam, cap = _row_params(cfg, dev)
     B, n = len(lam), cfg.length
+    _check_memory(handle, target, cfg, len(lam))
     user_cfg, cfg = cfg, _fit_budget(cfg, len(lam))
     archive = Archive()
     stats = {"relax_steps": 0, "swap_iters": 0, "seconds": {}}
@@ -321,12 +359,14 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
         soft_trace.append({"soft_act": trace.soft_act, "soft_xe": trace.soft_xe})
         # ---- stage 3: discretize: argmax snapshots + hard samples from theta ----
         logits = theta + torch.where(mask, 0.0, -1e9)
-        cands = [logits.argmax(-1)] + snaps
+        cands = [torch.nan_to_num(logits, nan=-1e9).argmax(-1)] + snaps
         rot = take_rotations()
         if rot is not None:
             cands.append(rot)
-        if cfg.hard_samples:
-            p = torch.softmax(logits, -1).reshape(B * n, -1)
+        p = torch.softmax(logits, -1).reshape(B * n, -1)
+        if not torch.isfinite(p).all():           # the relaxation overflowed: keep argmaxes only
+            stats["relax_nonfinite"] = True
+        elif cfg.hard_samples:
             s = torch.multinomial(p, cfg.hard_samples, replacement=True, generator=gen)
             cands.append(s.reshape(B, n, -1).permute(0, 2, 1).reshape(-1, n))
         score_into_archive(torch.cat(cands))

@@ -18,10 +18,8 @@ def add_gallery_parser(sub, common):
     g.add_argument("--window", type=int, default=63, help="tokens per corpus window (after BOS)")
     g.add_argument("--top-k", dest="top_k", type=int, default=20)
     g.add_argument("--include-bos", action="store_true", help="mine the BOS position too")
-    g.add_argument("--budget-seconds", dest="budget_seconds", type=float, default=20.0,
-                   help="dreaming time per target")
+    add_dream_budget_args(g, 20.0)
     g.add_argument("--no-dream", action="store_true", help="corpus exemplars only")
-    g.add_argument("--config", help="YAML preset for the dreaming settings (see configs/)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cache-dir", dest="cache_dir",
                    help="mining cache (default ~/.cache/featviz/mining; '' turns it off)")
@@ -48,14 +46,31 @@ def expand_specs(specs: list, layers: str | None) -> list[str]:
     return out
 
 
-def budget_dream_config(config_path: str | None, budget: float, seed: int):
-    """DreamConfig for a per-target time budget: a YAML preset (optional) with the budget
-    and seed on top; the step counts stop limiting, the budget does."""
+def add_dream_budget_args(p, default_budget: float) -> None:
+    p.add_argument("--budget-seconds", dest="budget_seconds", type=float, default=default_budget,
+                   help="dreaming time per target")
+    p.add_argument("--steps", type=int, help="relaxation steps per target instead of a time "
+                   "budget (with --swap-iters: reruns give byte-identical results)")
+    p.add_argument("--swap-iters", dest="swap_iters", type=int,
+                   help="swap iterations per target instead of a time budget")
+    p.add_argument("--config", help="YAML preset for the dreaming settings (see configs/)")
+
+
+def budget_dream_config(args):
+    """DreamConfig from the command line: a YAML preset (optional), the seed, and either a
+    per-target time budget (step counts stop limiting) or fixed step counts (no budget,
+    so the result does not depend on the machine's speed)."""
     from .dream import DreamConfig
     from .query import load_config
-    dream = load_config(config_path, {"budget_seconds": budget, "seed": seed}).dream \
-        if config_path else DreamConfig(budget_seconds=budget, seed=seed)
-    dream.steps, dream.swap_iters = max(dream.steps, 10 ** 6), max(dream.swap_iters, 10 ** 6)
+    fixed = args.steps is not None or args.swap_iters is not None
+    over = {"seed": args.seed, "budget_seconds": None if fixed else args.budget_seconds}
+    dream = load_config(args.config, over).dream if args.config else DreamConfig(**over)
+    if fixed:
+        dream.budget_seconds = None
+        dream.steps = args.steps if args.steps is not None else dream.steps
+        dream.swap_iters = args.swap_iters if args.swap_iters is not None else dream.swap_iters
+    else:
+        dream.steps, dream.swap_iters = max(dream.steps, 10 ** 6), max(dream.swap_iters, 10 ** 6)
     return dream.check()
 
 
@@ -69,8 +84,7 @@ def cmd_gallery(args) -> int:
         parse_targets(s)                       # syntax first, before any model work
     mine = MineConfig(window=args.window, max_tokens=args.tokens, k=args.top_k,
                       include_bos=args.include_bos, seed=args.seed).check()
-    dream = None if args.no_dream else budget_dream_config(args.config, args.budget_seconds,
-                                                            args.seed)
+    dream = None if args.no_dream else budget_dream_config(args)
     cfg = GalleryConfig(mine=mine, dream=dream, corpus=args.corpus, cache_dir=args.cache_dir,
                         title=args.title).check()
     handle = load_model(args.model, trust_remote_code=args.trust_remote_code)

@@ -184,6 +184,9 @@ def _load_hf(path_or_id: str, gguf_file: str | None, trust_remote_code: bool, lo
     try:
         cfg = AutoConfig.from_pretrained(path_or_id, **kw)
     except Exception as e:  # noqa: BLE001 - HF raises many types
+        if "trust_remote_code" in str(e) and not trust_remote_code:
+            raise FeatvizError(f"model '{path_or_id}' ships its own Python code; featviz runs it "
+                               "only when you pass --trust-remote-code") from None
         raise FeatvizError(f"cannot load model '{path_or_id}': {str(e).splitlines()[0]} "
                            "(pass smollm2-135m, a local model directory, or a .gguf file)") from None
     mt = getattr(cfg, "model_type", "?")

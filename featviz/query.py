@@ -79,6 +79,39 @@ def query(target, config: QueryConfig | None = None, *, model=None, progress: bo
 
 
 # ---- configs (YAML presets) ----
+_OPTIONAL_NUMBERS = {"budget_seconds", "sweep", "memory_gb"}
+
+
+def _typed(name: str, v, default):
+    """A config value checked against the type of its default (one-line error if not)."""
+    def bad(kind):
+        raise FeatvizError(f"config option {name} must be {kind}, got {v!r}")
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+    if v is None:
+        if name in _OPTIONAL_NUMBERS:
+            return None
+        bad("set (it has no 'none' value)")
+    if name in _OPTIONAL_NUMBERS or (number(default)):
+        if not number(v) or (isinstance(v, float) and not math.isfinite(v)):
+            bad("a finite number")
+        if isinstance(default, int) and not isinstance(default, bool) and not isinstance(v, int):
+            bad("an integer")
+        return v
+    if isinstance(default, bool):
+        if not isinstance(v, bool):
+            bad("true or false")
+        return v
+    if isinstance(default, str):
+        if not isinstance(v, str):
+            bad("a string")
+        return v
+    if isinstance(default, (tuple, list)):
+        if not isinstance(v, (list, tuple)) or not all(number(x) and math.isfinite(x) for x in v):
+            bad("a list of numbers")
+        return tuple(v)
+    return v
+
+
 def load_config(path: str | None, overrides: dict) -> QueryConfig:
     """A QueryConfig from a YAML preset (optional) with command-line overrides on top."""
     data: dict = {}
@@ -102,24 +135,24 @@ def load_config(path: str | None, overrides: dict) -> QueryConfig:
     if unknown:
         raise FeatvizError(f"unknown config option(s) {', '.join(sorted(unknown))}; valid: "
                            f"{', '.join(sorted(dream_keys | query_keys | extra))}")
-    dkw = {k: v for k, v in data.items() if k in dream_keys}
-    if "caps" in dkw:
-        dkw["caps"] = tuple(dkw["caps"])
+    defaults = DreamConfig()
+    dkw = {}
+    for k, v in data.items():
+        if k in dream_keys:
+            dkw[k] = _typed(k, v, getattr(defaults, k))
     for name in ("corpus_tokens", "window", "top_k"):
         v = data.get(name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
             raise FeatvizError(f"config option {name} must be an integer, got {v!r}")
+    for name in ("corpus", "target", "model"):
+        v = data.get(name)
+        if v is not None and not isinstance(v, str):
+            raise FeatvizError(f"config option {name} must be a string, got {v!r}")
     try:
         dc = DreamConfig(**dkw)
         qc = QueryConfig(dream=dc, **{k: v for k, v in data.items() if k in query_keys})
     except TypeError as e:
         raise FeatvizError(f"bad config: {e}") from None
-    defaults = DreamConfig()
-    for name, v in dkw.items():
-        d = getattr(defaults, name)
-        numeric = name == "budget_seconds" or (isinstance(d, (int, float)) and not isinstance(d, bool))
-        if numeric and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            raise FeatvizError(f"config option {name} must be a number, got {v!r}")
     return qc.check()
 
 
