@@ -291,55 +291,59 @@ class Miner:
         self.c_acts = np.zeros((T, n_c, width), dtype=np.float32)
 
     # -- one batch: per (T, B, W) values, (B, W) ids, window indices (B,) --
-    def update(self, per: np.ndarray, ids: np.ndarray, win: np.ndarray) -> None:
+    def update(self, per, ids: np.ndarray, win: np.ndarray) -> None:
+        """per: (T, B, W) values as a CPU torch tensor or numpy array.  The full-size
+        reductions run in torch (multi-threaded); the bookkeeping on small arrays in numpy."""
         cfg = self.cfg
+        per_t = torch.as_tensor(per, dtype=torch.float32).contiguous()
+        per = per_t.numpy()
         T, B, _ = per.shape
         start = 0 if cfg.include_bos else 1
-        body = per[:, :, start:]
-        finite = np.isfinite(body)
-        if finite.all():                      # the common case: no masking passes needed
-            body_f = body
-            wmax = body.max(axis=2)
-            peak = body.argmax(axis=2) + start
+        body = per_t[:, :, start:]
+        finite = torch.isfinite(body)
+        clean = bool(finite.all())
+        if clean:                             # the common case: no masking passes needed
+            mx = body.max(dim=2)
         else:
-            self.nonfinite += (~finite).reshape(T, -1).sum(1)
-            body_f = np.where(finite, body, np.nan)
-            masked = np.where(finite, body, -np.inf)
-            wmax = masked.max(axis=2)                                        # (T, B)
-            peak = masked.argmax(axis=2) + start
+            self.nonfinite += (~finite).reshape(T, -1).sum(1).numpy()
+            mx = torch.where(finite, body, -torch.inf).max(dim=2)
+        wmax, peak = mx.values.numpy(), mx.indices.numpy() + start                  # (T, B)
         self._topk(wmax, peak, per, ids, win)
-        self._histogram(body_f)
+        self._histogram(body.reshape(T, -1), None if clean else finite.reshape(T, -1))
         self._reservoir(wmax, peak, per, ids, win)
         self._controls(per, ids, win)
         self.n_tok += B * body.shape[2]
         self.n_win += B
 
     def _topk(self, wmax, peak, per, ids, win):
-        k, T, B = self.cfg.k, *wmax.shape
-        if not np.any(wmax > self.top_v[:, -1:]):
+        k, B = self.cfg.k, wmax.shape[1]
+        rows = np.nonzero((wmax > self.top_v[:, -1:]).any(1))[0]     # targets with a newcomer
+        if not len(rows):
             return
-        cand_v = np.concatenate([self.top_v, wmax], axis=1)                 # (T, k+B)
+        R = len(rows)
+        cand_v = np.concatenate([self.top_v[rows], wmax[rows]], axis=1)  # (R, k+B)
         order = np.argsort(-cand_v, axis=1, kind="stable")[:, :k]
-        self.top_v = np.take_along_axis(cand_v, order, 1)
-        self.top_win = np.take_along_axis(
-            np.concatenate([self.top_win, np.broadcast_to(win, (T, B))], 1), order, 1)
-        self.top_peak = np.take_along_axis(np.concatenate([self.top_peak, peak], 1), order, 1)
-        all_ids = np.concatenate([self.top_ids, np.broadcast_to(ids, (T,) + ids.shape)], 1)
-        self.top_ids = np.take_along_axis(all_ids, order[:, :, None], 1)
-        self.top_acts = np.take_along_axis(np.concatenate([self.top_acts, per], 1),
-                                           order[:, :, None], 1)
+        self.top_v[rows] = np.take_along_axis(cand_v, order, 1)
+        self.top_win[rows] = np.take_along_axis(
+            np.concatenate([self.top_win[rows], np.broadcast_to(win, (R, B))], 1), order, 1)
+        self.top_peak[rows] = np.take_along_axis(
+            np.concatenate([self.top_peak[rows], peak[rows]], 1), order, 1)
+        all_ids = np.concatenate([self.top_ids[rows], np.broadcast_to(ids, (R,) + ids.shape)], 1)
+        self.top_ids[rows] = np.take_along_axis(all_ids, order[:, :, None], 1)
+        self.top_acts[rows] = np.take_along_axis(
+            np.concatenate([self.top_acts[rows], per[rows]], 1), order[:, :, None], 1)
 
-    def _histogram(self, body):
+    def _histogram(self, flat: torch.Tensor, valid: torch.Tensor | None):
+        """flat: (T, N) torch values; valid: finite mask, or None when all are finite."""
         G = self.cfg.hist_bins
-        flat = body.reshape(body.shape[0], -1)
-        valid = np.isfinite(flat)
-        clean = valid.all()
-        if not clean:
-            lo_f, hi_f = np.where(valid, flat, np.inf), np.where(valid, flat, -np.inf)
-            flat = np.where(valid, flat, 0.0).astype(flat.dtype)
+        T = flat.shape[0]
+        if valid is not None:
+            hi_f = torch.where(valid, flat, -torch.inf)
+            lo_f = torch.where(valid, flat, torch.inf)
+            flat = torch.where(valid, flat, 0.0)
         else:
             lo_f = hi_f = flat
-        vmax, vmin = hi_f.max(axis=1), lo_f.min(axis=1)
+        vmax, vmin = hi_f.amax(dim=1).double().numpy(), lo_f.amin(dim=1).double().numpy()
         self.vmax = np.fmax(self.vmax, vmax)
         self.vmin = np.fmin(self.vmin, vmin)
         absmax = np.maximum(np.abs(np.where(np.isfinite(vmax), vmax, 0.0)),
@@ -351,15 +355,17 @@ class Miner:
             self.hist[t, G:] = _merge_pairs(self.hist[t, G:], int(d[t]), True)
             self.hist[t, :G] = _merge_pairs(self.hist[t, :G], int(d[t]), False)
             self.hist_w[t] *= 2.0 ** int(d[t])
-        inv = (1.0 / self.hist_w).astype(flat.dtype)[:, None]
-        b = np.floor(flat * inv).astype(np.int64)
-        np.clip(b, -G, G - 1, out=b)
-        b += (np.arange(flat.shape[0]) * 2 * G + G)[:, None]
-        cnt = np.bincount(b[valid] if not clean else b.ravel(), minlength=flat.shape[0] * 2 * G)
-        self.hist += cnt.reshape(flat.shape[0], 2 * G)
-        self.n_above += ((flat > self.cfg.density_threshold) & valid).sum(1)
-        self.total += flat.sum(1, dtype=np.float64)
-        self.total2 += np.square(flat).sum(1, dtype=np.float64)
+        inv = torch.from_numpy((1.0 / self.hist_w).astype(np.float32))[:, None]
+        b = torch.floor(flat * inv).clamp_(-G, G - 1).long()
+        b += torch.arange(G, T * 2 * G, 2 * G)[:, None]
+        b = b[valid] if valid is not None else b.reshape(-1)
+        self.hist += torch.bincount(b, minlength=T * 2 * G).reshape(T, 2 * G).numpy()
+        above = flat > self.cfg.density_threshold
+        if valid is not None:
+            above &= valid
+        self.n_above += above.sum(1).numpy()
+        self.total += flat.sum(1, dtype=torch.float64).numpy()
+        self.total2 += (flat * flat).sum(1, dtype=torch.float64).numpy()
 
     def _reservoir(self, wmax, peak, per, ids, win):
         C, S = self.cfg.cells, self.cfg.slots
@@ -443,6 +449,7 @@ class Miner:
         valid_c = np.nonzero(self.c_win >= 0)[0][order_c]
         s0 = 0 if cfg.include_bos else 1
         top_ids, top_acts = self.top_ids.tolist(), self.top_acts.tolist()   # one bulk conversion
+        top_v, top_peak, top_win = self.top_v.tolist(), self.top_peak.tolist(), self.top_win.tolist()
         c_ids = self.c_ids.tolist()
         c_acts = self.c_acts[:, valid_c].tolist()
         c_max = self.c_acts[:, valid_c, s0:].max(axis=2) if len(valid_c) else None
@@ -452,9 +459,8 @@ class Miner:
             r.n_windows, r.n_tokens = self.n_win, self.n_tok
             r.nonfinite = int(self.nonfinite[t])
             n_ok = self.n_tok - r.nonfinite
-            r.top = [Exemplar(float(self.top_v[t, i]), int(self.top_peak[t, i]),
-                              int(self.top_win[t, i]), top_ids[t][i], top_acts[t][i])
-                     for i in range(cfg.k) if self.top_win[t, i] >= 0]
+            r.top = [Exemplar(top_v[t][i], top_peak[t][i], top_win[t][i], top_ids[t][i],
+                              top_acts[t][i]) for i in range(cfg.k) if top_win[t][i] >= 0]
             if n_ok > 0:
                 r.max, r.min = float(self.vmax[t]), float(self.vmin[t])
                 r.mean = float(self.total[t] / n_ok)
@@ -525,7 +531,7 @@ def mine(handle, targets: list[Target], source: str | None = None,
         ids = np.stack([w.ids for w in batch])
         with torch.no_grad():
             caps, _ = run(handle, sites, input_ids=torch.as_tensor(ids, device=handle.device))
-            per = read_all(caps, targets, handle).float().cpu().numpy()
+            per = read_all(caps, targets, handle).float().cpu()
         miner.update(per, ids.astype(np.int32), np.asarray([w.index for w in batch]))
         bar.update(len(batch) * cfg.window)
     bar.close()

@@ -1,0 +1,294 @@
+"""Pure-JAX forward passes of the llama family and GPT-2, with featviz's hook points.
+
+    jm = to_jax(handle)                        # parameters converted once from the torch model
+    caps, logits = forward(jm, embeds, sites=frozenset({("mlp.hook_post", 6)}))
+
+``forward`` is a pure function of (parameters, input embeddings); the architecture
+constants live in a hashable ``Spec`` so ``jax.jit`` can treat them as static.  Hook
+sites are TransformerLens names, as in the torch backend: ``mlp.hook_post`` (input of
+the MLP's output projection), ``attn.hook_z`` (merged head outputs before the
+attention output projection), ``attn.hook_pattern`` (attention probabilities, (B, H,
+T, T)) and ``hook_resid_post`` (residual stream after the block).  Every target kind
+reads the same value here as in the torch backend (tests/test_jax.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .errors import FeatvizError
+from .targets import MLP_POST, PATTERN, RESID_POST, Z
+
+JAX_TYPES = ("llama", "mistral", "qwen2", "gpt2")   # model_type values the JAX backend runs
+
+
+@dataclass(frozen=True)
+class Spec:
+    arch: str               # "llama" | "gpt2"
+    n_layers: int
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    eps: float
+    act: str                # jax activation name
+    scale: float            # attention logit scale
+
+
+@dataclass
+class JaxModel:
+    spec: Spec
+    params: dict            # pytree of jnp arrays
+    inv_freq: object        # rotary inverse frequencies (llama) or None
+    rope_scale: float
+
+
+def supported(handle) -> bool:
+    return handle.model_type in JAX_TYPES
+
+
+def _act_name(name: str) -> str:
+    table = {"silu": "silu", "swish": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+             "gelu_fast": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+    if name not in table:
+        raise FeatvizError(f"the JAX backend has no activation '{name}'; use --backend torch")
+    return table[name]
+
+
+def to_jax(handle) -> JaxModel:
+    """Convert the handle's torch weights to JAX arrays once (cached on the handle)."""
+    if "jax_model" in handle.cache:
+        return handle.cache["jax_model"]
+    if not supported(handle):
+        raise FeatvizError(f"the JAX backend does not run '{handle.model_type}' models; it runs "
+                           f"{', '.join(JAX_TYPES)} (use --backend torch for this model)")
+    import jax.numpy as jnp
+    m, cfg = handle.model, handle.model.config
+    a = lambda t: jnp.asarray(t.detach().float().cpu().numpy())  # noqa: E731
+    opt = lambda mod, name: a(getattr(mod, name)) if getattr(mod, name, None) is not None else None  # noqa: E731
+    layers = []
+    if handle.arch == "llama":
+        for blk in m.model.layers:
+            at, mlp = blk.self_attn, blk.mlp
+            layers.append({"ln1": a(blk.input_layernorm.weight), "ln2": a(blk.post_attention_layernorm.weight),
+                           "q": a(at.q_proj.weight), "k": a(at.k_proj.weight), "v": a(at.v_proj.weight),
+                           "o": a(at.o_proj.weight), "qb": opt(at.q_proj, "bias"),
+                           "kb": opt(at.k_proj, "bias"), "vb": opt(at.v_proj, "bias"),
+                           "ob": opt(at.o_proj, "bias"), "gate": a(mlp.gate_proj.weight),
+                           "up": a(mlp.up_proj.weight), "down": a(mlp.down_proj.weight)})
+        rot = m.model.rotary_emb
+        params = {"embed": a(m.model.embed_tokens.weight), "layers": layers,
+                  "norm": a(m.model.norm.weight), "unembed": a(m.lm_head.weight)}
+        scaling = getattr(m.model.layers[0].self_attn, "scaling", handle.head_dim ** -0.5)
+        spec = Spec("llama", handle.n_layers, handle.n_heads, handle.n_kv_heads, handle.head_dim,
+                    float(cfg.rms_norm_eps), _act_name(cfg.hidden_act), float(scaling))
+        jm = JaxModel(spec, params, np.asarray(rot.inv_freq.float().cpu().numpy()),
+                      float(getattr(rot, "attention_scaling", 1.0)))
+    else:
+        for blk in m.transformer.h:
+            layers.append({"ln1": a(blk.ln_1.weight), "ln1b": a(blk.ln_1.bias),
+                           "ln2": a(blk.ln_2.weight), "ln2b": a(blk.ln_2.bias),
+                           "qkv": a(blk.attn.c_attn.weight), "qkvb": a(blk.attn.c_attn.bias),
+                           "o": a(blk.attn.c_proj.weight), "ob": a(blk.attn.c_proj.bias),
+                           "fc": a(blk.mlp.c_fc.weight), "fcb": a(blk.mlp.c_fc.bias),
+                           "proj": a(blk.mlp.c_proj.weight), "projb": a(blk.mlp.c_proj.bias)})
+        params = {"embed": a(m.transformer.wte.weight), "pos": a(m.transformer.wpe.weight),
+                  "layers": layers, "norm": a(m.transformer.ln_f.weight),
+                  "normb": a(m.transformer.ln_f.bias), "unembed": a(m.lm_head.weight)}
+        scale = (handle.head_dim ** -0.5) if getattr(cfg, "scale_attn_weights", True) else 1.0
+        spec = Spec("gpt2", handle.n_layers, handle.n_heads, handle.n_heads, handle.head_dim,
+                    float(cfg.layer_norm_epsilon), _act_name(cfg.activation_function), scale)
+        jm = JaxModel(spec, params, None, 1.0)
+    handle.cache["jax_model"] = jm
+    return jm
+
+
+# ---------------------------------------------------------------- pure pieces
+def _act(name, x):
+    import jax
+    if name == "silu":
+        return jax.nn.silu(x)
+    if name == "gelu_tanh":
+        return jax.nn.gelu(x, approximate=True)
+    if name == "gelu":
+        return jax.nn.gelu(x, approximate=False)
+    return jax.nn.relu(x)
+
+
+def _rms(x, w, eps):
+    import jax.numpy as jnp
+    return w * (x * jax_rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps))
+
+
+def jax_rsqrt(x):
+    import jax
+    return jax.lax.rsqrt(x)
+
+
+def _ln(x, w, b, eps):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) * jax_rsqrt(var + eps) * w + b
+
+
+def _lin(x, w, b=None):
+    """torch Linear: x @ W.T + b."""
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+def _rope(x, cos, sin):
+    import jax.numpy as jnp
+    h = x.shape[-1] // 2
+    rot = jnp.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+    return x * cos + rot * sin
+
+
+def _attend(q, k, v, scale):
+    """q (B,T,H,hd), k/v (B,T,H,hd) -> z (B,T,H*hd), probs (B,H,T,T)."""
+    import jax
+    import jax.numpy as jnp
+    T = q.shape[1]
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    causal = jnp.tril(jnp.ones((T, T), dtype=bool))
+    s = jnp.where(causal, s, -jnp.inf)
+    p = jax.nn.softmax(s, axis=-1)
+    z = jnp.einsum("bhqk,bkhd->bqhd", p, v)
+    return z.reshape(z.shape[0], T, -1), p
+
+
+def forward(jm: JaxModel, embeds, *, sites=frozenset(), need_logits: bool = False,
+            jit: bool = True):
+    """Run the model on input embeddings (B, T, d) that start with BOS's embedding.
+
+    Stops after the deepest block a site needs unless logits are wanted.  Returns
+    ({(site, layer): array}, logits or None).  Compiled once per (shape, sites).
+    """
+    f = _jitted() if jit else _forward
+    inv = None if jm.inv_freq is None else jm.inv_freq
+    return f(jm.spec, jm.params, inv, jm.rope_scale, embeds, frozenset(sites), need_logits)
+
+
+@lru_cache(maxsize=1)
+def _jitted():
+    import jax
+    return jax.jit(_forward, static_argnums=(0, 3, 5, 6))
+
+
+def _forward(spec: Spec, params, inv_freq, rope_scale, x, sites, need_logits):
+    import jax.numpy as jnp
+    B, T, _ = x.shape
+    caps = {}
+    stop = spec.n_layers - 1 if need_logits or not sites else max(l for _, l in sites)
+    want = set(sites)
+    if spec.arch == "llama":
+        pos = jnp.arange(T, dtype=jnp.float32)
+        freqs = pos[:, None] * jnp.asarray(inv_freq)[None]
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+        cos, sin = jnp.cos(emb) * rope_scale, jnp.sin(emb) * rope_scale
+        cos, sin = cos[None, :, None], sin[None, :, None]
+    else:
+        x = x + params["pos"][:T][None]
+    rep = spec.n_heads // spec.n_kv
+    for l in range(stop + 1):
+        p = params["layers"][l]
+        if spec.arch == "llama":
+            h = _rms(x, p["ln1"], spec.eps)
+            q = _lin(h, p["q"], p["qb"]).reshape(B, T, spec.n_heads, spec.head_dim)
+            k = _lin(h, p["k"], p["kb"]).reshape(B, T, spec.n_kv, spec.head_dim)
+            v = _lin(h, p["v"], p["vb"]).reshape(B, T, spec.n_kv, spec.head_dim)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            if rep > 1:
+                k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
+            z, probs = _attend(q, k, v, spec.scale)
+            x = x + _lin(z, p["o"], p["ob"])
+            h = _rms(x, p["ln2"], spec.eps)
+            post = _act(spec.act, _lin(h, p["gate"])) * _lin(h, p["up"])
+            x = x + _lin(post, p["down"])
+        else:
+            h = _ln(x, p["ln1"], p["ln1b"], spec.eps)
+            qkv = h @ p["qkv"] + p["qkvb"]
+            q, k, v = (t.reshape(B, T, spec.n_heads, spec.head_dim) for t in jnp.split(qkv, 3, -1))
+            z, probs = _attend(q, k, v, spec.scale)
+            x = x + z @ p["o"] + p["ob"]
+            h = _ln(x, p["ln2"], p["ln2b"], spec.eps)
+            post = _act(spec.act, h @ p["fc"] + p["fcb"])
+            x = x + post @ p["proj"] + p["projb"]
+        for key, val in ((Z, z), (PATTERN, probs), (MLP_POST, post), (RESID_POST, x)):
+            if (key, l) in want:
+                caps[(key, l)] = val
+    logits = None
+    if need_logits:
+        if spec.arch == "llama":
+            h = _rms(x, params["norm"], spec.eps)
+        else:
+            h = _ln(x, params["norm"], params["normb"], spec.eps)
+        logits = h @ params["unembed"].T
+    return caps, logits
+
+
+# ---------------------------------------------------------------- targets in JAX
+def per_position(target, caps, jm: JaxModel, direction=None):
+    """(B, T) weighted per-position values of a target (same semantics as Atom.per_position)."""
+    total = 0.0
+    for w, a in target.terms():
+        total = total + w * _atom_values(a, caps, jm, direction)
+    return total
+
+
+def _atom_values(a, caps, jm, direction):
+    import jax.numpy as jnp
+    x = caps[a.site]
+    s = jm.spec
+    if a.kind == "mlp":
+        return x[..., a.index]
+    if a.kind == "head":
+        B, T, _ = x.shape
+        return jnp.linalg.norm(x.reshape(B, T, s.n_heads, s.head_dim)[:, :, a.index], axis=-1)
+    if a.kind == "attn":
+        T = x.shape[-1]
+        k = a.key if a.key >= 0 else T + a.key
+        if not 0 <= k < T:
+            raise FeatvizError(f"target '{a.name}': key position {a.key} is outside a sequence "
+                               f"of {T} tokens")
+        return x[:, a.index, :, k]
+    if a.file is not None:
+        d = direction[a.file] if direction else None
+        return x @ d
+    return x[..., a.index]
+
+
+def reduce(a, values, start: int = 1):
+    T = values.shape[-1]
+    if a.reduction == "last":
+        return values[:, -1]
+    if a.reduction in ("max", "mean"):
+        body = values[:, min(start, T - 1):]
+        return body.max(-1) if a.reduction == "max" else body.mean(-1)
+    i = int(a.reduction)
+    if not -T <= i < T:
+        raise FeatvizError(f"target '{a.name}': position {i} is outside a sequence of {T} tokens "
+                           "(BOS is position 0)")
+    return values[:, i]
+
+
+def evaluate(target, caps, jm, directions=None, start: int = 1):
+    """Reduced value per sequence (B,)."""
+    total = 0.0
+    for w, a in target.terms():
+        total = total + w * reduce(a, _atom_values(a, caps, jm, directions), start)
+    return total
+
+
+def directions_for(target, handle) -> dict:
+    """JAX arrays of the residual directions a target reads (by file path)."""
+    import jax.numpy as jnp
+    return {a.file: jnp.asarray(a.direction(handle).float().numpy())
+            for _, a in target.terms() if a.kind == "resid" and a.file is not None}
+
+
+def embed_ids(jm: JaxModel, ids):
+    import jax.numpy as jnp
+    return jnp.asarray(jm.params["embed"])[jnp.asarray(ids)]
+

@@ -1,0 +1,120 @@
+"""The relaxation step in JAX: Gumbel-softmax over per-position logits, optax Adam.
+
+    step, init = make_step(jm, target, mask, lam, cap, ...)
+    theta, opt_state, act, xe = step(params, theta, opt_state, noise, tau)
+
+The step is compiled once per shape (batch, length, vocabulary): the temperature and
+the noise are arguments, so nothing recompiles inside the loop.  Same objective as
+``featviz.objective`` (target - lambda * xe_soft, or the capped form per row).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .jaxfwd import JaxModel, _forward, directions_for, evaluate
+from .objective import CAP_PENALTY
+from .relax import RelaxTrace, temperature
+
+
+def combine(act, xe, lam, cap):
+    import jax.numpy as jnp
+    capped = jnp.isfinite(cap)
+    pen_lam = jnp.where(lam > 0, lam * xe, 0.0)
+    pen_cap = CAP_PENALTY * jnp.maximum(xe - jnp.where(capped, cap, 0.0), 0.0)
+    return act - jnp.where(capped, pen_cap, pen_lam)
+
+
+def make_objective(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n: int,
+                   hard: bool, directions=None):
+    """objective(params, theta, noise, tau) -> (loss, (score, act, xe)) for uniform noise."""
+    import jax
+    import jax.numpy as jnp
+    bias = jnp.where(jnp.asarray(np.asarray(mask)), 0.0, -1e9)
+    lam_j, cap_j = jnp.asarray(np.asarray(lam, np.float32)), jnp.asarray(np.asarray(cap, np.float32))
+    fluency = bool(np.any(np.asarray(lam) > 0) or np.any(np.isfinite(np.asarray(cap))))
+    sites = frozenset(target.sites())
+    pre, suf = list(prefix_ids), list(suffix_ids)
+    start = len(pre)
+    spec, inv, scale = jm.spec, jm.inv_freq, jm.rope_scale
+
+    def objective(params, theta, noise, tau):
+        E = params["embed"]
+        g = -jnp.log(-jnp.log(jnp.clip(noise, 1e-10, 1.0)))
+        y = jax.nn.softmax((theta + bias + g) / tau, axis=-1)
+        if hard:
+            y = jax.nn.one_hot(jnp.argmax(y, -1), y.shape[-1], dtype=y.dtype) + y - \
+                jax.lax.stop_gradient(y)
+        B = theta.shape[0]
+        parts = [jnp.broadcast_to(E[jnp.asarray(pre)][None], (B, len(pre), E.shape[1])), y @ E]
+        if suf:
+            parts.append(jnp.broadcast_to(E[jnp.asarray(suf)][None], (B, len(suf), E.shape[1])))
+        caps, logits = _forward(spec, params, inv, scale, jnp.concatenate(parts, 1), sites, fluency)
+        act = evaluate(target, caps, jm, directions)
+        if fluency:
+            logp = jax.nn.log_softmax(logits[:, start - 1:start - 1 + n], axis=-1)
+            xe = -(y * logp).sum(-1).mean(-1)
+            score = combine(act, xe, lam_j, cap_j)
+        else:
+            xe = jnp.full_like(act, jnp.nan)
+            score = act
+        return -score.sum(), (score, act, xe)
+    return objective
+
+
+def make_step(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n: int, hard: bool,
+              lr: float, directions=None, clip: float | None = None):
+    """(jitted step, optimizer init).  The optimizer is an optax chain: optional global-norm
+    clipping, then Adam."""
+    import jax
+    import optax
+    objective = make_objective(jm, target, mask, lam, cap, prefix_ids=prefix_ids,
+                               suffix_ids=suffix_ids, n=n, hard=hard, directions=directions)
+    opt = optax.chain(*([optax.clip_by_global_norm(clip)] if clip else []), optax.adam(lr))
+
+    @jax.jit
+    def step(params, theta, opt_state, noise, tau):
+        (_, (score, act, xe)), grad = jax.value_and_grad(objective, argnums=1, has_aux=True)(
+            params, theta, noise, tau)
+        updates, opt_state = opt.update(grad, opt_state, theta)
+        return jax.numpy.asarray(theta) + updates, opt_state, act, xe
+    return step, opt.init
+
+
+def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: float | None,
+              lr: float, tau0: float, tau1: float, hard: bool, seed: int, prefix_ids, suffix_ids,
+              on_step=None):
+    """The relaxation loop on the JAX backend.  theta0: (B, n, V) torch tensor.  Returns
+    (final theta as a torch tensor, RelaxTrace)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from .jaxfwd import to_jax
+    jm = to_jax(handle)
+    B, n, V = theta0.shape
+    step, init = make_step(jm, target, mask.cpu().numpy(), lam.cpu().numpy(), cap.cpu().numpy(),
+                           prefix_ids=prefix_ids, suffix_ids=suffix_ids, n=n, hard=hard, lr=lr,
+                           directions=directions_for(target, handle))
+    theta = jnp.asarray(theta0.cpu().numpy())
+    state = init(theta)
+    key = jax.random.PRNGKey(seed)
+    t0 = time.perf_counter()
+    trace = RelaxTrace(0, 0.0, [], [])
+    for i in range(steps):
+        if seconds is not None and time.perf_counter() - t0 > seconds:
+            break
+        key, sub = jax.random.split(key)
+        noise = jax.random.uniform(sub, (B, n, V), minval=1e-10, maxval=1.0)
+        tau = jnp.float32(temperature(i, steps, tau0, tau1))
+        theta, state, act, xe = step(jm.params, theta, state, noise, tau)
+        trace.steps = i + 1
+        if i % 10 == 0:
+            trace.soft_act.append(float(act.mean()))
+            x = float(xe.mean())
+            trace.soft_xe.append(x if math.isfinite(x) else math.nan)
+        if on_step is not None:
+            on_step(i, torch.from_numpy(np.asarray(theta)))
+    trace.seconds = time.perf_counter() - t0
+    return torch.from_numpy(np.array(theta)), trace, step

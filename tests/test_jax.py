@@ -1,0 +1,120 @@
+"""The JAX backend against the torch backend: same readings, same relaxation step."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import featviz
+from featviz import FeatvizError
+from featviz.jaxfwd import embed_ids, evaluate, forward, per_position, to_jax, directions_for
+from featviz.jaxrelax import make_objective, make_step, relax_jax
+from featviz.objective import forward_scores
+from featviz.readout import run, with_bos
+from featviz.vocab import readable_mask
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+SPECS = ["mlp:1:3", "mlp:2:7@max", "head:1:2", "head:2:3@mean", "attn:1:1:0", "attn:2:3:-2@3",
+         "resid:0:5", "resid:2:9@max"]
+
+
+def readings_agree(h, specs, text, tol=1e-4, tmp_path=None):
+    ids = with_bos(h, h.encode(text))
+    jm = to_jax(h)
+    ts = [featviz.parse_target(s, h) for s in specs]
+    if tmp_path is not None:
+        d = np.random.default_rng(0).standard_normal(h.d_model).astype(np.float32)
+        np.save(tmp_path / "d.npy", d)
+        ts.append(featviz.parse_target(f"resid:1:{tmp_path / 'd.npy'}@max", h))
+    for t in ts:
+        with torch.no_grad():
+            caps, _ = run(h, t.sites(), input_ids=ids)
+            want = t.per_position(caps, h).float().numpy()
+            want_r = t.evaluate(caps, h).float().numpy()
+        jc, _ = forward(jm, embed_ids(jm, ids.numpy()), sites=t.sites())
+        dirs = directions_for(t, h)
+        got = np.asarray(per_position(t, jc, jm, dirs))
+        got_r = np.asarray(evaluate(t, jc, jm, dirs))
+        np.testing.assert_allclose(got, want, atol=tol, rtol=1e-4, err_msg=str(t))
+        np.testing.assert_allclose(got_r, want_r, atol=tol, rtol=1e-4, err_msg=str(t))
+    with torch.no_grad():
+        _, want_logits = run(h, set(), input_ids=ids, need_logits=True)
+    _, logits = forward(jm, embed_ids(jm, ids.numpy()), need_logits=True)
+    np.testing.assert_allclose(np.asarray(logits), want_logits.numpy(), atol=tol * 10, rtol=1e-4)
+
+
+def test_every_target_kind_reads_the_same(tiny, tmp_path):
+    readings_agree(tiny, SPECS, "The quick brown fox jumps over the lazy dog.", tmp_path=tmp_path)
+
+
+@pytest.mark.slow
+def test_embedded_model_reads_the_same(smollm, tmp_path):
+    readings_agree(smollm, ["mlp:6:308", "mlp:27:192@max", "head:8:3", "attn:12:2:0",
+                            "resid:20:100@mean"], "The Eiffel Tower is in Paris, France.",
+                   tol=2e-4, tmp_path=tmp_path)
+
+
+def _torch_objective(h, t, theta, noise, tau, lam, cap, mask, n, hard):
+    bias = torch.where(mask, 0.0, -1e9)
+    g = -torch.log(-torch.log(noise.clamp(1e-10, 1.0)))
+    y = torch.softmax((theta + bias + g) / tau, -1)
+    if hard:
+        y = torch.zeros_like(y).scatter_(-1, y.argmax(-1, keepdim=True), 1.0) + y - y.detach()
+    E = h.embedding
+    full = torch.cat([E[torch.tensor([h.bos_id])][None].expand(theta.shape[0], 1, -1), y @ E], 1)
+    score, act, xe, _ = forward_scores(h, t, full, y, 1, lam, cap)
+    return score
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_one_relaxation_step_matches_torch(tiny, hard):
+    h = tiny
+    t = featviz.parse_target("mlp:2:4", h)
+    B, n, V = 4, 5, h.vocab_size
+    mask = readable_mask(h)
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(B, n, V, generator=g)
+    noise = torch.rand(B, n, V, generator=g)
+    lam = torch.tensor([0.0, 0.1, 0.5, 0.0])
+    cap = torch.tensor([np.inf, np.inf, np.inf, 5.0])
+    tau = 0.7
+    jm = to_jax(h)
+    obj = make_objective(jm, t, mask.numpy(), lam.numpy(), cap.numpy(), prefix_ids=[h.bos_id],
+                         suffix_ids=[], n=n, hard=hard)
+    _, (js, _, _) = obj(jm.params, jnp.asarray(theta.numpy()), jnp.asarray(noise.numpy()), tau)
+    th = theta.clone().requires_grad_(True)
+    ts = _torch_objective(h, t, th, noise, tau, lam, cap, mask, n, hard)
+    np.testing.assert_allclose(np.asarray(js), ts.detach().numpy(), atol=1e-3, rtol=1e-4)
+    # one Adam step each, from the same theta and noise
+    opt = torch.optim.Adam([th], lr=0.3)
+    (-ts.sum()).backward()
+    opt.step()
+    step, init = make_step(jm, t, mask.numpy(), lam.numpy(), cap.numpy(), prefix_ids=[h.bos_id],
+                           suffix_ids=[], n=n, hard=hard, lr=0.3)
+    jt = jnp.asarray(theta.numpy())
+    jt2, _, _, _ = step(jm.params, jt, init(jt), jnp.asarray(noise.numpy()), jnp.float32(tau))
+    np.testing.assert_allclose(np.asarray(jt2), th.detach().numpy(), atol=1e-3)
+    _, (js2, _, _) = obj(jm.params, jt2, jnp.asarray(noise.numpy()), tau)
+    ts2 = _torch_objective(h, t, th.detach(), noise, tau, lam, cap, mask, n, hard)
+    np.testing.assert_allclose(np.asarray(js2), ts2.numpy(), atol=1e-3, rtol=1e-3)
+
+
+def test_the_loop_compiles_once(llama):
+    t = featviz.parse_target("head:1:0", llama)
+    mask = readable_mask(llama)
+    theta = torch.zeros(3, 4, llama.vocab_size)
+    lam = torch.tensor([0.0, 0.2, 0.0])
+    cap = torch.tensor([np.inf, np.inf, 6.0])
+    out, trace, step = relax_jax(llama, t, theta, mask, lam, cap, steps=6, seconds=None, lr=0.3,
+                                 tau0=2.0, tau1=0.2, hard=True, seed=0, prefix_ids=[llama.bos_id],
+                                 suffix_ids=[])
+    assert trace.steps == 6 and out.shape == theta.shape and torch.isfinite(out).all()
+    assert step._cache_size() == 1                      # temperature and noise are arguments
+
+
+def test_unsupported_architecture_is_a_clear_error(llama):
+    h = dataclasses.replace(llama, model_type="qwen3", cache={})
+    with pytest.raises(FeatvizError, match="llama, mistral, qwen2, gpt2"):
+        to_jax(h)
