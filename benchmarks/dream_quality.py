@@ -39,6 +39,7 @@ METHODS = {
     "featviz-norelax": {"relax_fraction": 0.0, "steps": 0},
     "featviz-nolm": {"lm_share": 0.0},
     "featviz-random-init": {"init": "random"},
+    "featviz-jax": {"backend": "jax"},          # the relaxation on the JAX backend
     "epo": run_epo,
     "gcg": run_gcg,
 }

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 import featviz
+from _results import write_result
 from featviz import corpus as corpus_mod
 from featviz.exemplars import MineConfig, mine
 from featviz.readout import run
 from featviz.targets import all_sites
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 CASES = [("8 dev neurons (layers 2-27)", ["mlp:2:663", "mlp:6:308", "mlp:10:808", "mlp:14:1333",
                                          "mlp:18:98", "mlp:21:148", "mlp:24:1097", "mlp:27:192"]),
          ("1536 neurons of layer 6", ["mlp:6:0-1535"]),
@@ -100,10 +100,7 @@ def main():
         lines += ["", "Peak RSS of a whole process mining 1536 neurons of layer 6 (model included):", "",
                   "| corpus tokens | peak RSS (MiB) |", "|---:|---:|"]
         lines += [f"| {n} | {r:.0f} |" for n, r in rss]
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    path = os.path.join(HERE, "results", "mining_speed.md")
-    open(path, "w").write("\n".join(lines) + "\n")
-    print(path)
+    write_result("mining_speed.md", lines)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ class DreamConfig:
     suffix: str = ""
     corpus_init: list = field(default_factory=list)   # token id rows for init="corpus"
     memory_gb: float | None = None  # memory the search may use (None: what the OS says is free)
+    backend: str = "torch"          # relaxation backend: "torch" | "jax" | "auto" (JAX where the
+                                    # architecture is supported); swaps and reports run in torch
 
     def check(self) -> "DreamConfig":
         def bad(msg):
@@ -102,6 +104,8 @@ class DreamConfig:
             bad("sweep must not be negative")
         if self.children < 1 or self.k_grad < 1 or self.k_lm < 1:
             bad("children, k_grad and k_lm must be at least 1")
+        if self.backend not in ("torch", "jax", "auto"):
+            bad(f"--backend must be auto, jax or torch, got '{self.backend}'")
         if self.memory_gb is not None and not self.memory_gb > 0:
             bad(f"memory_gb must be positive, got {self.memory_gb}")
         return self
@@ -206,6 +210,28 @@ def _check_memory(handle, target, cfg: DreamConfig, B: int) -> None:
             f"available; lower --batch (now {B}) or --length (now {cfg.length})")
 
 
+_ANNOUNCED: set = set()
+
+
+def resolve_backend(handle, choice: str) -> str:
+    """"torch" or "jax" for this model; "auto" picks JAX where supported and says so once."""
+    from .jaxfwd import JAX_TYPES, supported
+    if choice == "torch":
+        return "torch"
+    if choice == "jax" and not supported(handle):
+        raise FeatvizError(f"the JAX backend does not run '{handle.model_type}' models; it runs "
+                           f"{', '.join(JAX_TYPES)} (use --backend torch)")
+    if choice == "auto":
+        pick = "jax" if supported(handle) else "torch"
+        if handle.name not in _ANNOUNCED:
+            _ANNOUNCED.add(handle.name)
+            import sys
+            print(f"featviz: backend auto: using {pick} for {handle.model_type} models",
+                  file=sys.stderr)
+        return pick
+    return "jax"
+
+
 def _fit_budget(cfg: DreamConfig, B: int) -> DreamConfig:
     """Shrink the fixed-cost init stage (model samples, beam searches) for budgets under
     a minute, so a short run keeps to its budget; longer budgets use the config as is."""
@@ -272,6 +298,7 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
     lam, cap = _row_params(cfg, dev)
     B, n = len(lam), cfg.length
     _check_memory(handle, target, cfg, len(lam))
+    backend = resolve_backend(handle, cfg.backend)
     user_cfg, cfg = cfg, _fit_budget(cfg, len(lam))
     archive = Archive()
     stats = {"relax_steps": 0, "swap_iters": 0, "seconds": {}}
@@ -347,14 +374,24 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
 
         def on_step(step, th):
             tick()
-            if step % 10 == 9:
+            if step % 10 == 9 and th is not None:
                 snaps.append((th.detach() + torch.where(mask, 0.0, -1e9)).argmax(-1))
 
         secs = None if relax_budget is None else (relax_budget - clock.elapsed()) / (cfg.restarts - r)
-        with autocast:
-            trace = relax(handle, target, theta, mask, lam, cap, steps=cfg.steps, seconds=secs,
-                          lr=cfg.lr, tau0=cfg.tau0, tau1=cfg.tau1, hard=cfg.straight_through,
-                          generator=gen, make_embeds=embeds, start=tokens.start, on_step=on_step)
+        if backend == "jax":
+            from .jaxrelax import relax_jax
+            theta, trace, _ = relax_jax(
+                handle, target, theta, mask, lam, cap, steps=cfg.steps, seconds=secs, lr=cfg.lr,
+                tau0=cfg.tau0, tau1=cfg.tau1, hard=cfg.straight_through, seed=cfg.seed * 1009 + r,
+                prefix_ids=[handle.bos_id] + list(tokens.prefix), suffix_ids=list(tokens.suffix),
+                on_step=on_step)
+            theta = theta.to(dev)
+        else:
+            with autocast:
+                trace = relax(handle, target, theta, mask, lam, cap, steps=cfg.steps, seconds=secs,
+                              lr=cfg.lr, tau0=cfg.tau0, tau1=cfg.tau1, hard=cfg.straight_through,
+                              generator=gen, make_embeds=embeds, start=tokens.start,
+                              on_step=on_step)
         stats["relax_steps"] += trace.steps
         soft_trace.append({"soft_act": trace.soft_act, "soft_xe": trace.soft_xe})
         # ---- stage 3: discretize: argmax snapshots + hard samples from theta ----
@@ -491,6 +528,7 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
     stats["seconds"]["total"] = clock.elapsed()
     stats["evaluated"] = archive.evaluated
     stats["soft_trace"] = soft_trace
+    stats["backend"] = backend
     stats["diverged"] = not any(math.isfinite(a) for a, _ in archive.entries.values())
     stats["verified"] = len(checked)
     cfg_json = asdict(user_cfg)

@@ -179,6 +179,16 @@ def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
             groups.setdefault(t.site, []).append(i)
         else:
             out[i] = t.per_position(captures, handle)
+    if len(groups) == 1 and len(next(iter(groups.values()))) == len(targets):
+        (site, idx), = groups.items()                     # one site holds every target
+        x = captures[site]
+        if site[0] == Z:
+            b, s, _ = x.shape
+            x = x.reshape(b, s, handle.n_heads, handle.head_dim).norm(dim=-1)
+        sel = [targets[i].index for i in idx]
+        if sel == list(range(x.shape[-1])):
+            return x.permute(2, 0, 1)                     # all units, in order: no gather
+        return x.index_select(-1, torch.as_tensor(sel, device=x.device)).permute(2, 0, 1)
     for site, idx in groups.items():
         x = captures[site]
         if site[0] == Z:

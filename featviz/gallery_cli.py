@@ -54,6 +54,8 @@ def add_dream_budget_args(p, default_budget: float) -> None:
     p.add_argument("--swap-iters", dest="swap_iters", type=int,
                    help="swap iterations per target instead of a time budget")
     p.add_argument("--config", help="YAML preset for the dreaming settings (see configs/)")
+    p.add_argument("--backend", choices=["auto", "jax", "torch"],
+                   help="relaxation backend (default torch; auto = JAX where supported)")
 
 
 def budget_dream_config(args):
@@ -63,8 +65,10 @@ def budget_dream_config(args):
     from .dream import DreamConfig
     from .query import load_config
     fixed = args.steps is not None or args.swap_iters is not None
-    over = {"seed": args.seed, "budget_seconds": None if fixed else args.budget_seconds}
-    dream = load_config(args.config, over).dream if args.config else DreamConfig(**over)
+    over = {"seed": args.seed, "budget_seconds": None if fixed else args.budget_seconds,
+            "backend": args.backend}
+    dream = load_config(args.config, over).dream if args.config else \
+        DreamConfig(**{k: v for k, v in over.items() if v is not None or k == "budget_seconds"})
     if fixed:
         dream.budget_seconds = None
         dream.steps = args.steps if args.steps is not None else dream.steps

@@ -19,6 +19,8 @@ def add_query_parser(sub, common):
     q.add_argument("--xe-cap", dest="xe_cap", type=float)
     q.add_argument("--budget-seconds", dest="budget_seconds", type=float)
     q.add_argument("--init", choices=["model", "random", "corpus"])
+    q.add_argument("--backend", choices=["auto", "jax", "torch"],
+                   help="relaxation backend (default torch; auto = JAX where supported)")
     q.add_argument("--prefix")
     q.add_argument("--suffix")
     q.add_argument("--corpus", help="wiki (default), .txt/.jsonl file or folder, hf:NAME")
@@ -40,7 +42,7 @@ def cmd_query(args) -> int:
     from .query import load_config, query
     from .targets import parse_target, parse_targets
     keys = ["length", "steps", "swap_iters", "batch", "seed", "xe_cap", "budget_seconds", "init",
-            "prefix", "suffix", "corpus", "corpus_tokens", "top_k"]
+            "prefix", "suffix", "corpus", "corpus_tokens", "top_k", "backend"]
     cfg = load_config(args.config, {k: getattr(args, k) for k in keys})
     spec = args.target
     if spec is None and args.config:

@@ -123,7 +123,7 @@ def test_config_file_errors(tmp_path, capsys):
     assert "not valid YAML" in capsys.readouterr().err
     p.write_text("batch: many\n")
     assert main(["query", "--target", "mlp:1:1", "--config", str(p)]) == 2
-    assert "must be a number" in capsys.readouterr().err
+    assert "must be a finite number" in capsys.readouterr().err
 
 
 def test_presets_parse():

@@ -118,3 +118,16 @@ def test_unsupported_architecture_is_a_clear_error(llama):
     h = dataclasses.replace(llama, model_type="qwen3", cache={})
     with pytest.raises(FeatvizError, match="llama, mistral, qwen2, gpt2"):
         to_jax(h)
+
+
+def test_dream_on_the_jax_backend_is_reproducible(tiny):
+    from featviz.dream import DreamConfig, dream
+    cfg = DreamConfig(length=4, batch=4, steps=12, swap_iters=3, children=6, k_grad=8, k_lm=8,
+                      hard_samples=2, caps=(5.0,), init_samples=8, beam_lams=(), backend="jax")
+    a = dream(tiny, "mlp:1:3", cfg, progress=False)
+    b = dream(tiny, "mlp:1:3", cfg, progress=False)
+    assert a.stats["backend"] == "jax" and a.stats["relax_steps"] == 12
+    strip = lambda r: {k: v for k, v in r.to_json().items() if k != "stats"}  # noqa: E731
+    assert strip(a) == strip(b) and a.best is not None
+    with pytest.raises(FeatvizError, match="--backend must be"):
+        DreamConfig(backend="tpu").check()

@@ -163,3 +163,17 @@ def test_remote_code_never_runs_without_the_flag(tmp_path):
     with pytest.raises(FeatvizError, match="--trust-remote-code"):
         featviz.load_model(str(d))
     assert not marker.exists()
+
+
+def test_same_command_same_bytes_on_the_jax_backend(model_dir, corpus, tmp_path):
+    pytest.importorskip("jax")
+    runs = []
+    for name in ("a", "b"):
+        out = str(tmp_path / name)
+        cmd = gallery_cmd(model_dir, corpus, out) + ["--backend", "jax"]
+        cmd[cmd.index("mlp:1:0-5")] = "mlp:1:0-1"
+        subprocess.run(cmd, env=env(), check=True, capture_output=True)
+        runs.append(out)
+    assert comparable(runs[0]) == comparable(runs[1])
+    assert open(os.path.join(runs[0], "gallery.json"), "rb").read() == \
+        open(os.path.join(runs[1], "gallery.json"), "rb").read()

@@ -1,0 +1,106 @@
+"""Relaxation steps per second: torch eager vs the JAX backend (jit), same objective.
+
+For (batch, length) in (8, 12), (32, 12), (128, 12), targets at layers 6 and 24 of the
+embedded model, with the fluency term (every row lambda > 0: full forward + logits) and
+without it (lambda = 0: the forward stops after the target's layer).  One step = Gumbel
+sample + forward + backward + Adam update.  JAX's first step (compile) is timed apart.
+
+Run: python benchmarks/backend_speed.py [--steps 6]
+Writes benchmarks/results/backend_speed.md
+"""
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+import featviz
+from _results import write_result
+from featviz.objective import forward_scores
+from featviz.relax import gumbel_softmax
+from featviz.vocab import readable_mask
+
+
+
+def torch_steps(h, t, B, n, lam, steps, precision):
+    mask = readable_mask(h)
+    theta = torch.zeros(B, n, h.vocab_size, requires_grad=True)
+    opt = torch.optim.Adam([theta], lr=0.3)
+    bias = torch.where(mask, 0.0, -1e9)
+    W = h.embedding
+    bos = W[h.bos_id][None, None].expand(B, 1, -1)
+    g = torch.Generator().manual_seed(0)
+    cap = torch.full((B,), float("inf"))
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            y = gumbel_softmax(theta + bias, 1.0, g, hard=True)
+            score, _, _, _ = forward_scores(h, t, torch.cat([bos, y @ W], 1), y, 1, lam, cap)
+        opt.zero_grad(set_to_none=True)
+        (-score.sum()).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+
+def jax_steps(h, t, B, n, lam, steps):
+    import jax
+    import jax.numpy as jnp
+    from featviz.jaxfwd import to_jax
+    from featviz.jaxrelax import make_step
+    jm = to_jax(h)
+    mask = readable_mask(h).numpy()
+    step, init = make_step(jm, t, mask, lam.numpy(), np.full(B, np.inf, np.float32),
+                           prefix_ids=[h.bos_id], suffix_ids=[], n=n, hard=True, lr=0.3)
+    theta = jnp.zeros((B, n, h.vocab_size), jnp.float32)
+    state = init(theta)
+    key = jax.random.PRNGKey(0)
+    times = []
+    for i in range(steps + 1):
+        key, sub = jax.random.split(key)
+        t0 = time.perf_counter()
+        noise = jax.random.uniform(sub, theta.shape, minval=1e-10, maxval=1.0)
+        theta, state, act, _ = step(jm.params, theta, state, noise, jnp.float32(1.0))
+        act.block_until_ready()
+        theta.block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:])), times[0]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    h = featviz.load_model()
+    rows = []
+    for layer, idx in ((6, 308), (24, 1097)):
+        t = featviz.parse_target(f"mlp:{layer}:{idx}", h)
+        for fluency in (False, True):
+            for B in (8, 32, 128):
+                lam = torch.full((B,), 0.3 if fluency else 0.0)
+                steps = args.steps if B < 128 else max(2, args.steps // 2)
+                tt = torch_steps(h, t, B, 12, lam, steps, "fp32")
+                tb = torch_steps(h, t, B, 12, lam, steps, "bf16")
+                tj, compile_s = jax_steps(h, t, B, 12, lam, steps)
+                rows.append((layer, fluency, B, 1 / tt, 1 / tb, 1 / tj, tt / tj, compile_s))
+                print(f"layer {layer} fluency {fluency} batch {B}: torch fp32 {1 / tt:.2f}/s, "
+                      f"torch bf16 {1 / tb:.2f}/s, jax {1 / tj:.2f}/s ({tt / tj:.2f}x), "
+                      f"first jax step {compile_s:.1f} s", flush=True)
+    lines = ["# Relaxation step speed: torch eager vs JAX (jit)", "",
+             f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+             f"model {h.name}, length 12, straight-through Gumbel-softmax + forward + backward + "
+             f"Adam; median over {args.steps} steps after one warm-up step.", "",
+             "| layer | fluency term | batch | torch fp32 (steps/s) | torch bf16 autocast (steps/s) "
+             "| JAX fp32 (steps/s) | JAX / torch fp32 | JAX first step incl. compile (s) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {l} | {'yes' if f else 'no'} | {b} | {a:.2f} | {c:.2f} | {j:.2f} | {r:.2f}x | {cs:.1f} |"
+              for l, f, b, a, c, j, r, cs in rows]
+    write_result("backend_speed.md", lines)
+
+
+if __name__ == "__main__":
+    main()
