@@ -14,7 +14,7 @@ setup:
 # Debian's chromium for the gallery browser test (the test skips, saying why, without it).
 browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
-	  { if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { export DEBIAN_FRONTEND=noninteractive; if [ "$$(id -u)" = 0 ]; then apt-get install -y -qq chromium >/dev/null 2>&1 || \
 	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; \
 	    else sudo -n apt-get install -y -qq chromium >/dev/null 2>&1; fi; } || \
 	  echo "chromium not installed: the browser test will be skipped"

@@ -78,11 +78,14 @@ class Exemplar:
     peak: int               # position of the max in the window (BOS = 0)
     window: int             # window index in the corpus stream
     token_ids: list
-    activations: list       # per position, BOS included
+    activations: list       # per position, BOS included (a list, or a float32 numpy row
+                            # straight from the miner; to_json gives a list either way)
 
     def to_json(self, handle=None) -> dict:
+        acts = self.activations
         d = {"value": self.value, "peak": self.peak, "window": self.window,
-             "token_ids": self.token_ids, "activations": self.activations}
+             "token_ids": self.token_ids,
+             "activations": acts.tolist() if isinstance(acts, np.ndarray) else acts}
         if handle is not None:
             d["tokens"] = handle.token_strings(self.token_ids)
         return d
@@ -171,24 +174,15 @@ def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
     Neurons and basis dimensions of one site are gathered with one index; head norms
     are computed once per layer; anything else is read target by target.
     """
-    out: list = [None] * len(targets)
     groups: dict = {}
+    single: list = []
     for i, t in enumerate(targets):
         plain = type(t) is Atom          # subclasses may read differently: ask them
         if plain and (t.kind in ("mlp", "head") or (t.kind == "resid" and t.file is None)):
             groups.setdefault(t.site, []).append(i)
         else:
-            out[i] = t.per_position(captures, handle)
-    if len(groups) == 1 and len(next(iter(groups.values()))) == len(targets):
-        (site, idx), = groups.items()                     # one site holds every target
-        x = captures[site]
-        if site[0] == Z:
-            b, s, _ = x.shape
-            x = x.reshape(b, s, handle.n_heads, handle.head_dim).norm(dim=-1)
-        sel = [targets[i].index for i in idx]
-        if sel == list(range(x.shape[-1])):
-            return x.permute(2, 0, 1)                     # all units, in order: no gather
-        return x.index_select(-1, torch.as_tensor(sel, device=x.device)).permute(2, 0, 1)
+            single.append(i)
+    parts = []                                            # (target positions, (n, B, S) values)
     for site, idx in groups.items():
         x = captures[site]
         if site[0] == Z:
@@ -196,11 +190,20 @@ def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
             x = x.reshape(b, s, handle.n_heads, handle.head_dim).norm(dim=-1)
         elif site[0] not in (MLP_POST, RESID_POST):  # pragma: no cover
             raise ValueError(site)
-        sel = torch.as_tensor([targets[i].index for i in idx], device=x.device)
-        vals = x.index_select(-1, sel).permute(2, 0, 1)
-        for j, i in enumerate(idx):
-            out[i] = vals[j]
-    return torch.stack(out)
+        sel = [targets[i].index for i in idx]
+        vals = x if sel == list(range(x.shape[-1])) else \
+            x.index_select(-1, torch.as_tensor(sel, device=x.device))  # all units: no gather
+        parts.append((idx, vals.permute(2, 0, 1)))
+    for i in single:
+        parts.append(([i], targets[i].per_position(captures, handle)[None]))
+    order = [i for idx, _ in parts for i in idx]
+    if order == list(range(len(targets))):                # the usual case: already in order
+        return parts[0][1] if len(parts) == 1 else torch.cat([v for _, v in parts])
+    out = torch.empty((len(targets),) + parts[0][1].shape[1:], dtype=parts[0][1].dtype,
+                      device=parts[0][1].device)
+    for idx, v in parts:
+        out[torch.as_tensor(idx, device=v.device)] = v.to(out.dtype)
+    return out
 
 
 # ---------------------------------------------------------------- the grid
@@ -326,22 +329,29 @@ class Miner:
         self.n_win += B
 
     def _topk(self, wmax, peak, per, ids, win):
+        """Keep each target's k best windows in k unordered slots: a newcomer overwrites an
+        evicted slot, so only entering windows are copied (sorted once, in ``finish``)."""
         k, B = self.cfg.k, wmax.shape[1]
-        rows = np.nonzero((wmax > self.top_v[:, -1:]).any(1))[0]     # targets with a newcomer
+        rows = np.nonzero((wmax > self.top_v.min(1, keepdims=True)).any(1))[0]
         if not len(rows):
             return
-        R = len(rows)
-        cand_v = np.concatenate([self.top_v[rows], wmax[rows]], axis=1)  # (R, k+B)
-        order = np.argsort(-cand_v, axis=1, kind="stable")[:, :k]
-        self.top_v[rows] = np.take_along_axis(cand_v, order, 1)
-        self.top_win[rows] = np.take_along_axis(
-            np.concatenate([self.top_win[rows], np.broadcast_to(win, (R, B))], 1), order, 1)
-        self.top_peak[rows] = np.take_along_axis(
-            np.concatenate([self.top_peak[rows], peak[rows]], 1), order, 1)
-        all_ids = np.concatenate([self.top_ids[rows], np.broadcast_to(ids, (R,) + ids.shape)], 1)
-        self.top_ids[rows] = np.take_along_axis(all_ids, order[:, :, None], 1)
-        self.top_acts[rows] = np.take_along_axis(
-            np.concatenate([self.top_acts[rows], per[rows]], 1), order[:, :, None], 1)
+        cand = np.concatenate([self.top_v[rows], wmax[rows]], axis=1)            # (R, k+B)
+        cwin = np.concatenate([np.where(self.top_win[rows] < 0, np.iinfo(np.int64).max,
+                                        self.top_win[rows]), np.broadcast_to(win, (len(rows), B))], 1)
+        keep = np.zeros(cand.shape, dtype=bool)        # best k; ties go to the earlier window
+        np.put_along_axis(keep, np.lexsort((cwin, -cand), axis=-1)[:, :k], True, axis=1)
+        # evicted slots (old, not kept) first; entering newcomers (new, kept) first
+        evicted = np.argsort(keep[:, :k], axis=1, kind="stable")                 # (R, k)
+        entering = np.argsort(~keep[:, k:], axis=1, kind="stable")               # (R, B)
+        m = keep[:, k:].sum(1)
+        for j in range(int(m.max())):
+            sel = m > j
+            r, slot, b = rows[sel], evicted[sel, j], entering[sel, j]
+            self.top_v[r, slot] = wmax[r, b]
+            self.top_win[r, slot] = win[b]
+            self.top_peak[r, slot] = peak[r, b]
+            self.top_ids[r, slot] = ids[b]
+            self.top_acts[r, slot] = per[r, b]
 
     def _histogram(self, flat: torch.Tensor, valid: torch.Tensor | None):
         """flat: (T, N) torch values; valid: finite mask, or None when all are finite."""
@@ -359,7 +369,7 @@ class Miner:
         absmax = np.maximum(np.abs(np.where(np.isfinite(vmax), vmax, 0.0)),
                             np.abs(np.where(np.isfinite(vmin), vmin, 0.0)))
         new = np.isnan(self.hist_w)
-        self.hist_w[new] = np.where(absmax[new] > 0, absmax[new] / G * 1.5, 1e-6)
+        self.hist_w[new] = np.where(absmax[new] > 0, absmax[new] / G * 3.0, 1e-6)
         d = _fit_width(self.hist_w, absmax, G)
         for t in np.nonzero(d)[0]:
             self.hist[t, G:] = _merge_pairs(self.hist[t, G:], int(d[t]), True)
@@ -374,8 +384,8 @@ class Miner:
         if valid is not None:
             above &= valid
         self.n_above += above.sum(1).numpy()
-        self.total += flat.sum(1, dtype=torch.float64).numpy()
-        self.total2 += (flat * flat).sum(1, dtype=torch.float64).numpy()
+        self.total += flat.sum(1).double().numpy()        # per batch in float32, then float64
+        self.total2 += (flat * flat).sum(1).double().numpy()
 
     def _reservoir(self, wmax, peak, per, ids, win):
         C, S = self.cfg.cells, self.cfg.slots
@@ -383,7 +393,7 @@ class Miner:
         pos = np.where(np.isfinite(wmax), wmax, 0.0)
         need = pos.max(1)
         new = np.isnan(self.cell_w) & (need > 0)
-        self.cell_w[new] = need[new] / C * 1.5
+        self.cell_w[new] = need[new] / C * 3.0       # headroom: fewer coarsenings later
         d = _fit_width(np.where(np.isnan(self.cell_w), 1.0, self.cell_w), need, C)
         d[np.isnan(self.cell_w)] = 0
         for t in np.nonzero(d)[0]:
@@ -458,7 +468,14 @@ class Miner:
         order_c = np.argsort(self.c_win[self.c_win >= 0])
         valid_c = np.nonzero(self.c_win >= 0)[0][order_c]
         s0 = 0 if cfg.include_bos else 1
-        top_ids, top_acts = self.top_ids.tolist(), self.top_acts.tolist()   # one bulk conversion
+        unused = self.top_win < 0
+        order = np.lexsort((np.where(unused, np.iinfo(np.int64).max, self.top_win), -self.top_v),
+                           axis=-1)                      # slots -> ranks (ties: earlier window)
+        for name in ("top_v", "top_win", "top_peak"):
+            setattr(self, name, np.take_along_axis(getattr(self, name), order, 1))
+        self.top_ids = np.take_along_axis(self.top_ids, order[:, :, None], 1)
+        self.top_acts = np.take_along_axis(self.top_acts, order[:, :, None], 1)
+        top_ids = self.top_ids.tolist()                                          # one bulk conversion
         top_v, top_peak, top_win = self.top_v.tolist(), self.top_peak.tolist(), self.top_win.tolist()
         c_ids = self.c_ids.tolist()
         c_acts = self.c_acts[:, valid_c].tolist()
@@ -470,7 +487,7 @@ class Miner:
             r.nonfinite = int(self.nonfinite[t])
             n_ok = self.n_tok - r.nonfinite
             r.top = [Exemplar(top_v[t][i], top_peak[t][i], top_win[t][i], top_ids[t][i],
-                              top_acts[t][i]) for i in range(cfg.k) if top_win[t][i] >= 0]
+                              self.top_acts[t, i]) for i in range(cfg.k) if top_win[t][i] >= 0]
             if n_ok > 0:
                 r.max, r.min = float(self.vmax[t]), float(self.vmin[t])
                 r.mean = float(self.total[t] / n_ok)
@@ -492,7 +509,7 @@ class Miner:
         mx = r.max
         if not (math.isfinite(mx) and mx > 0) or np.isnan(self.cell_w[t]):
             return []
-        top_set = {e.window for e in r.top}
+        top_set = set(self.top_win[t].tolist())
         held = self.s_win[t] >= 0
         cs = np.argwhere(held)                                   # (n, 2): cell, slot
         n_held = held.sum(1)

@@ -27,6 +27,37 @@ def combine(act, xe, lam, cap):
     return act - jnp.where(capped, pen_cap, pen_lam)
 
 
+def _st_embed_impl(y, E, idx):
+    return E[idx]
+
+
+def _make_st_embed():
+    """Straight-through embedding of one-hot samples: the forward is a row gather (no
+    (tokens x vocab) @ (vocab x d) product); the gradient is the one y @ E would get."""
+    import jax
+    import jax.numpy as jnp
+    f = jax.custom_vjp(_st_embed_impl)
+
+    def fwd(y, E, idx):
+        return E[idx], (E, idx)
+
+    def bwd(res, g):
+        E, idx = res
+        return g @ E.T, jnp.zeros_like(E), None   # E's cotangent is unused and compiled away
+    f.defvjp(fwd, bwd)
+    return f
+
+
+def _st_embed(y, E, idx):
+    global _ST
+    if _ST is None:
+        _ST = _make_st_embed()
+    return _ST(y, E, idx)
+
+
+_ST = None
+
+
 def make_objective(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n: int,
                    hard: bool, directions=None):
     """objective(params, theta, noise, tau) -> (loss, (score, act, xe)) for uniform noise."""
@@ -45,10 +76,13 @@ def make_objective(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_i
         g = -jnp.log(-jnp.log(jnp.clip(noise, 1e-10, 1.0)))
         y = jax.nn.softmax((theta + bias + g) / tau, axis=-1)
         if hard:
-            y = jax.nn.one_hot(jnp.argmax(y, -1), y.shape[-1], dtype=y.dtype) + y - \
-                jax.lax.stop_gradient(y)
+            idx = jnp.argmax(y, -1)
+            emb = _st_embed(y, E, idx)              # forward: a gather; backward: g @ E.T
+            y = jax.nn.one_hot(idx, y.shape[-1], dtype=y.dtype) + y - jax.lax.stop_gradient(y)
+        else:
+            emb = y @ E
         B = theta.shape[0]
-        parts = [jnp.broadcast_to(E[jnp.asarray(pre)][None], (B, len(pre), E.shape[1])), y @ E]
+        parts = [jnp.broadcast_to(E[jnp.asarray(pre)][None], (B, len(pre), E.shape[1])), emb]
         if suf:
             parts.append(jnp.broadcast_to(E[jnp.asarray(suf)][None], (B, len(suf), E.shape[1])))
         caps, logits = _forward(spec, params, inv, scale, jnp.concatenate(parts, 1), sites, fluency)
