@@ -53,7 +53,6 @@ def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: in
         lam_t = torch.tensor([lam], device=dev)
         cap_t = torch.tensor([float("inf")], device=dev)
         for t in range(n):
-            b = ids.shape[0]
             k = min(expand, int(mask.sum()))
             if sample and generator is not None:
                 u = torch.rand(logp.shape, generator=generator, device=dev).clamp_(1e-10, 1)

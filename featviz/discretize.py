@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .objective import combine, exact_scores, needs_fluency
+from .objective import combine, needs_fluency
 from .readout import run, xe_from_logits
 
 

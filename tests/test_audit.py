@@ -12,7 +12,7 @@ from featviz.audit import (AuditConfig, _attribution_check, _context_check, _sca
                            audit, drops, format_report, path_scores, span_value, two_groups)
 from featviz.cli import main
 from featviz.dream import Candidate, DreamConfig, DreamResult
-from featviz.exemplars import Exemplar, MineConfig, TargetExemplars
+from featviz.exemplars import MineConfig, TargetExemplars
 from featviz.flags import Thresholds
 from featviz.readout import run, with_bos
 from featviz.vocab import readable_mask

@@ -7,7 +7,6 @@ The number of cases tried is printed at the end of the session (pytest -s).
 import json
 import os
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

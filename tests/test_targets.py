@@ -5,7 +5,6 @@ import torch
 import featviz
 from featviz import FeatvizError, parse_target, parse_targets
 from featviz.readout import evaluate_ids, read_text, run, with_bos
-from featviz.targets import all_sites
 
 from reference import reference
 
