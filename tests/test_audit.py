@@ -197,3 +197,37 @@ def test_audit_cli_bad_input(argv, msg, capsys):
     err = capsys.readouterr().err.strip()
     last = err.splitlines()[-1]        # (model loading may show a progress bar first)
     assert last.startswith("featviz: error:") and msg in last and "Traceback" not in err
+
+
+def _windows_peaking_on(h, tok_ids, n=10):
+    """Exemplars whose peak is a chosen token (position 3 of 6 tokens after BOS)."""
+    from featviz.exemplars import Exemplar
+    rng = np.random.default_rng(0)
+    fill = h.encode(TEXT)
+    out = []
+    for i in range(n):
+        row = [h.bos_id] + [int(x) for x in rng.choice(fill, 6)]
+        row[3] = tok_ids[i % len(tok_ids)]
+        out.append(Exemplar(1.0, 3, i, row, [0.0] * len(row)))
+    return out
+
+
+def test_polysemantic_and_path_known_answers_on_a_tiny_model(no_mixing):
+    """Without attention mixing a hidden state is a function of its own token: exemplars
+    peaking on two tokens form two identical-point groups; on one token, one group; and a
+    synthetic text ending on that same token sits exactly on the exemplars' path."""
+    from featviz.audit import _path_check, _poly_check
+    h = no_mixing
+    t = featviz.parse_target("mlp:1:0", h)
+    a, b = h.encode(" cat")[0], h.encode(" sea")[0]
+    cfg = AuditConfig(baseline=16)
+    two = TargetExemplars("t", top=_windows_peaking_on(h, [a, b]))
+    one = TargetExemplars("t", top=_windows_peaking_on(h, [a]))
+    c2 = _poly_check(h, t, two, None, cfg)
+    assert c2.verdict == "flag" and sorted(c2.figures["sizes"]) == [5, 5]
+    assert c2.figures["silhouette"] == pytest.approx(1.0, abs=1e-4)
+    assert _poly_check(h, t, one, None, cfg).verdict == "ok"
+    base = [with_bos(h, h.encode(" ".join(TEXT.split()[i:i + 10])))[0].tolist() for i in range(16)]
+    syn = [h.bos_id] + h.encode("the moon and the") + [a]
+    c, _ = _path_check(h, t, syn, len(syn) - 1, two, base, cfg)
+    assert c.verdict == "ok" and c.figures["syn"][0] == pytest.approx(1.0, abs=1e-5)
