@@ -247,12 +247,7 @@ def _atom_values(a, caps, jm, direction):
         B, T, _ = x.shape
         return jnp.linalg.norm(x.reshape(B, T, s.n_heads, s.head_dim)[:, :, a.index], axis=-1)
     if a.kind == "attn":
-        T = x.shape[-1]
-        k = a.key if a.key >= 0 else T + a.key
-        if not 0 <= k < T:
-            raise FeatvizError(f"target '{a.name}': key position {a.key} is outside a sequence "
-                               f"of {T} tokens")
-        return x[:, a.index, :, k]
+        return x[:, a.index, :, a.key_index(x.shape[-1])]
     if a.file is not None:
         d = direction[a.file] if direction else None
         return x @ d
@@ -260,17 +255,12 @@ def _atom_values(a, caps, jm, direction):
 
 
 def reduce(a, values, start: int = 1):
-    T = values.shape[-1]
-    if a.reduction == "last":
-        return values[:, -1]
-    if a.reduction in ("max", "mean"):
-        body = values[:, min(start, T - 1):]
-        return body.max(-1) if a.reduction == "max" else body.mean(-1)
-    i = int(a.reduction)
-    if not -T <= i < T:
-        raise FeatvizError(f"target '{a.name}': position {i} is outside a sequence of {T} tokens "
-                           "(BOS is position 0)")
-    return values[:, i]
+    """Atom.reduce on JAX arrays (the same plan, from ``Atom.reduce_plan``)."""
+    how, i = a.reduce_plan(values.shape[-1], start)
+    if how == "at":
+        return values[:, i]
+    body = values[:, i:]
+    return body.max(-1) if how == "max" else body.mean(-1)
 
 
 def evaluate(target, caps, jm, directions=None, start: int = 1):

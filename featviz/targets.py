@@ -171,29 +171,40 @@ class Atom(Target):
             b, t, _ = x.shape
             return x.reshape(b, t, handle.n_heads, handle.head_dim)[:, :, self.index].norm(dim=-1)
         if self.kind == "attn":
-            t = x.shape[-1]
-            k = self.key if self.key >= 0 else t + self.key
-            if not 0 <= k < t:
-                raise FeatvizError(f"target '{self.name}': key position {self.key} is outside "
-                                   f"a sequence of {t} tokens")
-            return x[:, self.index, :, k]
+            return x[:, self.index, :, self.key_index(x.shape[-1])]
         if self.file is not None:
             return x @ self.direction(handle).to(x.dtype)
         return x[..., self.index]
 
-    def reduce(self, values: torch.Tensor, start: int = 1) -> torch.Tensor:
-        """Reduce (batch, seq) values to (batch,); max/mean skip the first ``start`` (BOS)."""
-        t = values.shape[-1]
+    # index arithmetic shared by both backends (featviz.jaxfwd reads through these too)
+    def key_index(self, t: int) -> int:
+        """The attention key position this target reads in a sequence of t tokens."""
+        k = self.key if self.key >= 0 else t + self.key
+        if not 0 <= k < t:
+            raise FeatvizError(f"target '{self.name}': key position {self.key} is outside "
+                               f"a sequence of {t} tokens")
+        return k
+
+    def reduce_plan(self, t: int, start: int = 1) -> tuple[str, int]:
+        """How a (batch, t) reading is reduced: ("at", i) reads position i; ("max" | "mean",
+        first) reduces positions first..t-1 (max/mean skip the first ``start``, i.e. BOS)."""
         if self.reduction == "last":
-            return values[:, -1]
+            return "at", t - 1
         if self.reduction in ("max", "mean"):
-            body = values[:, min(start, t - 1):]
-            return body.max(dim=-1).values if self.reduction == "max" else body.mean(dim=-1)
+            return self.reduction, min(start, t - 1)
         i = int(self.reduction)
         if not -t <= i < t:
             raise FeatvizError(f"target '{self.name}': position {i} is outside a sequence of "
                                f"{t} tokens (BOS is position 0)")
-        return values[:, i]
+        return "at", i
+
+    def reduce(self, values: torch.Tensor, start: int = 1) -> torch.Tensor:
+        """Reduce (batch, seq) values to (batch,); max/mean skip the first ``start`` (BOS)."""
+        how, i = self.reduce_plan(values.shape[-1], start)
+        if how == "at":
+            return values[:, i]
+        body = values[:, i:]
+        return body.max(dim=-1).values if how == "max" else body.mean(dim=-1)
 
 
 @dataclass(frozen=True)

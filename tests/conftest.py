@@ -10,6 +10,16 @@ TEXT = ("The quick brown fox jumps over the lazy dog. A cat sat on the mat and l
         "4 5 6 7 8 9 10. History, science, music and art fill the old library on the hill.")
 
 
+def word_corpus(path, seed, paragraphs, words_each, words=None, extra=()):
+    """Write paragraphs of random TEXT words (plus ``extra`` paragraphs) to ``path``."""
+    import numpy as np
+    words = words or TEXT.split()
+    rng = np.random.default_rng(seed)
+    paras = [" ".join(rng.choice(words, size=words_each)) for _ in range(paragraphs)]
+    path.write_text("\n\n".join(paras + list(extra)), encoding="utf-8")
+    return str(path)
+
+
 def make_tokenizer(vocab_size=300):
     """A small byte-level BPE tokenizer trained in memory (no download)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -61,6 +71,16 @@ def gpt2(tokenizer):
 @pytest.fixture(params=["llama", "gpt2"])
 def tiny(request, llama, gpt2):
     return {"llama": llama, "gpt2": gpt2}[request.param]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny Llama saved as safetensors, loadable with --model DIR (CLI tests)."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    tok = make_tokenizer()
+    tiny_llama(tok, seed=5).save_pretrained(d, safe_serialization=True)
+    tok.save_pretrained(d)
+    return str(d)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from featviz.flags import Thresholds
 from featviz.readout import run, with_bos
 from featviz.vocab import readable_mask
 
-from conftest import TEXT, make_tokenizer, tiny_llama
+from conftest import TEXT, make_tokenizer, tiny_llama, word_corpus
 
 FAST = dict(length=4, batch=4, steps=4, swap_iters=3, children=6, k_grad=8, k_lm=8,
             hard_samples=2, caps=(5.0,), init_samples=8, beam_lams=())
@@ -38,11 +38,7 @@ def no_mixing():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    words = TEXT.split()
-    rng = np.random.default_rng(1)
-    p = tmp_path_factory.mktemp("c") / "c.txt"
-    p.write_text("\n\n".join(" ".join(rng.choice(words, size=60)) for _ in range(40)))
-    return str(p)
+    return word_corpus(tmp_path_factory.mktemp("c") / "c.txt", 1, 40, 60)
 
 
 def cand(text, act, xe, ids=(5, 6)):

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 import pytest
 
 import featviz
@@ -14,7 +13,7 @@ from featviz.dream import DreamConfig
 from featviz.exemplars import MineConfig
 from featviz.gallery import SCHEMA_VERSION, GalleryConfig, build_gallery
 
-from conftest import TEXT, make_tokenizer, tiny_llama
+from conftest import TEXT, make_tokenizer, tiny_llama, word_corpus
 
 HOSTILE = "<script>window.__pwned=1</script>"
 QUOTE = '"><img src=x onerror="window.__pwned=2">'
@@ -34,12 +33,8 @@ def hostile():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    words = TEXT.split() + [HOSTILE, QUOTE, BIDI]
-    rng = np.random.default_rng(0)
-    paras = [" ".join(rng.choice(words, size=30)) for _ in range(40)] + ["x" * 3000]
-    p = tmp_path_factory.mktemp("corpus") / "c.txt"
-    p.write_text("\n\n".join(paras), encoding="utf-8")
-    return str(p)
+    return word_corpus(tmp_path_factory.mktemp("corpus") / "c.txt", 0, 40, 30,
+                       words=TEXT.split() + [HOSTILE, QUOTE, BIDI], extra=["x" * 3000])
 
 
 def cfg_for(corpus, dream=True):

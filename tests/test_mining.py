@@ -9,17 +9,12 @@ from featviz.exemplars import MineConfig, mine, read_all
 from featviz.readout import run
 from featviz.targets import all_sites
 
-from conftest import TEXT
+from conftest import word_corpus
 
 
 @pytest.fixture
 def corpus_file(tmp_path):
-    words = TEXT.split()
-    rng = np.random.default_rng(0)
-    paras = [" ".join(rng.choice(words, size=40)) for _ in range(60)]
-    p = tmp_path / "c.txt"
-    p.write_text("\n\n".join(paras))
-    return str(p)
+    return word_corpus(tmp_path / "c.txt", 0, 60, 40)
 
 
 def brute(handle, targets, src, cfg):

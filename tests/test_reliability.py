@@ -17,28 +17,14 @@ from featviz.dream import DreamConfig, dream
 from featviz.exemplars import MineConfig
 from featviz.gallery import GalleryConfig, build_gallery
 
-from conftest import TEXT, make_tokenizer, tiny_llama
+from conftest import word_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny Llama saved as safetensors, loadable with --model DIR."""
-    d = tmp_path_factory.mktemp("tiny-model")
-    tok = make_tokenizer()
-    tiny_llama(tok, seed=5).save_pretrained(d, safe_serialization=True)
-    tok.save_pretrained(d)
-    return str(d)
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    words = TEXT.split()
-    rng = np.random.default_rng(3)
-    p = tmp_path_factory.mktemp("c") / "c.txt"
-    p.write_text("\n\n".join(" ".join(rng.choice(words, size=50)) for _ in range(30)))
-    return str(p)
+    return word_corpus(tmp_path_factory.mktemp("c") / "c.txt", 3, 30, 50)
 
 
 def gallery_cmd(model_dir, corpus, out):
