@@ -50,20 +50,18 @@ def jax_steps(h, t, B, n, lam, steps):
     import jax
     import jax.numpy as jnp
     from featviz.jaxfwd import to_jax
-    from featviz.jaxrelax import make_step
+    from featviz.jaxrelax import make_step, step_key
     jm = to_jax(h)
     mask = readable_mask(h).numpy()
     step, init = make_step(jm, t, mask, lam.numpy(), np.full(B, np.inf, np.float32),
                            prefix_ids=[h.bos_id], suffix_ids=[], n=n, hard=True, lr=0.3)
     theta = jnp.zeros((B, n, h.vocab_size), jnp.float32)
     state = init(theta)
-    key = jax.random.PRNGKey(0)
     times = []
     for i in range(steps + 1):
-        key, sub = jax.random.split(key)
         t0 = time.perf_counter()
-        noise = jax.random.uniform(sub, theta.shape, minval=1e-10, maxval=1.0)
-        theta, state, act, _ = step(jm.params, theta, state, noise, jnp.float32(1.0))
+        key = np.uint32(step_key(0, i))        # the noise is drawn inside the compiled step
+        theta, state, act, _ = step(jm.params, theta, state, key, jnp.float32(1.0))
         act.block_until_ready()
         theta.block_until_ready()
         times.append(time.perf_counter() - t0)

@@ -24,7 +24,7 @@ from .errors import FeatvizError
 from .objective import combine, exact_scores, lambdas
 from .beam import beam_search
 from .relax import relax, sample_from_model
-from .targets import Target, as_target
+from .targets import PerRow, Target, as_target
 from .vocab import readable_mask
 
 
@@ -282,92 +282,285 @@ def _verify(handle, target, tokens: Tokens, key, n) -> Candidate | None:
                      activation=float(act[0]), xe=float(xe[0]))
 
 
+class _Search:
+    """One target's search: its archive, population, rotation queue and stats.  The
+    relaxation may be shared with other targets (``dream_many``); everything else is
+    per target."""
+
+    def __init__(self, handle, target: Target, cfg: DreamConfig, tokens: Tokens, mask, tick):
+        self.h, self.target, self.cfg, self.tokens, self.mask, self.tick = (
+            handle, target, cfg, tokens, mask, tick)
+        self.dev = handle.device
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.lam, self.cap = _row_params(cfg, self.dev)
+        self.B, self.n = len(self.lam), cfg.length
+        self.archive = Archive()
+        self.stats = {"relax_steps": 0, "swap_iters": 0, "seconds": {}}
+        self.soft_trace = []
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16,
+                                       enabled=cfg.precision == "bf16")
+        self.pending_rot = []   # rotation candidates waiting for the next scoring round
+        self.last_only = (all(a.reduction == "last" for _, a in target.terms())
+                          and cfg.rotate > 0)
+
+    # -- archive bookkeeping --
+    def note_rotations(self, ids, per, floor):
+        if self.last_only and len(ids):
+            self.pending_rot.append(rotations(ids, per, floor, self.cfg.rotate))
+
+    def take_rotations(self):
+        if not self.pending_rot:
+            return None
+        out = torch.cat(self.pending_rot)
+        self.pending_rot.clear()
+        return out
+
+    def score_into_archive(self, cands):
+        cands = _stable_unique(self.tokens, cands, self.archive)
+        if len(cands):
+            with self.autocast:
+                a, x, per = evaluate(self.tokens, self.target, cands)
+            self.archive.add(cands, a.float(), x.float())
+            self.note_rotations(cands, per.float(), float(a.float().max()) * 0.5)
+
+    # -- stage 1: init (model samples, LM-guided beams, rotations) --
+    def start(self, r: int):
+        """Scores this restart's initial sequences; returns each row's start, or None."""
+        cfg, tokens = self.cfg, self.tokens
+        self.score_into_archive(_init_ids(self.h, cfg, tokens, self.mask, self.gen,
+                                          max(self.B, cfg.init_samples)))
+        if cfg.init == "model" and not tokens.suffix:
+            for j, bl in enumerate(cfg.beam_lams):
+                with self.autocast:
+                    bids, _, _ = beam_search(self.h, self.target, tokens, self.mask, self.n,
+                                             beams=cfg.beam_width, expand=cfg.beam_expand,
+                                             lam=float(bl), generator=self.gen,
+                                             sample=(r + j) > 0)
+                self.score_into_archive(bids)
+                self.tick()
+        rot = self.take_rotations()
+        if rot is not None:
+            self.score_into_archive(rot)
+        if not self.archive.entries:
+            return None
+        return _population(self.archive, self.lam, self.cap, self.dev)
+
+    # -- stage 3: discretize: argmax snapshots + hard samples from theta --
+    def discretize(self, theta, snaps, trace):
+        self.stats["relax_steps"] += trace.steps
+        self.soft_trace.append({"soft_act": trace.soft_act, "soft_xe": trace.soft_xe})
+        logits = theta + torch.where(self.mask, 0.0, -1e9)
+        cands = [torch.nan_to_num(logits, nan=-1e9).argmax(-1)] + snaps
+        rot = self.take_rotations()
+        if rot is not None:
+            cands.append(rot)
+        p = torch.softmax(logits, -1).reshape(self.B * self.n, -1)
+        if not torch.isfinite(p).all():           # the relaxation overflowed: keep argmaxes only
+            self.stats["relax_nonfinite"] = True
+        elif self.cfg.hard_samples:
+            s = torch.multinomial(p, self.cfg.hard_samples, replacement=True, generator=self.gen)
+            cands.append(s.reshape(self.B, self.n, -1).permute(0, 2, 1).reshape(-1, self.n))
+        self.score_into_archive(torch.cat(cands))
+
+    # -- stage 4: gradient- and LM-guided swaps, scored exactly --
+    def refine(self, clock: "_Clock", reserve: float, budgeted: bool):
+        cfg, tokens, target, archive = self.cfg, self.tokens, self.target, self.archive
+        lam, cap, dev, B, mask, gen = self.lam, self.cap, self.dev, self.B, self.mask, self.gen
+        autocast = self.autocast
+        pop = _population(archive, lam, cap, dev)
+        pop_a = torch.tensor([archive.entries[tuple(k)][0] for k in pop.tolist()], device=dev)
+        pop_x = torch.tensor([archive.entries[tuple(k)][1] for k in pop.tolist()], device=dev)
+        t_swap = time.perf_counter()
+        depth = (target.max_layer + 1) / self.h.n_layers
+        two_stage = cfg.xe_share < 1 and depth < 0.5
+        sweep = cfg.sweep if cfg.sweep is not None else int(min(2048, max(192, 1500 / (B * depth))))
+        sweep = min(sweep, int(mask.sum()))
+        self.stats["sweep"] = sweep
+        self.stats["two_stage"] = two_stage
+        it = 0
+        while it < (10 ** 9 if budgeted else cfg.swap_iters):
+            if clock.left() <= reserve:
+                break
+            with autocast:
+                grad, lm = onehot_grads(tokens, target, pop, lam, cap)
+            kids = propose(pop, grad.float(), lm.float(), mask, cfg.children, cfg.k_grad,
+                           cfg.k_lm, cfg.lm_share, gen)
+            if sweep and self.last_only and not tokens.suffix:
+                with autocast:
+                    sk, sa, sdx = sweep_last(tokens, target, pop, grad, lm, mask, sweep)
+                sa = torch.nan_to_num(sa.float(), nan=-math.inf)
+                sx = pop_x.repeat_interleave(sweep) + sdx
+                rows = _scores_for_rows(sa, sx, lam, cap)                    # (B, B*sweep)
+                own = torch.arange(B, device=dev).repeat_interleave(sweep)
+                rows = torch.where(own[None] == torch.arange(B, device=dev)[:, None], rows,
+                                   -math.inf)
+                pick = rows.topk(min(cfg.sweep_keep, sweep), dim=1).indices.flatten()
+                pick = torch.unique(torch.cat([pick, sa.topk(min(cfg.sweep_keep,
+                                                                 len(sa))).indices]))
+                sk, sa, sx = sk[pick], sa[pick], sx[pick]
+                ok = [i for i, row in enumerate(sk.tolist()) if tuple(row) not in archive
+                      and tokens.stable(row)]
+                if ok:
+                    sk, sa, sx = sk[ok], sa[ok], sx[ok]
+                    archive.add(sk, sa, sx)
+                    pop_all = torch.cat([pop, sk])
+                    pa_all, px_all = torch.cat([pop_a, sa]), torch.cat([pop_x, sx])
+                    best = _scores_for_rows(pa_all, px_all, lam, cap).argmax(1)
+                    pop, pop_a, pop_x = pop_all[best], pa_all[best], px_all[best]
+            rot = self.take_rotations()
+            if rot is not None:
+                kids = torch.cat([rot, kids])
+            if cfg.crossover:
+                kids = torch.cat([crossover(pop, pop_a, pop_x, cfg.crossover, 4, gen), kids])
+            kids = _stable_unique(tokens, kids, archive)
+            floor = float(pop_a.max())
+            if len(kids) and two_stage:
+                with autocast:
+                    ka, _, per = evaluate(tokens, target, kids, with_xe=False)
+                ka = ka.float()
+                self.note_rotations(kids, per.float(), floor)
+                m = max(1, math.ceil(cfg.xe_share * len(kids)))
+                order = torch.argsort(torch.nan_to_num(ka, nan=-math.inf), descending=True)
+                archive.add(kids[order[m:]], ka[order[m:]],
+                            torch.full_like(ka[order[m:]], math.inf))
+                kids = kids[order[:m]]
+            if len(kids):
+                with autocast:
+                    ka, kx, per = evaluate(tokens, target, kids)
+                ka, kx = ka.float(), kx.float()
+                archive.add(kids, ka, kx)
+                if not two_stage:
+                    self.note_rotations(kids, per.float(), floor)
+                pool_ids = torch.cat([pop, kids])
+                pool_a = torch.nan_to_num(torch.cat([pop_a, ka]), nan=-math.inf)
+                pool_x = torch.cat([pop_x, kx])
+                best = _scores_for_rows(pool_a, pool_x, lam, cap).argmax(1)
+                pop, pop_a, pop_x = pool_ids[best], pool_a[best], pool_x[best]
+            it += 1
+            self.tick()
+        self.stats["swap_iters"] = it
+        self.stats["seconds"]["swaps"] = time.perf_counter() - t_swap
+
+    # -- stage 5: report only what a fresh pass computes on re-encoded text --
+    def report(self, user_cfg: DreamConfig, backend: str, seconds: float) -> DreamResult:
+        cfg, archive, target, handle = self.cfg, self.archive, self.target, self.h
+        t_ver = time.perf_counter()
+        slack = 0.0 if cfg.precision == "fp32" else 0.25   # bf16 xe may differ a little from fp32
+        checked = {}
+
+        def verify(key):
+            if key not in checked:
+                checked[key] = _verify(handle, target, self.tokens, key, self.n)
+            return checked[key]
+
+        def best_under(limit):
+            """Highest fp32-verified activation with fp32 xe <= limit, from the best few."""
+            ok = sorted(((a, k) for k, (a, x) in archive.entries.items()
+                         if x <= limit + slack and a == a), reverse=True)
+            best = None
+            for a, k in ok[:8]:
+                c = verify(k)
+                if c is not None and c.xe <= limit and (best is None
+                                                        or c.activation > best.activation):
+                    best = c
+            return best
+
+        verified = [c for c in (verify(k) for k, _, _ in archive.frontier()) if c is not None]
+        extra = [best_under(float(c)) for c in tuple(cfg.caps) + (cfg.xe_cap, math.inf)]
+        frontier, top = [], -math.inf
+        for c in sorted({tuple(c.token_ids): c for c in verified + [e for e in extra if e]}.values(),
+                        key=lambda c: (c.xe, -c.activation)):
+            if c.activation > top:
+                frontier.append(c)
+                top = c.activation
+
+        def best_in_frontier(limit):
+            ok = [c for c in frontier if c.xe <= limit]
+            return max(ok, key=lambda c: c.activation) if ok else None
+
+        stats = self.stats
+        stats["seconds"]["verify"] = time.perf_counter() - t_ver
+        stats["seconds"]["total"] = seconds + stats["seconds"]["verify"]
+        stats["evaluated"] = archive.evaluated
+        stats["soft_trace"] = self.soft_trace
+        stats["backend"] = backend
+        stats["diverged"] = not any(math.isfinite(a) for a, _ in archive.entries.values())
+        stats["verified"] = len(checked)
+        cfg_json = asdict(user_cfg)
+        cfg_json.pop("corpus_init", None)
+        return DreamResult(target=str(target), target_description=target.describe(handle),
+                           model=handle.name, config=cfg_json, frontier=frontier,
+                           best=best_in_frontier(math.inf),
+                           best_fluent=best_in_frontier(cfg.xe_cap),
+                           best_at={float(c): best_in_frontier(float(c)) for c in cfg.caps},
+                           stats=stats)
+
+
 def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
           progress: bool = True) -> DreamResult:
     """Search for readable text that maximises ``target``; see the module docstring."""
+    return dream_many(handle, [target], config, progress=progress)[0]
+
+
+def dream_many(handle, targets, config: DreamConfig | None = None, *,
+               progress: bool = True) -> list[DreamResult]:
+    """Dream several targets with one shared relaxation: target i owns rows
+    i*batch .. (i+1)*batch-1 of a (targets x batch)-row relaxation (``PerRow``), so one
+    compiled step serves them all; init, swaps and the verified report stay per target,
+    and each target's result is what ``dream`` would compute from the same relaxed logits.
+    ``budget_seconds`` is per target (the run takes about len(targets) times it)."""
     cfg = (config or DreamConfig()).check()
-    target = as_target(target, handle)
-    clock = _Clock(cfg.budget_seconds)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    targets = [as_target(t, handle) for t in targets]
+    if not targets:
+        raise FeatvizError("dream_many needs at least one target")
+    K = len(targets)
+    total = None if cfg.budget_seconds is None else cfg.budget_seconds * K
+    clock = _Clock(total)
     torch.manual_seed(cfg.seed)
     dev = handle.device
     mask = readable_mask(handle, cfg.vocab)
     prefix = handle.encode(cfg.prefix) if cfg.prefix else []
     suffix = handle.encode(cfg.suffix) if cfg.suffix else []
     tokens = Tokens(handle, prefix, suffix)
-    lam, cap = _row_params(cfg, dev)
-    B, n = len(lam), cfg.length
-    _check_memory(handle, target, cfg, len(lam))
+    lam1, cap1 = _row_params(cfg, dev)
+    B, n = len(lam1), cfg.length
+    rows = PerRow(tuple(targets), tuple(i for i in range(K) for _ in range(B)))
+    joint = targets[0] if K == 1 else rows
+    _check_memory(handle, joint, cfg, K * B)
     backend = resolve_backend(handle, cfg.backend)
-    user_cfg, cfg = cfg, _fit_budget(cfg, len(lam))
-    archive = Archive()
-    stats = {"relax_steps": 0, "swap_iters": 0, "seconds": {}}
-    bar = tqdm(total=cfg.budget_seconds or (cfg.steps * cfg.restarts + cfg.swap_iters),
-               desc=f"dreaming {target}", disable=not progress, leave=False,
-               unit="s" if cfg.budget_seconds else "step")
+    user_cfg, cfg = cfg, _fit_budget(cfg, B)
+    bar = tqdm(total=total or (cfg.steps * cfg.restarts + cfg.swap_iters * K),
+               desc=f"dreaming {targets[0]}" if K == 1 else f"dreaming {K} targets",
+               disable=not progress, leave=False, unit="s" if total else "step")
 
     def tick(k=1):
-        if cfg.budget_seconds:
-            bar.n = min(round(clock.elapsed(), 1), cfg.budget_seconds)
+        if total:
+            bar.n = min(round(clock.elapsed(), 1), total)
             bar.refresh()
         else:
             bar.update(k)
 
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    searches = [_Search(handle, t, cfg, tokens, mask, tick) for t in targets]
+    lam, cap = lam1.repeat(K), cap1.repeat(K)
 
-    pending_rot = []   # rotation candidates waiting for the next scoring round
-    last_only = all(a.reduction == "last" for _, a in target.terms()) and cfg.rotate > 0
-
-    def note_rotations(ids, per, floor):
-        if last_only and len(ids):
-            pending_rot.append(rotations(ids, per, floor, cfg.rotate))
-
-    def take_rotations():
-        if not pending_rot:
-            return None
-        out = torch.cat(pending_rot)
-        pending_rot.clear()
-        return out
-
-    def score_into_archive(cands):
-        cands = _stable_unique(tokens, cands, archive)
-        if len(cands):
-            with autocast:
-                a, x, per = evaluate(tokens, target, cands)
-            archive.add(cands, a.float(), x.float())
-            note_rotations(cands, per.float(), float(a.float().max()) * 0.5)
-
-    # ---- stage 1+2: init and relaxation (one run per restart) ----
-    relax_budget = None if cfg.budget_seconds is None else cfg.budget_seconds * cfg.relax_fraction
+    # ---- stages 1-3: per-target init, one shared relaxation, per-target discretization ----
+    relax_budget = None if total is None else total * cfg.relax_fraction
     t_relax = time.perf_counter()
-    soft_trace = []
     for r in range(cfg.restarts):
         if r > 0 and relax_budget is not None and clock.elapsed() >= relax_budget:
             break
-        score_into_archive(_init_ids(handle, cfg, tokens, mask, gen, max(B, cfg.init_samples)))
-        if cfg.init == "model" and not tokens.suffix:
-            for j, bl in enumerate(cfg.beam_lams):
-                with autocast:
-                    bids, _, _ = beam_search(handle, target, tokens, mask, n, beams=cfg.beam_width,
-                                             expand=cfg.beam_expand, lam=float(bl), generator=gen,
-                                             sample=(r + j) > 0)
-                score_into_archive(bids)
-                tick()
-        rot = take_rotations()
-        if rot is not None:
-            score_into_archive(rot)
-        if not archive.entries:
-            continue
-        init = _population(archive, lam, cap, dev)
-        if cfg.steps == 0 or cfg.relax_fraction == 0 or (
+        inits = [s.start(r) for s in searches]
+        if all(i is None for i in inits) or cfg.steps == 0 or cfg.relax_fraction == 0 or (
                 relax_budget is not None and clock.elapsed() >= relax_budget):
             continue
-        theta = torch.zeros(B, n, handle.vocab_size, device=dev)
-        theta.scatter_(-1, init[..., None], cfg.init_scale)
+        theta = torch.zeros(K * B, n, handle.vocab_size, device=dev)
+        for i, init in enumerate(inits):
+            if init is not None:
+                theta[i * B:(i + 1) * B].scatter_(-1, init[..., None], cfg.init_scale)
         snaps = []
 
         def embeds(soft_emb):
-            full = tokens.full(torch.zeros(B, n, dtype=torch.long, device=dev))
+            full = tokens.full(torch.zeros(K * B, n, dtype=torch.long, device=dev))
             e = handle.model.get_input_embeddings()(full)
             s = tokens.start
             return torch.cat([e[:, :s], soft_emb, e[:, s + n:]], 1)
@@ -381,160 +574,38 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
         if backend == "jax":
             from .jaxrelax import relax_jax
             theta, trace, _ = relax_jax(
-                handle, target, theta, mask, lam, cap, steps=cfg.steps, seconds=secs, lr=cfg.lr,
+                handle, joint, theta, mask, lam, cap, steps=cfg.steps, seconds=secs, lr=cfg.lr,
                 tau0=cfg.tau0, tau1=cfg.tau1, hard=cfg.straight_through, seed=cfg.seed * 1009 + r,
                 prefix_ids=[handle.bos_id] + list(tokens.prefix), suffix_ids=list(tokens.suffix),
                 on_step=on_step)
             theta = theta.to(dev)
         else:
-            with autocast:
-                trace = relax(handle, target, theta, mask, lam, cap, steps=cfg.steps, seconds=secs,
+            with searches[0].autocast:
+                trace = relax(handle, joint, theta, mask, lam, cap, steps=cfg.steps, seconds=secs,
                               lr=cfg.lr, tau0=cfg.tau0, tau1=cfg.tau1, hard=cfg.straight_through,
-                              generator=gen, make_embeds=embeds, start=tokens.start,
+                              generator=searches[0].gen, make_embeds=embeds, start=tokens.start,
                               on_step=on_step)
-        stats["relax_steps"] += trace.steps
-        soft_trace.append({"soft_act": trace.soft_act, "soft_xe": trace.soft_xe})
-        # ---- stage 3: discretize: argmax snapshots + hard samples from theta ----
-        logits = theta + torch.where(mask, 0.0, -1e9)
-        cands = [torch.nan_to_num(logits, nan=-1e9).argmax(-1)] + snaps
-        rot = take_rotations()
-        if rot is not None:
-            cands.append(rot)
-        p = torch.softmax(logits, -1).reshape(B * n, -1)
-        if not torch.isfinite(p).all():           # the relaxation overflowed: keep argmaxes only
-            stats["relax_nonfinite"] = True
-        elif cfg.hard_samples:
-            s = torch.multinomial(p, cfg.hard_samples, replacement=True, generator=gen)
-            cands.append(s.reshape(B, n, -1).permute(0, 2, 1).reshape(-1, n))
-        score_into_archive(torch.cat(cands))
-    stats["seconds"]["relax"] = time.perf_counter() - t_relax
-    if not archive.entries:
+        for i, s in enumerate(searches):
+            part = slice(i * B, (i + 1) * B)
+            s.discretize(theta[part], [sn[part] for sn in snaps], trace)
+    joint_seconds = time.perf_counter() - t_relax
+    for s in searches:
+        s.stats["seconds"]["relax"] = joint_seconds / K
+        if K > 1:
+            s.stats["batched_targets"] = K
+    if any(not s.archive.entries for s in searches):
         bar.close()
         raise FeatvizError("no round-trip-stable candidate was found; try --vocab ascii or a "
                            "longer budget")
 
-    # ---- population: per row, the best archived candidate by that row's score ----
-    pop = _population(archive, lam, cap, dev)
-    pop_a = torch.tensor([archive.entries[tuple(k)][0] for k in pop.tolist()], device=dev)
-    pop_x = torch.tensor([archive.entries[tuple(k)][1] for k in pop.tolist()], device=dev)
-
-    # ---- stage 4: gradient- and LM-guided swaps, scored exactly ----
-    t_swap = time.perf_counter()
-    depth = (target.max_layer + 1) / handle.n_layers
-    two_stage = cfg.xe_share < 1 and depth < 0.5
-    sweep = cfg.sweep if cfg.sweep is not None else int(min(2048, max(192, 1500 / (B * depth))))
-    sweep = min(sweep, int(mask.sum()))
-    stats["sweep"] = sweep
-    stats["two_stage"] = two_stage
-    it = 0
-    reserve = 0.0 if cfg.budget_seconds is None else 0.15 * cfg.budget_seconds   # for verify
-    while it < (cfg.swap_iters if cfg.budget_seconds is None else 10 ** 9):
-        if clock.left() <= reserve:
-            break
-        with autocast:
-            grad, lm = onehot_grads(tokens, target, pop, lam, cap)
-        kids = propose(pop, grad.float(), lm.float(), mask, cfg.children, cfg.k_grad, cfg.k_lm,
-                       cfg.lm_share, gen)
-        if sweep and last_only and not tokens.suffix:
-            with autocast:
-                sk, sa, sdx = sweep_last(tokens, target, pop, grad, lm, mask, sweep)
-            sa = torch.nan_to_num(sa.float(), nan=-math.inf)
-            sx = pop_x.repeat_interleave(sweep) + sdx
-            rows = _scores_for_rows(sa, sx, lam, cap)                    # (B, B*sweep)
-            own = torch.arange(B, device=dev).repeat_interleave(sweep)
-            rows = torch.where(own[None] == torch.arange(B, device=dev)[:, None], rows, -math.inf)
-            pick = rows.topk(min(cfg.sweep_keep, sweep), dim=1).indices.flatten()
-            pick = torch.unique(torch.cat([pick, sa.topk(min(cfg.sweep_keep, len(sa))).indices]))
-            sk, sa, sx = sk[pick], sa[pick], sx[pick]
-            ok = [i for i, row in enumerate(sk.tolist()) if tuple(row) not in archive
-                  and tokens.stable(row)]
-            if ok:
-                sk, sa, sx = sk[ok], sa[ok], sx[ok]
-                archive.add(sk, sa, sx)
-                pop_all = torch.cat([pop, sk])
-                pa_all, px_all = torch.cat([pop_a, sa]), torch.cat([pop_x, sx])
-                best = _scores_for_rows(pa_all, px_all, lam, cap).argmax(1)
-                pop, pop_a, pop_x = pop_all[best], pa_all[best], px_all[best]
-        rot = take_rotations()
-        if rot is not None:
-            kids = torch.cat([rot, kids])
-        if cfg.crossover:
-            kids = torch.cat([crossover(pop, pop_a, pop_x, cfg.crossover, 4, gen), kids])
-        kids = _stable_unique(tokens, kids, archive)
-        floor = float(pop_a.max())
-        if len(kids) and two_stage:
-            with autocast:
-                ka, _, per = evaluate(tokens, target, kids, with_xe=False)
-            ka = ka.float()
-            note_rotations(kids, per.float(), floor)
-            m = max(1, math.ceil(cfg.xe_share * len(kids)))
-            order = torch.argsort(torch.nan_to_num(ka, nan=-math.inf), descending=True)
-            archive.add(kids[order[m:]], ka[order[m:]], torch.full_like(ka[order[m:]], math.inf))
-            kids = kids[order[:m]]
-        if len(kids):
-            with autocast:
-                ka, kx, per = evaluate(tokens, target, kids)
-            ka, kx = ka.float(), kx.float()
-            archive.add(kids, ka, kx)
-            if not two_stage:
-                note_rotations(kids, per.float(), floor)
-            pool_ids = torch.cat([pop, kids])
-            pool_a = torch.nan_to_num(torch.cat([pop_a, ka]), nan=-math.inf)
-            pool_x = torch.cat([pop_x, kx])
-            best = _scores_for_rows(pool_a, pool_x, lam, cap).argmax(1)
-            pop, pop_a, pop_x = pool_ids[best], pool_a[best], pool_x[best]
-        it += 1
-        tick()
-    stats["swap_iters"] = it
-    stats["seconds"]["swaps"] = time.perf_counter() - t_swap
+    # ---- stages 4-5 per target, each with an equal share of what is left ----
+    results = []
+    for i, s in enumerate(searches):
+        t_own = time.perf_counter()
+        share = _Clock(None if total is None else (total - clock.elapsed()) / (K - i))
+        reserve = 0.0 if total is None else 0.15 * cfg.budget_seconds   # for verify
+        s.refine(share, reserve, budgeted=total is not None)
+        results.append(s.report(user_cfg, backend,
+                                joint_seconds / K + time.perf_counter() - t_own))
     bar.close()
-
-    # ---- stage 5: report only what a fresh pass computes on re-encoded text ----
-    t_ver = time.perf_counter()
-    slack = 0.0 if cfg.precision == "fp32" else 0.25   # bf16 xe may differ a little from fp32
-    checked = {}
-
-    def verify(key):
-        if key not in checked:
-            checked[key] = _verify(handle, target, tokens, key, n)
-        return checked[key]
-
-    def best_under(limit):
-        """Highest fp32-verified activation with fp32 xe <= limit, from the best few."""
-        ok = sorted(((a, k) for k, (a, x) in archive.entries.items()
-                     if x <= limit + slack and a == a), reverse=True)
-        best = None
-        for a, k in ok[:8]:
-            c = verify(k)
-            if c is not None and c.xe <= limit and (best is None or c.activation > best.activation):
-                best = c
-        return best
-
-    verified = [c for c in (verify(k) for k, _, _ in archive.frontier())
-                if c is not None]
-    extra = [best_under(float(c)) for c in tuple(cfg.caps) + (cfg.xe_cap, math.inf)]
-    frontier, top = [], -math.inf
-    for c in sorted({tuple(c.token_ids): c for c in verified + [e for e in extra if e]}.values(),
-                    key=lambda c: (c.xe, -c.activation)):
-        if c.activation > top:
-            frontier.append(c)
-            top = c.activation
-    def best_in_frontier(limit):
-        ok = [c for c in frontier if c.xe <= limit]
-        return max(ok, key=lambda c: c.activation) if ok else None
-
-    best_at = {float(c): best_in_frontier(float(c)) for c in cfg.caps}
-    stats["seconds"]["verify"] = time.perf_counter() - t_ver
-    stats["seconds"]["total"] = clock.elapsed()
-    stats["evaluated"] = archive.evaluated
-    stats["soft_trace"] = soft_trace
-    stats["backend"] = backend
-    stats["diverged"] = not any(math.isfinite(a) for a, _ in archive.entries.values())
-    stats["verified"] = len(checked)
-    cfg_json = asdict(user_cfg)
-    cfg_json.pop("corpus_init", None)
-    return DreamResult(target=str(target), target_description=target.describe(handle),
-                       model=handle.name, config=cfg_json, frontier=frontier,
-                       best=best_in_frontier(math.inf),
-                       best_fluent=best_in_frontier(cfg.xe_cap),
-                       best_at=best_at, stats=stats)
+    return results

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from tqdm.auto import tqdm
 
 from .cache import corpus_identity, mine_cached, model_fingerprint, slug
-from .dream import DreamConfig, DreamResult, dream
+from .dream import DreamConfig, DreamResult, dream, dream_many
 from .effects import logit_effect
 from .errors import FeatvizError
 from .exemplars import MineConfig, TargetExemplars
@@ -48,8 +48,11 @@ class GalleryConfig:
     cache_dir: str | None = None        # None: ~/.cache/featviz/mining; "": no cache
     thresholds: Thresholds = field(default_factory=Thresholds)
     title: str = "featviz gallery"
+    dream_group: int = 1                # targets sharing one relaxation batch (dream_many)
 
     def check(self) -> "GalleryConfig":
+        if not isinstance(self.dream_group, int) or self.dream_group < 1:
+            raise FeatvizError(f"--dream-group must be at least 1, got {self.dream_group}")
         self.mine.check()
         if self.dream is not None:
             self.dream.check()
@@ -60,6 +63,8 @@ class GalleryConfig:
              "thresholds": asdict(self.thresholds)}
         if self.dream is not None:
             dc = asdict(self.dream)
+            if self.dream_group > 1:
+                d["dream_group"] = self.dream_group
             dc.pop("corpus_init", None)
             d["dream"] = dc
         return d
@@ -205,6 +210,33 @@ def attach_audit(out_dir: str, audits: list) -> list[str]:
     return found
 
 
+_DREAM_ERRORS = (FeatvizError, RuntimeError, ValueError, FloatingPointError)
+
+
+def _failure(e: Exception) -> str:
+    return f"dreaming failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+
+
+def _dream_group(handle, group: list, dcfg: DreamConfig | None) -> list:
+    """[(DreamResult or None, error or None)] per target.  Several targets share one
+    relaxation; when that fails, each target is dreamt alone so one bad target does not
+    take its neighbours down."""
+    if dcfg is None:
+        return [(None, None)] * len(group)
+    if len(group) > 1:
+        try:
+            return [(r, None) for r in dream_many(handle, group, dcfg, progress=False)]
+        except _DREAM_ERRORS:
+            pass
+    out = []
+    for t in group:
+        try:
+            out.append((dream(handle, t, dcfg, progress=False), None))
+        except _DREAM_ERRORS as e:
+            out.append((None, _failure(e)))
+    return out
+
+
 def build_gallery(handle, targets: list[Target], out_dir: str, config: GalleryConfig | None = None,
                   *, progress: bool = True) -> GalleryResult:
     cfg = (config or GalleryConfig()).check()
@@ -248,26 +280,25 @@ def build_gallery(handle, targets: list[Target], out_dir: str, config: GalleryCo
                                progress=progress)
         bar = tqdm(total=len(todo), unit="target", desc="dreaming" if cfg.dream else "writing",
                    disable=not progress)
-        for t, ex in zip(todo, mined):
+        ex_of = dict(zip(map(str, todo), mined))
+        for g in range(0, len(todo), cfg.dream_group):
+            group = todo[g:g + cfg.dream_group]
             t0 = time.perf_counter()
-            res, err = None, None
-            if cfg.dream is not None:
-                try:
-                    res = dream(handle, t, cfg.dream, progress=False)
-                except (FeatvizError, RuntimeError, ValueError, FloatingPointError) as e:
-                    err = f"dreaming failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-            rec = target_record(handle, t, ex, res, cfg, settings_key)
-            if err:
-                rec["status"], rec["error"] = "error", err
-                rec["flags"].append("error")
-            rec["timing"] = {"seconds": time.perf_counter() - t0}
-            s = slug(str(t))
-            write_atomic(os.path.join(tdir, s + ".html"), target_page(rec))
-            write_atomic(os.path.join(tdir, s + ".json"), dump_json(rec))
-            records[str(t)] = rec
-            done.append(str(t))
-            _write_index(out_dir, cfg, meta, targets, records)
-            bar.update(1)
+            outcomes = _dream_group(handle, group, cfg.dream)
+            each = (time.perf_counter() - t0) / len(group)
+            for t, (res, err) in zip(group, outcomes):
+                rec = target_record(handle, t, ex_of[str(t)], res, cfg, settings_key)
+                if err:
+                    rec["status"], rec["error"] = "error", err
+                    rec["flags"].append("error")
+                rec["timing"] = {"seconds": each}
+                s = slug(str(t))
+                write_atomic(os.path.join(tdir, s + ".html"), target_page(rec))
+                write_atomic(os.path.join(tdir, s + ".json"), dump_json(rec))
+                records[str(t)] = rec
+                done.append(str(t))
+                _write_index(out_dir, cfg, meta, targets, records)
+                bar.update(1)
         bar.close()
     _write_jsonl(out_dir, [records[n] for n in names])
     failed = [n for n in names if records[n].get("status") != "ok"]

@@ -20,6 +20,10 @@ def add_gallery_parser(sub, common):
     g.add_argument("--include-bos", action="store_true", help="mine the BOS position too")
     add_dream_budget_args(g, 20.0)
     g.add_argument("--no-dream", action="store_true", help="corpus exemplars only")
+    g.add_argument("--dream-group", dest="dream_group", type=int, default=1,
+                   help="targets dreamt together, one relaxation batch of GROUP x batch rows "
+                        "(default 1: on a 2-core CPU a step over more rows costs more than "
+                        "separate steps; on a GPU groups of 8-32 pay)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cache-dir", dest="cache_dir",
                    help="mining cache (default ~/.cache/featviz/mining; '' turns it off)")
@@ -90,7 +94,7 @@ def cmd_gallery(args) -> int:
                       include_bos=args.include_bos, seed=args.seed).check()
     dream = None if args.no_dream else budget_dream_config(args)
     cfg = GalleryConfig(mine=mine, dream=dream, corpus=args.corpus, cache_dir=args.cache_dir,
-                        title=args.title).check()
+                        title=args.title, dream_group=args.dream_group).check()
     handle = load_model(args.model, trust_remote_code=args.trust_remote_code)
     targets = [t for s in specs for t in parse_targets(s, handle)]
     try:

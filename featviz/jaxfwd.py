@@ -231,6 +231,11 @@ def _forward(spec: Spec, params, inv_freq, rope_scale, x, sites, need_logits):
 # ---------------------------------------------------------------- targets in JAX
 def per_position(target, caps, jm: JaxModel, direction=None):
     """(B, T) weighted per-position values of a target (same semantics as Atom.per_position)."""
+    from .targets import PerRow
+    if isinstance(target, PerRow):
+        import jax.numpy as jnp
+        vals = jnp.stack([per_position(t, caps, jm, direction) for t in target.targets])
+        return vals[np.asarray(target.rows), np.arange(len(target.rows))]
     total = 0.0
     for w, a in target.terms():
         total = total + w * _atom_values(a, caps, jm, direction)
@@ -265,6 +270,11 @@ def reduce(a, values, start: int = 1):
 
 def evaluate(target, caps, jm, directions=None, start: int = 1):
     """Reduced value per sequence (B,)."""
+    from .targets import PerRow
+    if isinstance(target, PerRow):          # row r reads targets[rows[r]]
+        import jax.numpy as jnp
+        vals = jnp.stack([evaluate(t, caps, jm, directions, start) for t in target.targets])
+        return vals[np.asarray(target.rows), np.arange(len(target.rows))]
     total = 0.0
     for w, a in target.terms():
         total = total + w * reduce(a, _atom_values(a, caps, jm, directions), start)

@@ -224,6 +224,36 @@ class Sum(Target):
         return self.name
 
 
+@dataclass(frozen=True)
+class PerRow(Target):
+    """Several targets in one batch: batch row r reads ``targets[rows[r]]``.  This is how
+    one relaxation optimises many targets at once (each row its own target); every
+    sub-target is read on every row (a column read each), then each row keeps its own."""
+
+    targets: tuple
+    rows: tuple
+
+    def terms(self):
+        return [ta for t in self.targets for ta in t.terms()]
+
+    def _pick(self, vals: torch.Tensor) -> torch.Tensor:
+        r = torch.as_tensor(self.rows, device=vals.device)
+        return vals[r, torch.arange(len(r), device=vals.device)]
+
+    def per_position(self, captures: dict, handle) -> torch.Tensor:
+        return self._pick(torch.stack([t.per_position(captures, handle) for t in self.targets]))
+
+    def evaluate(self, captures: dict, handle, start: int = 1) -> torch.Tensor:
+        return self._pick(torch.stack([t.evaluate(captures, handle, start) for t in self.targets]))
+
+    @property
+    def name(self) -> str:
+        return "per-row(" + ", ".join(str(t) for t in self.targets) + ")"
+
+    def __str__(self):
+        return self.name
+
+
 def load_direction(path: str, d_model: int) -> torch.Tensor:
     """Read a direction vector of length d_model from a .npy or .safetensors file."""
     if not os.path.isfile(path):

@@ -156,3 +156,43 @@ def test_real_model_beats_random_text(smollm):
     vals, _ = evaluate_ids(smollm, [t], rand)
     assert res.best.activation > float(vals.max())
     assert res.best_fluent is not None and res.best_fluent.activation > float(vals.median())
+
+
+def test_per_row_target_reads_each_rows_own_target(llama):
+    from featviz.readout import run
+    from featviz.targets import PerRow
+    ts = [featviz.parse_target(s, llama) for s in ("mlp:1:3", "head:2:1@max", "resid:0:5@mean")]
+    rows = (2, 0, 1, 1, 0)
+    pr = PerRow(tuple(ts), rows)
+    ids = torch.randint(3, 50, (len(rows), 6), generator=torch.Generator().manual_seed(0))
+    caps, _ = run(llama, pr.sites(), input_ids=ids)
+    got = pr.evaluate(caps, llama)
+    per = pr.per_position(caps, llama)
+    for r, k in enumerate(rows):
+        assert got[r] == ts[k].evaluate(caps, llama)[r]
+        assert torch.equal(per[r], ts[k].per_position(caps, llama)[r])
+    assert pr.max_layer == 2 and pr.sites() == set().union(*(t.sites() for t in ts))
+
+
+def test_dream_many_shares_one_relaxation(llama):
+    from featviz.dream import dream_many
+    specs = ["mlp:1:3", "head:2:1", "mlp:0:7"]
+    cfg = DreamConfig(seed=1, **FAST)
+    many = dream_many(llama, specs, cfg, progress=False)
+    assert [r.target for r in many] == specs
+    for r in many:
+        assert r.stats["batched_targets"] == 3 and r.stats["relax_steps"] == FAST["steps"]
+        assert r.best is not None and r.frontier
+        t = featviz.parse_target(r.target, llama)
+        for c in r.frontier:                    # reported values are fresh forward passes
+            vals, _ = evaluate_ids(llama, [t], torch.tensor([c.token_ids]))
+            assert float(vals[0, 0]) == pytest.approx(c.activation, abs=1e-4)
+    again = dream_many(llama, specs, cfg, progress=False)
+    strip = lambda r: {k: v for k, v in r.to_json().items() if k != "stats"}  # noqa: E731
+    assert [strip(r) for r in many] == [strip(r) for r in again]
+    # without a relaxation every stage is per target: the same as dreaming each alone
+    no_relax = DreamConfig(seed=1, **{**FAST, "steps": 0})
+    solo = [strip(dream(llama, s, no_relax, progress=False)) for s in specs]
+    assert [strip(r) for r in dream_many(llama, specs, no_relax, progress=False)] == solo
+    with pytest.raises(FeatvizError, match="at least one target"):
+        dream_many(llama, [], cfg, progress=False)

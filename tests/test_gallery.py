@@ -126,6 +126,28 @@ def test_gallery_resumes_without_recomputing(hostile, corpus, tmp_path, monkeypa
     assert again.done == [] and len(again.skipped) == len(ts)
 
 
+def test_gallery_dreams_targets_in_groups(hostile, corpus, tmp_path, monkeypatch):
+    calls = []
+    real = gallery_mod.dream_many
+
+    def spy(handle, group, cfg, progress=False):
+        calls.append([str(t) for t in group])
+        return real(handle, group, cfg, progress=progress)
+
+    monkeypatch.setattr(gallery_mod, "dream_many", spy)
+    cfg = cfg_for(corpus)
+    cfg.dream_group = 3
+    ts = targets(hostile)
+    res = build_gallery(hostile, ts, str(tmp_path / "g"), cfg, progress=False)
+    assert calls == [[str(t) for t in ts[:3]]]          # the last group of one is dreamt alone
+    recs = records(str(tmp_path / "g"))
+    assert res.failed == [] and all(r["synthetic"]["frontier"] for r in recs.values())
+    assert json.load(open(tmp_path / "g" / "gallery.json"))["settings"]["dream_group"] == 3
+    with pytest.raises(FeatvizError, match="--dream-group"):
+        cfg.dream_group = 0
+        cfg.check()
+
+
 def test_changed_settings_recompute(built, hostile, corpus, tmp_path):
     out = str(tmp_path / "g")
     shutil.copytree(built[0], out)
