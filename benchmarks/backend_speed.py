@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import featviz
+from _arch import model_for
 from _results import write_result
 from featviz.objective import forward_scores
 from featviz.relax import gumbel_softmax
@@ -24,36 +25,47 @@ from featviz.vocab import readable_mask
 
 
 
-def torch_steps(h, t, B, n, lam, steps, precision):
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def torch_steps(h, t, B, n, lam, steps, precision, cap=None):
+    """Median seconds of one relaxation step in torch on the model's device."""
+    dev = h.device
     mask = readable_mask(h)
-    theta = torch.zeros(B, n, h.vocab_size, requires_grad=True)
+    theta = torch.zeros(B, n, h.vocab_size, requires_grad=True, device=dev)
     opt = torch.optim.Adam([theta], lr=0.3)
     bias = torch.where(mask, 0.0, -1e9)
     W = h.embedding
     bos = W[h.bos_id][None, None].expand(B, 1, -1)
-    g = torch.Generator().manual_seed(0)
-    cap = torch.full((B,), float("inf"))
+    g = torch.Generator(device=dev).manual_seed(0)
+    lam = lam.to(dev)
+    cap = torch.full((B,), float("inf"), device=dev) if cap is None else cap.to(dev)
     times = []
     for i in range(steps + 1):
+        _sync(dev)
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             y = gumbel_softmax(theta + bias, 1.0, g, hard=True)
             score, _, _, _ = forward_scores(h, t, torch.cat([bos, y @ W], 1), y, 1, lam, cap)
         opt.zero_grad(set_to_none=True)
         (-score.sum()).backward()
         opt.step()
+        _sync(dev)
         times.append(time.perf_counter() - t0)
     return float(np.median(times[1:]))
 
 
-def jax_steps(h, t, B, n, lam, steps):
-    import jax
+def jax_steps(h, t, B, n, lam, steps, cap=None):
+    """(median seconds of one jitted relaxation step, seconds of the first incl. compile)."""
     import jax.numpy as jnp
     from featviz.jaxfwd import to_jax
     from featviz.jaxrelax import make_step, step_key
     jm = to_jax(h)
-    mask = readable_mask(h).numpy()
-    step, init = make_step(jm, t, mask, lam.numpy(), np.full(B, np.inf, np.float32),
+    mask = readable_mask(h).cpu().numpy()
+    cap = np.full(B, np.inf, np.float32) if cap is None else cap.cpu().numpy()
+    step, init = make_step(jm, t, mask, lam.cpu().numpy(), cap,
                            prefix_ids=[h.bos_id], suffix_ids=[], n=n, hard=True, lr=0.3)
     theta = jnp.zeros((B, n, h.vocab_size), jnp.float32)
     state = init(theta)
@@ -71,9 +83,14 @@ def jax_steps(h, t, B, n, lam, steps):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--device", default="cpu", help="torch's device (JAX takes its default)")
+    ap.add_argument("--arch", help="folder from _arch.save_arch: random weights, same network")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    h = featviz.load_model()
+    if args.device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    h = model_for(args)
+    import jax
+    jdev = jax.devices()[0]
     rows = []
     for layer, idx in ((6, 308), (24, 1097)):
         t = featviz.parse_target(f"mlp:{layer}:{idx}", h)
@@ -88,8 +105,10 @@ def main():
                 print(f"layer {layer} fluency {fluency} batch {B}: torch fp32 {1 / tt:.2f}/s, "
                       f"torch bf16 {1 / tb:.2f}/s, jax {1 / tj:.2f}/s ({tt / tj:.2f}x), "
                       f"first jax step {compile_s:.1f} s", flush=True)
+    where = (f"{platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu" else
+             f"torch on {torch.cuda.get_device_name(0)}, JAX on {jdev.device_kind}")
     lines = ["# Relaxation step speed: torch eager vs JAX (jit)", "",
-             f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+             f"{where}, torch {torch.__version__}, jax {jax.__version__}, "
              f"model {h.name}, length 12, straight-through Gumbel-softmax + forward + backward + "
              f"Adam; median over {args.steps} steps after one warm-up step.", "",
              "| layer | fluency term | batch | torch fp32 (steps/s) | torch bf16 autocast (steps/s) "
@@ -97,7 +116,8 @@ def main():
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {l} | {'yes' if f else 'no'} | {b} | {a:.2f} | {c:.2f} | {j:.2f} | {r:.2f}x | {cs:.1f} |"
               for l, f, b, a, c, j, r, cs in rows]
-    write_result("backend_speed.md", lines)
+    write_result("backend_speed.md" if args.device == "cpu" else
+                 f"backend_speed_{args.device}.md", lines)
 
 
 if __name__ == "__main__":

@@ -149,19 +149,20 @@ def propose(ids: torch.Tensor, grad: torch.Tensor, lm_logits: torch.Tensor, mask
     lm = lm_logits.float()
     top_l = (lm + neg).topk(k_lm, -1).indices                 # (P, n, kl)
     kids = ids.repeat_interleave(children, 0).clone()        # (P*C, n)
-    parent = torch.arange(P).repeat_interleave(children)
-    allowed = torch.ones(n, dtype=torch.bool) if frozen is None else ~frozen.cpu()
+    dev = ids.device            # every draw on the model's device, with its generator
+    parent = torch.arange(P, device=dev).repeat_interleave(children)
+    allowed = torch.ones(n, dtype=torch.bool, device=dev) if frozen is None else ~frozen.to(dev)
     # gradient swaps pick positions uniformly; LM swaps repair the least expected tokens
-    surprisal = -torch.log_softmax(lm, -1).gather(-1, ids[..., None])[..., 0].cpu()   # (P, n)
+    surprisal = -torch.log_softmax(lm, -1).gather(-1, ids[..., None])[..., 0]   # (P, n)
     w_lm = torch.softmax(surprisal.clamp(max=30.0), -1) * allowed
     w_uni = allowed.float().expand(P, n)
-    use_lm = torch.rand(P * children, generator=generator) < lm_share
+    use_lm = torch.rand(P * children, generator=generator, device=generator.device) < lm_share
     w = torch.where(use_lm[:, None], w_lm[parent], w_uni[parent]) + 1e-12 * allowed
     pos = torch.multinomial(w, 1, generator=generator)[:, 0]
-    jg = torch.randint(0, k_grad, (P * children,), generator=generator)
-    jl = torch.randint(0, k_lm, (P * children,), generator=generator)
+    jg = torch.randint(0, k_grad, (P * children,), generator=generator, device=generator.device)
+    jl = torch.randint(0, k_lm, (P * children,), generator=generator, device=generator.device)
     tok = torch.where(use_lm, top_l[parent, pos, jl], top_g[parent, pos, jg])
-    kids[torch.arange(P * children), pos] = tok
+    kids[torch.arange(P * children, device=dev), pos] = tok
     return kids
 
 
@@ -216,10 +217,11 @@ def crossover(pop: torch.Tensor, act: torch.Tensor, xe: torch.Tensor, count: int
     by_act = torch.argsort(torch.nan_to_num(act, nan=-float("inf")), descending=True)
     by_xe = torch.argsort(torch.nan_to_num(xe, nan=float("inf")))
     half = max(1, P // 2)
-    a = by_act[torch.randint(0, half, (count,), generator=generator)]
-    b = by_xe[torch.randint(0, half, (count,), generator=generator)]
-    k = torch.randint(1, min(max_tail, n - 1) + 1, (count,), generator=generator)
-    keep = torch.arange(n)[None] >= (n - k)[:, None]                     # tail mask
+    a = by_act[torch.randint(0, half, (count,), generator=generator, device=generator.device)]
+    b = by_xe[torch.randint(0, half, (count,), generator=generator, device=generator.device)]
+    k = torch.randint(1, min(max_tail, n - 1) + 1, (count,), generator=generator,
+                      device=generator.device)
+    keep = torch.arange(n, device=pop.device)[None] >= (n - k)[:, None]     # tail mask
     return torch.where(keep, pop[a], pop[b])
 
 

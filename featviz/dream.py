@@ -251,7 +251,8 @@ def _init_ids(handle, cfg, tokens, mask, gen, batch):
         rows = torch.tensor([list(r)[: cfg.length] for r in cfg.corpus_init], dtype=torch.long)
         return rows[torch.arange(batch) % len(rows)].to(handle.device)
     allowed = mask.nonzero().flatten()
-    return allowed[torch.randint(0, len(allowed), (batch, cfg.length), generator=gen)]
+    return allowed[torch.randint(0, len(allowed), (batch, cfg.length), generator=gen,
+                                 device=gen.device)]
 
 
 def _scores_for_rows(act, xe, lam, cap):
@@ -291,13 +292,13 @@ class _Search:
         self.h, self.target, self.cfg, self.tokens, self.mask, self.tick = (
             handle, target, cfg, tokens, mask, tick)
         self.dev = handle.device
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator(device=self.dev).manual_seed(cfg.seed)   # draws on the model's device
         self.lam, self.cap = _row_params(cfg, self.dev)
         self.B, self.n = len(self.lam), cfg.length
         self.archive = Archive()
         self.stats = {"relax_steps": 0, "swap_iters": 0, "seconds": {}}
         self.soft_trace = []
-        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16,
+        self.autocast = torch.autocast(self.dev.type, dtype=torch.bfloat16,
                                        enabled=cfg.precision == "bf16")
         self.pending_rot = []   # rotation candidates waiting for the next scoring round
         self.last_only = (all(a.reduction == "last" for _, a in target.terms())

@@ -72,14 +72,23 @@ class MineConfig:
         return d
 
 
-@dataclass
+@dataclass(eq=False)
 class Exemplar:
     value: float            # max over the window (BOS excluded unless include_bos)
     peak: int               # position of the max in the window (BOS = 0)
     window: int             # window index in the corpus stream
-    token_ids: list
+    ids: list               # token ids, BOS included: a list, or an int32 numpy row straight
+                            # from the miner (``token_ids`` gives a list either way)
     activations: list       # per position, BOS included (a list, or a float32 numpy row
                             # straight from the miner; to_json gives a list either way)
+
+    @property
+    def token_ids(self) -> list:
+        """Token ids as a Python list (converted from the miner's row on first use: a
+        gallery of thousands of targets pays for the lists it writes, not the miner)."""
+        if isinstance(self.ids, np.ndarray):
+            self.ids = self.ids.tolist()
+        return self.ids
 
     def to_json(self, handle=None) -> dict:
         acts = self.activations
@@ -475,8 +484,8 @@ class Miner:
             setattr(self, name, np.take_along_axis(getattr(self, name), order, 1))
         self.top_ids = np.take_along_axis(self.top_ids, order[:, :, None], 1)
         self.top_acts = np.take_along_axis(self.top_acts, order[:, :, None], 1)
-        top_ids = self.top_ids.tolist()                                          # one bulk conversion
         top_v, top_peak, top_win = self.top_v.tolist(), self.top_peak.tolist(), self.top_win.tolist()
+        bands_all = self._bands_all()
         c_ids = self.c_ids.tolist()
         c_acts = self.c_acts[:, valid_c].tolist()
         c_max = self.c_acts[:, valid_c, s0:].max(axis=2) if len(valid_c) else None
@@ -486,8 +495,9 @@ class Miner:
             r.n_windows, r.n_tokens = self.n_win, self.n_tok
             r.nonfinite = int(self.nonfinite[t])
             n_ok = self.n_tok - r.nonfinite
-            r.top = [Exemplar(top_v[t][i], top_peak[t][i], top_win[t][i], top_ids[t][i],
-                              self.top_acts[t, i]) for i in range(cfg.k) if top_win[t][i] >= 0]
+            rows_i, rows_a = list(self.top_ids[t]), list(self.top_acts[t])   # row views
+            r.top = [Exemplar(v, p, w, rows_i[i], rows_a[i])
+                     for i, (v, p, w) in enumerate(zip(top_v[t], top_peak[t], top_win[t])) if w >= 0]
             if n_ok > 0:
                 r.max, r.min = float(self.vmax[t]), float(self.vmin[t])
                 r.mean = float(self.total[t] / n_ok)
@@ -498,48 +508,76 @@ class Miner:
                 r.hist_counts = self.hist[t].tolist()
             else:
                 r.max = r.min = r.mean = r.std = r.density = float("nan")
-            r.bands = self._bands(t, r)
+            r.bands = bands_all[t]
             r.controls = [Exemplar(float(c_max[t, i]), int(c_peak[t, i]), int(self.c_win[j]),
                                    c_ids[j], c_acts[t][i]) for i, j in enumerate(valid_c)]
             out.append(r)
         return out
 
-    def _bands(self, t: int, r: TargetExemplars) -> list[Band]:
+    def _bands_all(self) -> list[list[Band]]:
+        """Interval bands of every target at once: per band, the windows whose max lies
+        in (lo, hi] of the corpus max (counted from the reservoir cells inside the band)
+        and up to ``per_band`` samples drawn from the reservoirs, weighted by how many
+        windows each kept sample stands for, top-k windows excluded.  The draws are a
+        pure function of (seed, target name, slot, band)."""
         cfg = self.cfg
-        mx = r.max
-        if not (math.isfinite(mx) and mx > 0) or np.isnan(self.cell_w[t]):
-            return []
-        top_set = set(self.top_win[t].tolist())
-        held = self.s_win[t] >= 0
-        cs = np.argwhere(held)                                   # (n, 2): cell, slot
-        n_held = held.sum(1)
-        vals_a = self.s_v[t][held].astype(np.float64)
-        vals = vals_a.tolist()
-        weights = (self.seen[t, cs[:, 0]] / np.maximum(n_held[cs[:, 0]], 1)).tolist()
-        win_of = self.s_win[t][held].tolist()
-        chosen, bands = [], []                                   # chosen: (band, held index)
-        # a cell's windows are counted in the band holding its midpoint (exact to one cell)
-        mid = np.minimum((np.arange(cfg.cells) + 0.5) * self.cell_w[t], mx)
-        cell_band = np.minimum(np.ceil(mid / mx * cfg.bands).astype(np.int64) - 1, cfg.bands - 1)
-        for bi in range(cfg.bands):
-            lo, hi = bi / cfg.bands, (bi + 1) / cfg.bands
-            inb = (vals_a > lo * mx) & (vals_a <= hi * mx) if len(vals_a) else np.zeros(0, bool)
-            cand = [i for i in np.nonzero(inb)[0].tolist() if win_of[i] not in top_set]
-            # the band's window count comes from the cells lying inside it
-            count = int(self.seen[t, cell_band == bi].sum())
-            bands.append(Band(lo, hi, count, []))
-            if cand and cfg.per_band:
-                w = np.asarray([weights[i] for i in cand], dtype=np.float64)
-                n = min(cfg.per_band, len(cand))
-                sel, _ = _weighted_pick(w, _uniform(self.keys[t], np.asarray(cand) + bi * 100_003), n)
-                chosen += [(bi, i) for i in sorted((cand[j] for j in sel), key=lambda i: -vals[i])]
-        if chosen:                                               # one bulk gather per target
-            c, sl = cs[[i for _, i in chosen]].T
-            ids, acts = self.s_ids[t, c, sl].tolist(), self.s_acts[t, c, sl].tolist()
-            peaks, wins = self.s_peak[t, c, sl].tolist(), self.s_win[t, c, sl].tolist()
-            for j, (bi, i) in enumerate(chosen):
-                bands[bi].samples.append(Exemplar(vals[i], peaks[j], wins[j], ids[j], acts[j]))
-        return bands
+        T, C, S, nb = len(self.targets), cfg.cells, cfg.slots, cfg.bands
+        mx = self.vmax
+        ok_t = np.isfinite(mx) & (mx > 0) & ~np.isnan(self.cell_w)
+        safe_mx = np.where(ok_t, mx, 1.0)[:, None]
+        cw = np.where(ok_t, self.cell_w, 0.0)[:, None]
+        # counts: a cell's windows go to the band holding its midpoint (exact to one cell)
+        mid = np.minimum((np.arange(C) + 0.5)[None] * cw, safe_mx)
+        cell_band = np.clip(np.ceil(mid / safe_mx * nb).astype(np.int64) - 1, 0, nb - 1)
+        counts = np.zeros((T, nb), dtype=np.int64)
+        np.add.at(counts, (np.repeat(np.arange(T), C), cell_band.ravel()), self.seen.ravel())
+        # samples
+        v = self.s_v.reshape(T, C * S).astype(np.float64)
+        win = self.s_win.reshape(T, C * S)
+        held = win >= 0
+        n_held = held.reshape(T, C, S).sum(2)
+        w = np.where(held, np.repeat(self.seen / np.maximum(n_held, 1), S, axis=1), 0.0)
+        in_top = (win[:, :, None] == self.top_win[:, None, :]).any(-1)
+        with np.errstate(invalid="ignore"):
+            band = np.clip(np.ceil(v / safe_mx * nb).astype(np.float64) - 1, 0, nb - 1)
+            ok = held & ~in_top & (v > 0) & ok_t[:, None] & (w > 0)
+        band = np.where(ok, band, 0).astype(np.int64)
+        picks = None
+        if cfg.per_band and ok.any():
+            slot = np.arange(C * S)[None]
+            u = _uniform(self.keys[:, None], slot + band * 100_003)
+            key = np.where(ok, np.log(u) / np.where(ok, w, 1.0), -np.inf)
+            n = min(cfg.per_band, C * S)
+            picks = []
+            for bi in range(nb):
+                kb = np.where(band == bi, key, -np.inf)
+                order = np.argsort(-kb, axis=1, kind="stable")[:, :n]           # (T, n)
+                good = np.take_along_axis(kb, order, 1) > -np.inf
+                vals = np.where(good, np.take_along_axis(v, order, 1), -np.inf)
+                rank = np.argsort(-vals, axis=1, kind="stable")                 # best first
+                picks.append((np.take_along_axis(order, rank, 1).tolist(),
+                              np.take_along_axis(good, rank, 1).tolist()))
+        out = []
+        ids = self.s_ids.reshape(T, C * S, -1)
+        acts = self.s_acts.reshape(T, C * S, -1)
+        peak, win_l = self.s_peak.reshape(T, C * S).tolist(), win.tolist()
+        v_l, counts_l = v.tolist(), counts.tolist()
+        for t in range(T):
+            if not ok_t[t]:
+                out.append([])
+                continue
+            bands = []
+            for bi in range(nb):
+                b = Band(bi / nb, (bi + 1) / nb, counts_l[t][bi], [])
+                if picks is not None:
+                    order, good = picks[bi]
+                    for j, g in zip(order[t], good[t]):
+                        if g:
+                            b.samples.append(Exemplar(v_l[t][j], peak[t][j], win_l[t][j],
+                                                      ids[t, j], acts[t, j]))
+                bands.append(b)
+            out.append(bands)
+        return out
 
 
 def mine(handle, targets: list[Target], source: str | None = None,
