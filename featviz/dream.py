@@ -70,8 +70,9 @@ class DreamConfig:
     suffix: str = ""
     corpus_init: list = field(default_factory=list)   # token id rows for init="corpus"
     memory_gb: float | None = None  # memory the search may use (None: what the OS says is free)
-    backend: str = "torch"          # relaxation backend: "torch" | "jax" | "auto" (JAX where the
-                                    # architecture is supported); swaps and reports run in torch
+    backend: str = "torch"          # "torch" | "jax" | "auto" (JAX where the architecture is
+                                    # supported): the relaxation and the swap scoring run on it;
+                                    # the last-position sweep and the reports run in torch
 
     def check(self) -> "DreamConfig":
         def bad(msg):
@@ -269,18 +270,32 @@ def _population(archive: Archive, lam, cap, dev):
     return select(_scores_for_rows(torch.nan_to_num(pa, nan=-math.inf), px, lam, cap), pool)
 
 
+def _verify_many(handle, target, tokens: Tokens, keys, n, batch: int = 64) -> dict:
+    """Decode, re-encode, and run a fresh forward pass: the only numbers we report.
+    Returns {key: Candidate, or None where the re-encoded text is not prefix + these
+    tokens + suffix}.  Stable candidates are scored together (all have the same length)."""
+    out, stable = {}, []
+    for key in dict.fromkeys(keys):
+        ids = handle.encode(tokens.text(key))
+        body = ids[len(tokens.prefix): len(ids) - len(tokens.suffix)]
+        if (len(body) != n or ids[:len(tokens.prefix)] != tokens.prefix
+                or ids[len(ids) - len(tokens.suffix):] != tokens.suffix):
+            out[key] = None
+        else:
+            stable.append((key, list(body)))
+    for i in range(0, len(stable), batch):
+        part = stable[i:i + batch]
+        full = tokens.full(torch.tensor([b for _, b in part], device=handle.device))
+        act, xe = exact_scores(handle, target, full, tokens.start, n)
+        for j, (key, body) in enumerate(part):
+            out[key] = Candidate(text=handle.decode(list(key)), token_ids=body,
+                                 tokens=handle.token_strings(body),
+                                 activation=float(act[j]), xe=float(xe[j]))
+    return out
+
+
 def _verify(handle, target, tokens: Tokens, key, n) -> Candidate | None:
-    """Decode, re-encode, and run a fresh forward pass: the only numbers we report."""
-    text = handle.decode(list(key))
-    ids = handle.encode(tokens.text(key))
-    body = ids[len(tokens.prefix): len(ids) - len(tokens.suffix)]
-    if (len(body) != n or ids[:len(tokens.prefix)] != tokens.prefix
-            or ids[len(ids) - len(tokens.suffix):] != tokens.suffix):
-        return None          # the re-encoded text is not prefix + these tokens + suffix
-    act, xe = exact_scores(handle, target, tokens.full(torch.tensor([body], device=handle.device)),
-                           tokens.start, n)
-    return Candidate(text=text, token_ids=list(body), tokens=handle.token_strings(body),
-                     activation=float(act[0]), xe=float(xe[0]))
+    return _verify_many(handle, target, tokens, [key], n)[key]
 
 
 class _Search:
@@ -288,9 +303,14 @@ class _Search:
     relaxation may be shared with other targets (``dream_many``); everything else is
     per target."""
 
-    def __init__(self, handle, target: Target, cfg: DreamConfig, tokens: Tokens, mask, tick):
+    def __init__(self, handle, target: Target, cfg: DreamConfig, tokens: Tokens, mask, tick,
+                 backend: str = "torch"):
         self.h, self.target, self.cfg, self.tokens, self.mask, self.tick = (
             handle, target, cfg, tokens, mask, tick)
+        self.scorer = None                # JAX: jitted swap scoring; torch: discretize's
+        if backend == "jax":
+            from .jaxscore import JaxScorer
+            self.scorer = JaxScorer(handle, target, tokens, cfg.length)
         self.dev = handle.device
         self.gen = torch.Generator(device=self.dev).manual_seed(cfg.seed)   # draws on the model's device
         self.lam, self.cap = _row_params(cfg, self.dev)
@@ -303,6 +323,19 @@ class _Search:
         self.pending_rot = []   # rotation candidates waiting for the next scoring round
         self.last_only = (all(a.reduction == "last" for _, a in target.terms())
                           and cfg.rotate > 0)
+
+    # -- exact scores and one-hot gradients, on the search's backend --
+    def evaluate(self, ids, with_xe: bool = True):
+        if self.scorer is not None:
+            return self.scorer.evaluate(ids, with_xe)
+        with self.autocast:
+            return evaluate(self.tokens, self.target, ids, with_xe=with_xe)
+
+    def grads(self, pop):
+        if self.scorer is not None:
+            return self.scorer.onehot_grads(pop, self.lam, self.cap)
+        with self.autocast:
+            return onehot_grads(self.tokens, self.target, pop, self.lam, self.cap)
 
     # -- archive bookkeeping --
     def note_rotations(self, ids, per, floor):
@@ -319,8 +352,7 @@ class _Search:
     def score_into_archive(self, cands):
         cands = _stable_unique(self.tokens, cands, self.archive)
         if len(cands):
-            with self.autocast:
-                a, x, per = evaluate(self.tokens, self.target, cands)
+            a, x, per = self.evaluate(cands)
             self.archive.add(cands, a.float(), x.float())
             self.note_rotations(cands, per.float(), float(a.float().max()) * 0.5)
 
@@ -378,12 +410,12 @@ class _Search:
         sweep = min(sweep, int(mask.sum()))
         self.stats["sweep"] = sweep
         self.stats["two_stage"] = two_stage
-        it = 0
+        it, last = 0, 0.0
         while it < (10 ** 9 if budgeted else cfg.swap_iters):
-            if clock.left() <= reserve:
+            if clock.left() <= reserve + last:    # the next iteration must fit the budget
                 break
-            with autocast:
-                grad, lm = onehot_grads(tokens, target, pop, lam, cap)
+            t_it = time.perf_counter()
+            grad, lm = self.grads(pop)
             kids = propose(pop, grad.float(), lm.float(), mask, cfg.children, cfg.k_grad,
                            cfg.k_lm, cfg.lm_share, gen)
             if sweep and self.last_only and not tokens.suffix:
@@ -416,8 +448,7 @@ class _Search:
             kids = _stable_unique(tokens, kids, archive)
             floor = float(pop_a.max())
             if len(kids) and two_stage:
-                with autocast:
-                    ka, _, per = evaluate(tokens, target, kids, with_xe=False)
+                ka, _, per = self.evaluate(kids, with_xe=False)
                 ka = ka.float()
                 self.note_rotations(kids, per.float(), floor)
                 m = max(1, math.ceil(cfg.xe_share * len(kids)))
@@ -426,8 +457,7 @@ class _Search:
                             torch.full_like(ka[order[m:]], math.inf))
                 kids = kids[order[:m]]
             if len(kids):
-                with autocast:
-                    ka, kx, per = evaluate(tokens, target, kids)
+                ka, kx, per = self.evaluate(kids)
                 ka, kx = ka.float(), kx.float()
                 archive.add(kids, ka, kx)
                 if not two_stage:
@@ -438,6 +468,7 @@ class _Search:
                 best = _scores_for_rows(pool_a, pool_x, lam, cap).argmax(1)
                 pop, pop_a, pop_x = pool_ids[best], pool_a[best], pool_x[best]
             it += 1
+            last = time.perf_counter() - t_it
             self.tick()
         self.stats["swap_iters"] = it
         self.stats["seconds"]["swaps"] = time.perf_counter() - t_swap
@@ -454,12 +485,19 @@ class _Search:
                 checked[key] = _verify(handle, target, self.tokens, key, self.n)
             return checked[key]
 
+        def best_few(limit):
+            return sorted(((a, k) for k, (a, x) in archive.entries.items()
+                           if x <= limit + slack and a == a), reverse=True)[:8]
+
+        limits = [float(c) for c in tuple(cfg.caps) + (cfg.xe_cap, math.inf)]
+        checked.update(_verify_many(handle, target, self.tokens,          # one batched pass
+                                    [k for k, _, _ in archive.frontier()] +
+                                    [k for lim in limits for _, k in best_few(lim)], self.n))
+
         def best_under(limit):
             """Highest fp32-verified activation with fp32 xe <= limit, from the best few."""
-            ok = sorted(((a, k) for k, (a, x) in archive.entries.items()
-                         if x <= limit + slack and a == a), reverse=True)
             best = None
-            for a, k in ok[:8]:
+            for a, k in best_few(limit):
                 c = verify(k)
                 if c is not None and c.xe <= limit and (best is None
                                                         or c.activation > best.activation):
@@ -467,7 +505,7 @@ class _Search:
             return best
 
         verified = [c for c in (verify(k) for k, _, _ in archive.frontier()) if c is not None]
-        extra = [best_under(float(c)) for c in tuple(cfg.caps) + (cfg.xe_cap, math.inf)]
+        extra = [best_under(lim) for lim in limits]
         frontier, top = [], -math.inf
         for c in sorted({tuple(c.token_ids): c for c in verified + [e for e in extra if e]}.values(),
                         key=lambda c: (c.xe, -c.activation)):
@@ -541,7 +579,7 @@ def dream_many(handle, targets, config: DreamConfig | None = None, *,
         else:
             bar.update(k)
 
-    searches = [_Search(handle, t, cfg, tokens, mask, tick) for t in targets]
+    searches = [_Search(handle, t, cfg, tokens, mask, tick, backend) for t in targets]
     lam, cap = lam1.repeat(K), cap1.repeat(K)
 
     # ---- stages 1-3: per-target init, one shared relaxation, per-target discretization ----
@@ -604,7 +642,7 @@ def dream_many(handle, targets, config: DreamConfig | None = None, *,
     for i, s in enumerate(searches):
         t_own = time.perf_counter()
         share = _Clock(None if total is None else (total - clock.elapsed()) / (K - i))
-        reserve = 0.0 if total is None else 0.15 * cfg.budget_seconds   # for verify
+        reserve = 0.0 if total is None else 0.06 * cfg.budget_seconds   # for verify
         s.refine(share, reserve, budgeted=total is not None)
         results.append(s.report(user_cfg, backend,
                                 joint_seconds / K + time.perf_counter() - t_own))

@@ -331,7 +331,8 @@ class Miner:
             mx = torch.where(finite, body, -torch.inf).max(dim=2)
         wmax, peak = mx.values.numpy(), mx.indices.numpy() + start                  # (T, B)
         self._topk(wmax, peak, per, ids, win)
-        self._histogram(body.reshape(T, -1), None if clean else finite.reshape(T, -1))
+        self._histogram(body.reshape(T, -1), None if clean else finite.reshape(T, -1),
+                        mx.values.amax(dim=1))
         self._reservoir(wmax, peak, per, ids, win)
         self._controls(per, ids, win)
         self.n_tok += B * body.shape[2]
@@ -362,17 +363,17 @@ class Miner:
             self.top_ids[r, slot] = ids[b]
             self.top_acts[r, slot] = per[r, b]
 
-    def _histogram(self, flat: torch.Tensor, valid: torch.Tensor | None):
-        """flat: (T, N) torch values; valid: finite mask, or None when all are finite."""
+    def _histogram(self, flat: torch.Tensor, valid: torch.Tensor | None, vmax: torch.Tensor):
+        """flat: (T, N) torch values; valid: finite mask, or None when all are finite;
+        vmax: (T,) the batch's max over finite values (from the window maxima)."""
         G = self.cfg.hist_bins
         T = flat.shape[0]
         if valid is not None:
-            hi_f = torch.where(valid, flat, -torch.inf)
             lo_f = torch.where(valid, flat, torch.inf)
             flat = torch.where(valid, flat, 0.0)
         else:
-            lo_f = hi_f = flat
-        vmax, vmin = hi_f.amax(dim=1).double().numpy(), lo_f.amin(dim=1).double().numpy()
+            lo_f = flat
+        vmax, vmin = vmax.double().numpy(), lo_f.amin(dim=1).double().numpy()
         self.vmax = np.fmax(self.vmax, vmax)
         self.vmin = np.fmin(self.vmin, vmin)
         absmax = np.maximum(np.abs(np.where(np.isfinite(vmax), vmax, 0.0)),
@@ -385,8 +386,12 @@ class Miner:
             self.hist[t, :G] = _merge_pairs(self.hist[t, :G], int(d[t]), False)
             self.hist_w[t] *= 2.0 ** int(d[t])
         inv = torch.from_numpy((1.0 / self.hist_w).astype(np.float32))[:, None]
-        b = torch.floor(flat * inv).clamp_(-G, G - 1).long()
-        b += torch.arange(G, T * 2 * G, 2 * G)[:, None]
+        b = (flat * inv).floor_().clamp_(-G, G - 1)        # bin, then the target's offset
+        if T * 2 * G < 2 ** 24:                             # (exact in float32: one pass fewer)
+            b += torch.arange(G, T * 2 * G, 2 * G, dtype=torch.float32)[:, None]
+            b = b.long()
+        else:
+            b = b.long() + torch.arange(G, T * 2 * G, 2 * G)[:, None]
         b = b[valid] if valid is not None else b.reshape(-1)
         self.hist += torch.bincount(b, minlength=T * 2 * G).reshape(T, 2 * G).numpy()
         above = flat > self.cfg.density_threshold
@@ -394,7 +399,7 @@ class Miner:
             above &= valid
         self.n_above += above.sum(1).numpy()
         self.total += flat.sum(1).double().numpy()        # per batch in float32, then float64
-        self.total2 += (flat * flat).sum(1).double().numpy()
+        self.total2 += torch.linalg.vecdot(flat, flat, dim=1).double().numpy()
 
     def _reservoir(self, wmax, peak, per, ids, win):
         C, S = self.cfg.cells, self.cfg.slots

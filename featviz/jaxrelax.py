@@ -173,9 +173,10 @@ def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: fl
     t0 = time.perf_counter()
     trace = RelaxTrace(0, 0.0, [], [])
     for i in range(steps):
-        if seconds is not None and time.perf_counter() - t0 > seconds:
+        elapsed = time.perf_counter() - t0
+        if seconds is not None and elapsed > seconds:
             break
-        tau = jnp.float32(temperature(i, steps, tau0, tau1))
+        tau = jnp.float32(temperature(i, steps, tau0, tau1, elapsed, seconds))
         theta, state, act, xe = step(jm.params, theta, state, np.uint32(step_key(seed, i)), tau)
         trace.steps = i + 1
         if i % 10 == 0:

@@ -14,11 +14,17 @@ import torch
 from .objective import forward_scores
 
 
-def temperature(step: int, total: int, tau0: float, tau1: float) -> float:
-    """Exponential anneal from tau0 (step 0) to tau1 (last step)."""
+def temperature(step: int, total: int, tau0: float, tau1: float,
+                elapsed: float = 0.0, seconds: float | None = None) -> float:
+    """Exponential anneal from tau0 (start) to tau1 (end).  The end is the last step, or
+    with a time budget (``seconds``) whichever of last step and budget comes first, so a
+    budgeted run (where ``total`` is only an upper bound) still anneals."""
     if total <= 1:
         return tau1
-    f = min(max(step / (total - 1), 0.0), 1.0)
+    f = step / (total - 1)
+    if seconds:
+        f = max(f, elapsed / seconds)
+    f = min(max(f, 0.0), 1.0)
     return tau0 * (tau1 / tau0) ** f
 
 
@@ -74,9 +80,10 @@ def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Te
     t0 = time.perf_counter()
     trace = RelaxTrace(0, 0.0, [], [])
     for step in range(steps):
-        if seconds is not None and time.perf_counter() - t0 > seconds:
+        elapsed = time.perf_counter() - t0
+        if seconds is not None and elapsed > seconds:
             break
-        tau = temperature(step, steps, tau0, tau1)
+        tau = temperature(step, steps, tau0, tau1, elapsed, seconds)
         y = gumbel_softmax(theta + bias, tau, generator, hard=hard)
         score, act, xe, _ = forward_scores(handle, target, make_embeds(y @ W), y, start, lam, cap)
         opt.zero_grad(set_to_none=True)

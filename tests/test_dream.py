@@ -31,6 +31,12 @@ def test_readable_mask_excludes_special_and_unprintable(llama):
 def test_temperature_and_gumbel():
     assert temperature(0, 10, 2.0, 0.1) == pytest.approx(2.0)
     assert temperature(9, 10, 2.0, 0.1) == pytest.approx(0.1)
+    # a time budget anneals even when the step count is only an upper bound
+    assert temperature(3, 10 ** 6, 2.0, 0.1, elapsed=5.0, seconds=10.0) == pytest.approx(
+        2.0 * 0.05 ** 0.5)
+    assert temperature(3, 10 ** 6, 2.0, 0.1, elapsed=12.0, seconds=10.0) == pytest.approx(0.1)
+    assert temperature(3, 10, 2.0, 0.1, elapsed=0.0, seconds=10.0) == pytest.approx(
+        2.0 * 0.05 ** (1 / 3))
     g = torch.Generator().manual_seed(0)
     y = gumbel_softmax(torch.zeros(2, 3, 7), 0.5, g, hard=True)
     assert torch.allclose(y.sum(-1), torch.ones(2, 3))

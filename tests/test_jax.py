@@ -191,3 +191,34 @@ def test_dream_many_on_the_jax_backend(tiny):
     res = dream_many(tiny, ["mlp:1:3", "mlp:2:4"], cfg, progress=False)
     assert [r.stats["backend"] for r in res] == ["jax", "jax"]
     assert all(r.stats["batched_targets"] == 2 and r.best is not None for r in res)
+
+
+def test_jitted_swap_scoring_matches_torch(tiny):
+    """The discretizer's exact scores and one-hot gradients on the JAX backend equal the
+    torch ones, and varying batch sizes reuse one compiled function per size bucket."""
+    from featviz.discretize import Tokens, evaluate as t_evaluate, onehot_grads
+    from featviz.jaxscore import JaxScorer, bucket
+    h = tiny
+    tokens = Tokens(h, h.encode("the")[:1], [])
+    n = 4
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, h.vocab_size, (6, n), generator=g)
+    lam = torch.tensor([0.0, 0.2, 0.5, 0.0, 1.0, 0.1])
+    cap = torch.tensor([np.inf, np.inf, np.inf, 5.0, np.inf, 6.0])
+    for spec in ("mlp:2:4", "head:1:0@max", "resid:0:3@mean"):
+        t = featviz.parse_target(spec, h)
+        js = JaxScorer(h, t, tokens, n)
+        a, x, p = t_evaluate(tokens, t, ids)
+        ja, jx, jp = js.evaluate(ids)
+        for want, got in ((a, ja), (x, jx), (p, jp)):
+            np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4, rtol=1e-4,
+                                       err_msg=spec)
+        assert js.evaluate(ids, with_xe=False)[1] is None
+        gr, lm = onehot_grads(tokens, t, ids, lam, cap)
+        jg, jl = js.onehot_grads(ids, lam, cap)
+        np.testing.assert_allclose(jl.numpy(), lm.numpy(), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(jg.numpy(), gr.numpy(), atol=1e-4, rtol=1e-3, err_msg=spec)
+        for b in (1, 3, 5, 8):
+            js.evaluate(ids[:1].repeat(b, 1))
+        assert js._scores._cache_size() == 2           # with and without xe, one bucket
+    assert [bucket(b) for b in (1, 8, 9, 64, 65, 300)] == [8, 8, 16, 64, 64, 64]

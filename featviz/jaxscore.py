@@ -1,0 +1,111 @@
+"""Swap scoring on the JAX backend: exact scores of hard token batches and the gradient
+of each row's score with respect to its one-hot tokens, both jit-compiled.
+
+    scorer = JaxScorer(handle, target, tokens, n)
+    act, xe, per = scorer.evaluate(ids)               # same as discretize.evaluate
+    grad, lm = scorer.onehot_grads(ids, lam, cap)     # same as discretize.onehot_grads
+
+Batches are padded to a few fixed sizes (powers of two from 8), so the swap loop, whose
+batch sizes vary a little from iteration to iteration, compiles each function at most
+once per size and never inside a steady loop.  Inputs and outputs are torch tensors, so
+the discretizer's bookkeeping (archive, population, proposals) is shared with torch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .jaxfwd import _forward, directions_for, evaluate, per_position, to_jax
+from .jaxrelax import _st_embed, combine
+
+_MIN_BUCKET = 8
+
+
+def bucket(b: int, largest: int = 64) -> int:
+    """The padded batch size for b rows: the next power of two from 8, at most ``largest``."""
+    size = _MIN_BUCKET
+    while size < min(b, largest):
+        size *= 2
+    return size
+
+
+def _xe(logits, full, s, n):
+    """discretize's xe: mean next-token cross-entropy of positions s..s+n-1."""
+    import jax
+    import jax.numpy as jnp
+    logp = jax.nn.log_softmax(logits[:, s - 1:s - 1 + n], axis=-1)
+    tgt = full[:, s:s + n]
+    return -jnp.take_along_axis(logp, tgt[..., None], -1)[..., 0].mean(-1)
+
+
+class JaxScorer:
+    """Jitted exact scoring and one-hot gradients for one target (see the module doc)."""
+
+    def __init__(self, handle, target, tokens, n: int, batch_size: int = 64):
+        import jax
+        import jax.numpy as jnp
+        self.jm = jm = to_jax(handle)
+        self.tokens, self.n, self.batch_size = tokens, n, batch_size
+        self.dev = handle.device
+        dirs = directions_for(target, handle)
+        sites = frozenset(target.sites())
+        spec, inv, scale = jm.spec, jm.inv_freq, jm.rope_scale
+        s = tokens.start
+
+        def scores(params, full, with_xe):
+            caps, logits = _forward(spec, params, inv, scale, params["embed"][full], sites,
+                                    with_xe)
+            act = evaluate(target, caps, jm, dirs)
+            per = per_position(target, caps, jm, dirs)[:, s:s + n]
+            xe = _xe(logits, full, s, n) if with_xe else jnp.full_like(act, jnp.nan)
+            return act, xe, per
+
+        def grads(params, full, lam, cap):
+            E = params["embed"]
+            ids = full[:, s:s + n]
+            onehot = jax.nn.one_hot(ids, E.shape[0], dtype=E.dtype)
+
+            def score(x):
+                x_full = E[full]
+                x_full = x_full.at[:, s:s + n].set(_st_embed(x, E, ids))   # gather forward
+                caps, logits = _forward(spec, params, inv, scale, x_full, sites, True)
+                act = evaluate(target, caps, jm, dirs)
+                xe = _xe(logits, full, s, n)      # through the model only, as in torch
+                return combine(act, xe, lam, cap).sum(), logits[:, s - 1:s - 1 + n]
+            g, lm = jax.grad(score, has_aux=True)(onehot)
+            return g, lm
+
+        self._scores = jax.jit(scores, static_argnums=(2,))
+        self._grads = jax.jit(grads)
+
+    def _full(self, ids: torch.Tensor):
+        b = ids.shape[0]
+        size = bucket(b, self.batch_size)
+        full = self.tokens.full(ids.cpu()).numpy().astype(np.int32)
+        if size > b:                                   # pad with copies of the first row
+            full = np.concatenate([full, np.repeat(full[:1], size - b, 0)])
+        return full
+
+    def evaluate(self, ids: torch.Tensor, with_xe: bool = True):
+        """(activation (B,), xe (B,) or None, per-position values (B, n)) as torch tensors."""
+        acts, xes, pers = [], [], []
+        for i in range(0, ids.shape[0], self.batch_size):
+            part = ids[i:i + self.batch_size]
+            a, x, p = self._scores(self.jm.params, self._full(part), with_xe)
+            k = part.shape[0]
+            acts.append(np.asarray(a)[:k])
+            xes.append(np.asarray(x)[:k])
+            pers.append(np.asarray(p)[:k])
+        t = lambda parts: torch.from_numpy(np.concatenate(parts)).to(self.dev)  # noqa: E731
+        return t(acts), (t(xes) if with_xe else None), t(pers)
+
+    def onehot_grads(self, ids: torch.Tensor, lam: torch.Tensor, cap: torch.Tensor):
+        """(grad (P, n, V), next-token logits (P, n, V)) as torch tensors."""
+        P = ids.shape[0]
+        full = self._full(ids)
+        pad = full.shape[0] - P
+        lam_np = np.concatenate([lam.cpu().numpy(), np.zeros(pad)]).astype(np.float32)
+        cap_np = np.concatenate([cap.cpu().numpy(), np.full(pad, np.inf)]).astype(np.float32)
+        g, lm = self._grads(self.jm.params, full, lam_np, cap_np)
+        return (torch.from_numpy(np.array(g[:P])).to(self.dev),
+                torch.from_numpy(np.array(lm[:P])).to(self.dev))
