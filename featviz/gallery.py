@@ -21,7 +21,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from tqdm.auto import tqdm
 
@@ -48,10 +48,12 @@ class GalleryConfig:
     cache_dir: str | None = None        # None: ~/.cache/featviz/mining; "": no cache
     thresholds: Thresholds = field(default_factory=Thresholds)
     title: str = "featviz gallery"
-    dream_group: int = 1                # targets sharing one relaxation batch (dream_many)
+    dream_group: int | None = None      # targets sharing one relaxation batch (dream_many);
+                                        # None: 16 on a GPU, 1 on a CPU (where it does not pay)
 
     def check(self) -> "GalleryConfig":
-        if not isinstance(self.dream_group, int) or self.dream_group < 1:
+        if self.dream_group is not None and (not isinstance(self.dream_group, int)
+                                             or self.dream_group < 1):
             raise FeatvizError(f"--dream-group must be at least 1, got {self.dream_group}")
         self.mine.check()
         if self.dream is not None:
@@ -63,7 +65,7 @@ class GalleryConfig:
              "thresholds": asdict(self.thresholds)}
         if self.dream is not None:
             dc = asdict(self.dream)
-            if self.dream_group > 1:
+            if self.dream_group and self.dream_group > 1:
                 d["dream_group"] = self.dream_group
             dc.pop("corpus_init", None)
             d["dream"] = dc
@@ -242,6 +244,8 @@ def build_gallery(handle, targets: list[Target], out_dir: str, config: GalleryCo
     cfg = (config or GalleryConfig()).check()
     if not targets:
         raise FeatvizError("no targets given; pass e.g. --targets mlp:6:0-7")
+    if cfg.dream_group is None:
+        cfg = replace(cfg, dream_group=16 if handle.device.type == "cuda" else 1)
     names = [str(t) for t in targets]
     if len(set(names)) != len(names):
         raise FeatvizError("the same target is listed twice; list each target once")

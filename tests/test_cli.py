@@ -20,6 +20,7 @@ def _run(args):
     (["nosuchcommand"], "invalid choice"),
     (["activations", "--target", "mlp:1:2", "--model", "/no/such/dir/model", "hi"], "does not exist"),
     (["activations", "--target", "mlp:1:2", "--model", "missing.gguf", "hi"], "does not exist"),
+    (["gallery", "--targets", "mlp:1:2", "--dream-group", "0"], "--dream-group must be at least 1"),
 ])
 def test_cli_errors_are_one_line(args, msg, capsys):
     assert main(args) == 2
