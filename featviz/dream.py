@@ -177,8 +177,11 @@ def _stable_unique(tokens: Tokens, ids: torch.Tensor, archive: Archive | None = 
     return ids[keep]
 
 
-def available_memory() -> int | None:
-    """Bytes the OS reports as available (Linux /proc/meminfo), or None when unknown."""
+def available_memory(device=None) -> int | None:
+    """Bytes free on a CUDA device, else what the OS reports as available (Linux
+    /proc/meminfo); None when unknown."""
+    if device is not None and torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -204,7 +207,7 @@ def search_memory(handle, target: Target, cfg: DreamConfig, B: int) -> int:
 
 def _check_memory(handle, target, cfg: DreamConfig, B: int) -> None:
     need = search_memory(handle, target, cfg, B)
-    have = cfg.memory_gb * 2 ** 30 if cfg.memory_gb else available_memory()
+    have = cfg.memory_gb * 2 ** 30 if cfg.memory_gb else available_memory(handle.device)
     if have is not None and need > have:
         raise FeatvizError(
             f"dreaming needs about {need / 2 ** 30:.1f} GiB but {have / 2 ** 30:.1f} GiB is "
