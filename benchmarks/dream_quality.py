@@ -39,7 +39,8 @@ METHODS = {
     "featviz-norelax": {"relax_fraction": 0.0, "steps": 0},
     "featviz-nolm": {"lm_share": 0.0},
     "featviz-random-init": {"init": "random"},
-    "featviz-jax": {"backend": "jax"},          # the relaxation on the JAX backend
+    "featviz-jax": {"backend": "jax"},          # relaxation and swap scoring on the JAX backend
+    "featviz-lean": {"sweep": 64, "children": 16},   # cheaper swap iterations, more of them
     "epo": run_epo,
     "gcg": run_gcg,
 }
