@@ -10,10 +10,10 @@ Python API (the CLI is a thin layer over it)::
 from .errors import FeatvizError
 from .models import DEFAULT_MODEL, ModelHandle, load_model, wrap_model
 from .readout import Reading, evaluate_ids, read_text
-from .targets import Atom, Sum, Target, as_target, parse_target, parse_targets
+from .targets import Atom, PerRow, Sum, Target, as_target, parse_target, parse_targets
 
 __version__ = "0.1.0"
 
 __all__ = ["FeatvizError", "DEFAULT_MODEL", "ModelHandle", "load_model", "wrap_model",
-           "Reading", "evaluate_ids", "read_text", "Atom", "Sum", "Target", "as_target",
+           "Reading", "evaluate_ids", "read_text", "Atom", "PerRow", "Sum", "Target", "as_target",
            "parse_target", "parse_targets", "__version__"]

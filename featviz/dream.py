@@ -2,12 +2,16 @@
 
 One config dataclass, one run function, one result dataclass (the nanoGCG shape):
 
-    result = featviz.dream(handle, "mlp:12:345", DreamConfig(budget_seconds=60))
+    from featviz.dream import DreamConfig, dream, dream_many
+    result = dream(handle, "mlp:12:345", DreamConfig(budget_seconds=60))
+    results = dream_many(handle, ["mlp:6:1", "mlp:6:2"], DreamConfig(budget_seconds=60))
 
 Stages: model-sampled (or random) init -> Gumbel-softmax relaxation over the
 readable vocabulary with one lambda (or xe cap) per row -> hard tokens sampled from
 the relaxed logits -> gradient- and LM-guided single-token swaps scored exactly ->
 round-trip check -> every reported number recomputed on the re-encoded text.
+``_Search`` holds one target's state through these stages; ``dream_many`` runs several
+searches with the relaxation shared (each batch row reading its own target).
 """
 from __future__ import annotations
 

@@ -159,7 +159,6 @@ def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: fl
               on_step=None):
     """The relaxation loop on the JAX backend.  theta0: (B, n, V) torch tensor.  Returns
     (final theta as a torch tensor, RelaxTrace)."""
-    import jax
     import jax.numpy as jnp
     import torch
     from .jaxfwd import to_jax
