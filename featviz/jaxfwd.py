@@ -229,34 +229,66 @@ def _forward(spec: Spec, params, inv_freq, rope_scale, x, sites, need_logits):
 
 
 # ---------------------------------------------------------------- targets in JAX
-def per_position(target, caps, jm: JaxModel, direction=None):
-    """(B, T) weighted per-position values of a target (same semantics as Atom.per_position)."""
+def per_position(target, caps, jm: JaxModel, direction=None, indices=None):
+    """(B, T) weighted per-position values of a target (same semantics as Atom.per_position).
+    ``indices``: the atoms' indices as a traced array (see ``canonical``), else their own."""
     from .targets import PerRow
     if isinstance(target, PerRow):
         import jax.numpy as jnp
-        vals = jnp.stack([per_position(t, caps, jm, direction) for t in target.targets])
+        vals = jnp.stack([per_position(t, caps, jm, direction, ix)
+                          for t, ix in _split(target, indices)])
         return vals[np.asarray(target.rows), np.arange(len(target.rows))]
     total = 0.0
-    for w, a in target.terms():
-        total = total + w * _atom_values(a, caps, jm, direction)
+    for j, (w, a) in enumerate(target.terms()):
+        total = total + w * _atom_values(a, caps, jm, direction,
+                                         None if indices is None else indices[j])
     return total
 
 
-def _atom_values(a, caps, jm, direction):
+def _split(target, indices):
+    """(sub-target, its slice of indices) for each sub-target of a PerRow."""
+    off = 0
+    for t in target.targets:
+        k = len(t.terms())
+        yield t, (None if indices is None else indices[off:off + k])
+        off += k
+
+
+def canonical(target):
+    """(the target with every atom's index set to 0, the indices as an int32 array in
+    ``terms`` order).  Targets that differ only in their indices (neurons or heads of one
+    layer and kind) have the same canonical form, so code compiled for one serves all
+    when the indices are passed as an argument."""
+    from dataclasses import replace
+    from .targets import Atom, PerRow, Sum
+    if isinstance(target, PerRow):
+        parts = [canonical(t) for t in target.targets]
+        return (PerRow(tuple(c for c, _ in parts), target.rows),
+                np.concatenate([ix for _, ix in parts]).astype(np.int32))
+    terms = target.terms()
+    idx = np.array([a.index if a.index is not None else 0 for _, a in terms], np.int32)
+    canon = tuple((w, replace(a, index=0) if a.index is not None else a) for w, a in terms)
+    if isinstance(target, Atom):
+        return canon[0][1], idx
+    return Sum(canon), idx
+
+
+def _atom_values(a, caps, jm, direction, index=None):
     import jax.numpy as jnp
     x = caps[a.site]
     s = jm.spec
+    i = a.index if index is None else index          # a constant, or a traced index
     if a.kind == "mlp":
-        return x[..., a.index]
+        return x[..., i]
     if a.kind == "head":
         B, T, _ = x.shape
-        return jnp.linalg.norm(x.reshape(B, T, s.n_heads, s.head_dim)[:, :, a.index], axis=-1)
+        return jnp.linalg.norm(x.reshape(B, T, s.n_heads, s.head_dim)[:, :, i], axis=-1)
     if a.kind == "attn":
-        return x[:, a.index, :, a.key_index(x.shape[-1])]
+        return x[:, i, :, a.key_index(x.shape[-1])]
     if a.file is not None:
         d = direction[a.file] if direction else None
         return x @ d
-    return x[..., a.index]
+    return x[..., i]
 
 
 def reduce(a, values, start: int = 1):
@@ -268,16 +300,18 @@ def reduce(a, values, start: int = 1):
     return body.max(-1) if how == "max" else body.mean(-1)
 
 
-def evaluate(target, caps, jm, directions=None, start: int = 1):
-    """Reduced value per sequence (B,)."""
+def evaluate(target, caps, jm, directions=None, start: int = 1, indices=None):
+    """Reduced value per sequence (B,); ``indices`` as in ``per_position``."""
     from .targets import PerRow
     if isinstance(target, PerRow):          # row r reads targets[rows[r]]
         import jax.numpy as jnp
-        vals = jnp.stack([evaluate(t, caps, jm, directions, start) for t in target.targets])
+        vals = jnp.stack([evaluate(t, caps, jm, directions, start, ix)
+                          for t, ix in _split(target, indices)])
         return vals[np.asarray(target.rows), np.arange(len(target.rows))]
     total = 0.0
-    for w, a in target.terms():
-        total = total + w * reduce(a, _atom_values(a, caps, jm, directions), start)
+    for j, (w, a) in enumerate(target.terms()):
+        v = _atom_values(a, caps, jm, directions, None if indices is None else indices[j])
+        total = total + w * reduce(a, v, start)
     return total
 
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .jaxfwd import JaxModel, _forward, directions_for, evaluate
+from .jaxfwd import JaxModel, _forward, canonical, directions_for, evaluate
 from .objective import CAP_PENALTY
 from .relax import RelaxTrace, temperature
 
@@ -94,27 +94,37 @@ def _st_embed(y, E, idx):
 _ST = None
 
 
-def make_objective(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n: int,
-                   hard: bool, directions=None):
-    """objective(params, theta, noise, tau) -> (loss, (score, act, xe)) for uniform noise."""
+_COMPILED: dict = {}     # (model, canonical target, shape settings) -> shared jitted code
+
+
+def shared(key, build):
+    """The jitted function for ``key``, built once: targets that differ only in their
+    indices (see ``jaxfwd.canonical``) share one compilation.  The model object is part
+    of each key and held by the entry, so a key never outlives its model."""
+    if key not in _COMPILED:
+        if len(_COMPILED) >= 64:                         # bounded: drop the oldest
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = build()
+    return _COMPILED[key][0]
+
+
+def _core_objective(jm: JaxModel, canon, *, pre, suf, n: int, hard: bool, fluency: bool,
+                    directions):
+    """objective(params, theta, noise, tau, lam, cap, bias, idx) for a canonical target."""
     import jax
     import jax.numpy as jnp
-    bias = jnp.where(jnp.asarray(np.asarray(mask)), 0.0, -1e9)
-    lam_j, cap_j = jnp.asarray(np.asarray(lam, np.float32)), jnp.asarray(np.asarray(cap, np.float32))
-    fluency = bool(np.any(np.asarray(lam) > 0) or np.any(np.isfinite(np.asarray(cap))))
-    sites = frozenset(target.sites())
-    pre, suf = list(prefix_ids), list(suffix_ids)
+    sites = frozenset(canon.sites())
     start = len(pre)
     spec, inv, scale = jm.spec, jm.inv_freq, jm.rope_scale
 
-    def objective(params, theta, noise, tau):
+    def objective(params, theta, noise, tau, lam, cap, bias, idx):
         E = params["embed"]
         g = -jnp.log(-jnp.log(jnp.clip(noise, 1e-10, 1.0)))
         y = jax.nn.softmax((theta + bias + g) / tau, axis=-1)
         if hard:
-            idx = jnp.argmax(y, -1)
-            emb = _st_embed(y, E, idx)              # forward: a gather; backward: g @ E.T
-            y = jax.nn.one_hot(idx, y.shape[-1], dtype=y.dtype) + y - jax.lax.stop_gradient(y)
+            tok = jnp.argmax(y, -1)
+            emb = _st_embed(y, E, tok)              # forward: a gather; backward: g @ E.T
+            y = jax.nn.one_hot(tok, y.shape[-1], dtype=y.dtype) + y - jax.lax.stop_gradient(y)
         else:
             emb = y @ E
         B = theta.shape[0]
@@ -122,11 +132,11 @@ def make_objective(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_i
         if suf:
             parts.append(jnp.broadcast_to(E[jnp.asarray(suf)][None], (B, len(suf), E.shape[1])))
         caps, logits = _forward(spec, params, inv, scale, jnp.concatenate(parts, 1), sites, fluency)
-        act = evaluate(target, caps, jm, directions)
+        act = evaluate(canon, caps, jm, directions, indices=idx)
         if fluency:
             logp = jax.nn.log_softmax(logits[:, start - 1:start - 1 + n], axis=-1)
             xe = -(y * logp).sum(-1).mean(-1)
-            score = combine(act, xe, lam_j, cap_j)
+            score = combine(act, xe, lam, cap)
         else:
             xe = jnp.full_like(act, jnp.nan)
             score = act
@@ -134,23 +144,55 @@ def make_objective(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_i
     return objective
 
 
+def _arguments(target, mask, lam, cap):
+    import jax.numpy as jnp
+    canon, idx = canonical(target)
+    lam, cap = np.asarray(lam, np.float32), np.asarray(cap, np.float32)
+    fluency = bool(np.any(lam > 0) or np.any(np.isfinite(cap)))
+    bias = jnp.where(jnp.asarray(np.asarray(mask)), 0.0, -1e9)
+    return canon, fluency, (jnp.asarray(lam), jnp.asarray(cap), bias, jnp.asarray(idx))
+
+
+def make_objective(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n: int,
+                   hard: bool, directions=None):
+    """objective(params, theta, noise, tau) -> (loss, (score, act, xe)) for uniform noise."""
+    canon, fluency, extra = _arguments(target, mask, lam, cap)
+    core = _core_objective(jm, canon, pre=tuple(prefix_ids), suf=tuple(suffix_ids), n=n,
+                           hard=hard, fluency=fluency, directions=directions)
+    return lambda params, theta, noise, tau: core(params, theta, noise, tau, *extra)
+
+
 def make_step(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n: int, hard: bool,
               lr: float, directions=None, clip: float | None = None):
     """(jitted step, optimizer init).  The optimizer is an optax chain: optional global-norm
-    clipping, then Adam."""
+    clipping, then Adam.  The compiled step is shared by targets with the same canonical
+    form; lambda, caps, the vocabulary mask and the target's indices are its arguments."""
     import jax
     import optax
-    objective = make_objective(jm, target, mask, lam, cap, prefix_ids=prefix_ids,
-                               suffix_ids=suffix_ids, n=n, hard=hard, directions=directions)
+    canon, fluency, extra = _arguments(target, mask, lam, cap)
+    pre, suf = tuple(prefix_ids), tuple(suffix_ids)
     opt = optax.chain(*([optax.clip_by_global_norm(clip)] if clip else []), optax.adam(lr))
 
-    @jax.jit
+    def build():
+        objective = _core_objective(jm, canon, pre=pre, suf=suf, n=n, hard=hard,
+                                    fluency=fluency, directions=directions)
+
+        @jax.jit
+        def step(params, theta, opt_state, key, tau, lam, cap, bias, idx):
+            noise = hash_uniform(key, theta.shape)
+            (_, (score, act, xe)), grad = jax.value_and_grad(objective, argnums=1, has_aux=True)(
+                params, theta, noise, tau, lam, cap, bias, idx)
+            updates, opt_state = opt.update(grad, opt_state, theta)
+            return jax.numpy.asarray(theta) + updates, opt_state, act, xe
+        return step, jm, directions
+    dirs_key = tuple(sorted((directions or {}).keys()))
+    core = shared(("step", id(jm), canon, pre, suf, n, hard, fluency, float(lr), clip, dirs_key),
+                  build)
+
     def step(params, theta, opt_state, key, tau):
-        noise = hash_uniform(key, theta.shape)
-        (_, (score, act, xe)), grad = jax.value_and_grad(objective, argnums=1, has_aux=True)(
-            params, theta, noise, tau)
-        updates, opt_state = opt.update(grad, opt_state, theta)
-        return jax.numpy.asarray(theta) + updates, opt_state, act, xe
+        return core(params, theta, opt_state, key, tau, *extra)
+    step._cache_size = core._cache_size       # one entry per compiled shape
+    step.compiled = core
     return step, opt.init
 
 

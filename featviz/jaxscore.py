@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .jaxfwd import _forward, directions_for, evaluate, per_position, to_jax
-from .jaxrelax import _st_embed, combine
+from .jaxfwd import _forward, canonical, directions_for, evaluate, per_position, to_jax
+from .jaxrelax import _st_embed, combine, shared
 
 _MIN_BUCKET = 8
 
@@ -38,45 +38,51 @@ def _xe(logits, full, s, n):
     return -jnp.take_along_axis(logp, tgt[..., None], -1)[..., 0].mean(-1)
 
 
+def _score_fns(jm, canon, s: int, n: int, dirs):
+    """(jitted scores(params, full, idx, with_xe), jitted grads(params, full, lam, cap, idx))
+    for a canonical target (``jaxfwd.canonical``): shared by every target of its form."""
+    import jax
+    import jax.numpy as jnp
+    sites = frozenset(canon.sites())
+    spec, inv, scale = jm.spec, jm.inv_freq, jm.rope_scale
+
+    def scores(params, full, idx, with_xe):
+        caps, logits = _forward(spec, params, inv, scale, params["embed"][full], sites, with_xe)
+        act = evaluate(canon, caps, jm, dirs, indices=idx)
+        per = per_position(canon, caps, jm, dirs, indices=idx)[:, s:s + n]
+        xe = _xe(logits, full, s, n) if with_xe else jnp.full_like(act, jnp.nan)
+        return act, xe, per
+
+    def grads(params, full, lam, cap, idx):
+        E = params["embed"]
+        ids = full[:, s:s + n]
+        onehot = jax.nn.one_hot(ids, E.shape[0], dtype=E.dtype)
+
+        def score(x):
+            x_full = E[full].at[:, s:s + n].set(_st_embed(x, E, ids))   # gather forward
+            caps, logits = _forward(spec, params, inv, scale, x_full, sites, True)
+            act = evaluate(canon, caps, jm, dirs, indices=idx)
+            xe = _xe(logits, full, s, n)          # through the model only, as in torch
+            return combine(act, xe, lam, cap).sum(), logits[:, s - 1:s - 1 + n]
+        return jax.grad(score, has_aux=True)(onehot)
+    return jax.jit(scores, static_argnums=(3,)), jax.jit(grads)
+
+
 class JaxScorer:
     """Jitted exact scoring and one-hot gradients for one target (see the module doc)."""
 
     def __init__(self, handle, target, tokens, n: int, batch_size: int = 64):
-        import jax
         import jax.numpy as jnp
         self.jm = jm = to_jax(handle)
         self.tokens, self.n, self.batch_size = tokens, n, batch_size
         self.dev = handle.device
         dirs = directions_for(target, handle)
-        sites = frozenset(target.sites())
-        spec, inv, scale = jm.spec, jm.inv_freq, jm.rope_scale
-        s = tokens.start
-
-        def scores(params, full, with_xe):
-            caps, logits = _forward(spec, params, inv, scale, params["embed"][full], sites,
-                                    with_xe)
-            act = evaluate(target, caps, jm, dirs)
-            per = per_position(target, caps, jm, dirs)[:, s:s + n]
-            xe = _xe(logits, full, s, n) if with_xe else jnp.full_like(act, jnp.nan)
-            return act, xe, per
-
-        def grads(params, full, lam, cap):
-            E = params["embed"]
-            ids = full[:, s:s + n]
-            onehot = jax.nn.one_hot(ids, E.shape[0], dtype=E.dtype)
-
-            def score(x):
-                x_full = E[full]
-                x_full = x_full.at[:, s:s + n].set(_st_embed(x, E, ids))   # gather forward
-                caps, logits = _forward(spec, params, inv, scale, x_full, sites, True)
-                act = evaluate(target, caps, jm, dirs)
-                xe = _xe(logits, full, s, n)      # through the model only, as in torch
-                return combine(act, xe, lam, cap).sum(), logits[:, s - 1:s - 1 + n]
-            g, lm = jax.grad(score, has_aux=True)(onehot)
-            return g, lm
-
-        self._scores = jax.jit(scores, static_argnums=(2,))
-        self._grads = jax.jit(grads)
+        canon, idx = canonical(target)
+        self.idx = jnp.asarray(idx)
+        key = (id(jm), canon, tuple(tokens.prefix), tuple(tokens.suffix), n,
+               tuple(sorted(dirs)))
+        self._scores, self._grads = shared(
+            ("scorer",) + key, lambda: (_score_fns(jm, canon, tokens.start, n, dirs), jm))
 
     def _full(self, ids: torch.Tensor):
         b = ids.shape[0]
@@ -91,7 +97,7 @@ class JaxScorer:
         acts, xes, pers = [], [], []
         for i in range(0, ids.shape[0], self.batch_size):
             part = ids[i:i + self.batch_size]
-            a, x, p = self._scores(self.jm.params, self._full(part), with_xe)
+            a, x, p = self._scores(self.jm.params, self._full(part), self.idx, with_xe)
             k = part.shape[0]
             acts.append(np.asarray(a)[:k])
             xes.append(np.asarray(x)[:k])
@@ -106,6 +112,6 @@ class JaxScorer:
         pad = full.shape[0] - P
         lam_np = np.concatenate([lam.cpu().numpy(), np.zeros(pad)]).astype(np.float32)
         cap_np = np.concatenate([cap.cpu().numpy(), np.full(pad, np.inf)]).astype(np.float32)
-        g, lm = self._grads(self.jm.params, full, lam_np, cap_np)
+        g, lm = self._grads(self.jm.params, full, lam_np, cap_np, self.idx)
         return (torch.from_numpy(np.array(g[:P])).to(self.dev),
                 torch.from_numpy(np.array(lm[:P])).to(self.dev))

@@ -115,7 +115,15 @@ def test_the_loop_compiles_once(llama):
                                  tau0=2.0, tau1=0.2, hard=True, seed=0, prefix_ids=[llama.bos_id],
                                  suffix_ids=[])
     assert trace.steps == 6 and out.shape == theta.shape and torch.isfinite(out).all()
-    assert step._cache_size() == 1                      # temperature and noise key are arguments
+    compiled = step._cache_size()
+    # temperature and noise key are arguments: more steps, and another head of the same
+    # layer (its index is an argument too), compile nothing new
+    for spec, steps in (("head:1:0", 9), ("head:1:1", 4)):
+        _, trace, again = relax_jax(llama, featviz.parse_target(spec, llama), theta, mask, lam, cap,
+                                    steps=steps, seconds=None, lr=0.3, tau0=2.0, tau1=0.2,
+                                    hard=True, seed=1, prefix_ids=[llama.bos_id], suffix_ids=[])
+        assert trace.steps == steps and again.compiled is step.compiled
+    assert step._cache_size() == compiled
 
 
 def test_hash_noise_is_uniform_and_independent():
@@ -181,7 +189,14 @@ def test_per_row_targets_match_torch_and_compile_once(tiny):
     out, trace, step = relax_jax(h, pr, theta, mask, lam, cap, steps=5, seconds=None, lr=0.3,
                                  tau0=2.0, tau1=0.2, hard=True, seed=0, prefix_ids=[h.bos_id],
                                  suffix_ids=[])
-    assert trace.steps == 5 and torch.isfinite(out).all() and step._cache_size() == 1
+    assert trace.steps == 5 and torch.isfinite(out).all()
+    n_compiled = step._cache_size()
+    other = PerRow(tuple(featviz.parse_target(x, h) for x in ("mlp:2:7", "head:1:1@max",
+                                                               "mlp:0:3@mean")), rows)
+    _, _, step2 = relax_jax(h, other, theta, mask, lam, cap, steps=3, seconds=None, lr=0.3,
+                            tau0=2.0, tau1=0.2, hard=True, seed=0, prefix_ids=[h.bos_id],
+                            suffix_ids=[])
+    assert step2.compiled is step.compiled and step._cache_size() == n_compiled
 
 
 def test_dream_many_on_the_jax_backend(tiny):
@@ -218,7 +233,14 @@ def test_jitted_swap_scoring_matches_torch(tiny):
         jg, jl = js.onehot_grads(ids, lam, cap)
         np.testing.assert_allclose(jl.numpy(), lm.numpy(), atol=1e-4, rtol=1e-4)
         np.testing.assert_allclose(jg.numpy(), gr.numpy(), atol=1e-4, rtol=1e-3, err_msg=spec)
-        for b in (1, 3, 5, 8):
+        n_compiled = js._scores._cache_size()
+        for b in (1, 3, 5, 8):                          # one size bucket: nothing new
             js.evaluate(ids[:1].repeat(b, 1))
-        assert js._scores._cache_size() == 2           # with and without xe, one bucket
+        assert js._scores._cache_size() == n_compiled
     assert [bucket(b) for b in (1, 8, 9, 64, 65, 300)] == [8, 8, 16, 64, 64, 64]
+    # another neuron of the same layer shares the compiled code and scores its own neuron
+    a4 = JaxScorer(h, featviz.parse_target("mlp:2:4", h), tokens, n)
+    a5 = JaxScorer(h, featviz.parse_target("mlp:2:5", h), tokens, n)
+    assert a4._scores is a5._scores and a4._grads is a5._grads
+    want5, _, _ = t_evaluate(tokens, featviz.parse_target("mlp:2:5", h), ids)
+    np.testing.assert_allclose(a5.evaluate(ids)[0].numpy(), want5.numpy(), atol=1e-4, rtol=1e-4)
