@@ -19,7 +19,7 @@ import numpy as np
 
 from .jaxfwd import JaxModel, _forward, canonical, directions_for, evaluate
 from .objective import CAP_PENALTY
-from .relax import RelaxTrace, temperature
+from .relax import RelaxTrace, schedule
 
 
 def step_key(seed: int, step: int) -> int:
@@ -213,12 +213,9 @@ def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: fl
     state = init(theta)
     t0 = time.perf_counter()
     trace = RelaxTrace(0, 0.0, [], [])
-    for i in range(steps):
-        elapsed = time.perf_counter() - t0
-        if seconds is not None and elapsed > seconds:
-            break
-        tau = jnp.float32(temperature(i, steps, tau0, tau1, elapsed, seconds))
-        theta, state, act, xe = step(jm.params, theta, state, np.uint32(step_key(seed, i)), tau)
+    for i, tau in schedule(steps, seconds, tau0, tau1):
+        theta, state, act, xe = step(jm.params, theta, state, np.uint32(step_key(seed, i)),
+                                     jnp.float32(tau))
         trace.steps = i + 1
         if i % 10 == 0:
             trace.soft_act.append(float(act.mean()))

@@ -28,6 +28,17 @@ def temperature(step: int, total: int, tau0: float, tau1: float,
     return tau0 * (tau1 / tau0) ** f
 
 
+def schedule(steps: int, seconds: float | None, tau0: float, tau1: float):
+    """The relaxation loop's clock, shared by both backends: yields (step, temperature)
+    until ``steps`` are done or ``seconds`` have passed, annealing over whichever ends first."""
+    t0 = time.perf_counter()
+    for step in range(steps):
+        elapsed = time.perf_counter() - t0
+        if seconds is not None and elapsed > seconds:
+            return
+        yield step, temperature(step, steps, tau0, tau1, elapsed, seconds)
+
+
 def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator,
                    hard: bool = False) -> torch.Tensor:
     """A relaxed one-hot sample; ``hard`` gives straight-through one-hot samples."""
@@ -79,11 +90,7 @@ def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Te
     W = handle.embedding
     t0 = time.perf_counter()
     trace = RelaxTrace(0, 0.0, [], [])
-    for step in range(steps):
-        elapsed = time.perf_counter() - t0
-        if seconds is not None and elapsed > seconds:
-            break
-        tau = temperature(step, steps, tau0, tau1, elapsed, seconds)
+    for step, tau in schedule(steps, seconds, tau0, tau1):
         y = gumbel_softmax(theta + bias, tau, generator, hard=hard)
         score, act, xe, _ = forward_scores(handle, target, make_embeds(y @ W), y, start, lam, cap)
         opt.zero_grad(set_to_none=True)
