@@ -57,12 +57,12 @@ def torch_steps(h, t, B, n, lam, steps, precision, cap=None):
     return float(np.median(times[1:]))
 
 
-def jax_steps(h, t, B, n, lam, steps, cap=None):
+def jax_steps(h, t, B, n, lam, steps, cap=None, precision="fp32"):
     """(median seconds of one jitted relaxation step, seconds of the first incl. compile)."""
     import jax.numpy as jnp
     from featviz.jaxfwd import to_jax
     from featviz.jaxrelax import make_step, step_key
-    jm = to_jax(h)
+    jm = to_jax(h, precision)
     mask = readable_mask(h).cpu().numpy()
     cap = np.full(B, np.inf, np.float32) if cap is None else cap.cpu().numpy()
     step, init = make_step(jm, t, mask, lam.cpu().numpy(), cap,
@@ -100,22 +100,30 @@ def main():
                 steps = args.steps if B < 128 else max(2, args.steps // 2)
                 tt = torch_steps(h, t, B, 12, lam, steps, "fp32")
                 tb = torch_steps(h, t, B, 12, lam, steps, "bf16")
-                tj, compile_s = jax_steps(h, t, B, 12, lam, steps)
-                rows.append((layer, fluency, B, 1 / tt, 1 / tb, 1 / tj, tt / tj, compile_s))
+                tj, _ = jax_steps(h, t, B, 12, lam, steps)
+                tjb, compile_s = jax_steps(h, t, B, 12, lam, steps, precision="bf16")
+                rows.append((layer, fluency, B, 1 / tt, 1 / tb, 1 / tj, 1 / tjb, tt / tj,
+                             tt / tjb, tb / tjb, compile_s))
                 print(f"layer {layer} fluency {fluency} batch {B}: torch fp32 {1 / tt:.2f}/s, "
-                      f"torch bf16 {1 / tb:.2f}/s, jax {1 / tj:.2f}/s ({tt / tj:.2f}x), "
-                      f"first jax step {compile_s:.1f} s", flush=True)
+                      f"torch bf16 {1 / tb:.2f}/s, jax fp32 {1 / tj:.2f}/s, jax bf16 "
+                      f"{1 / tjb:.2f}/s ({tt / tjb:.2f}x torch fp32, {tb / tjb:.2f}x torch bf16), "
+                      f"first jax bf16 step {compile_s:.1f} s", flush=True)
     where = (f"{platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu" else
              f"torch on {torch.cuda.get_device_name(0)}, JAX on {jdev.device_kind}")
     lines = ["# Relaxation step speed: torch eager vs JAX (jit)", "",
              f"{where}, torch {torch.__version__}, jax {jax.__version__}, "
              f"model {h.name}, length 12, straight-through Gumbel-softmax + forward + backward + "
-             f"Adam; median over {args.steps} steps after one warm-up step.", "",
+             f"Adam; median over {args.steps} steps after one warm-up step. "
+             "JAX bf16: weight matrices in bfloat16, products bf16 x bf16 -> f32 forward and "
+             "backward, everything else float32 (what featviz's default search precision, "
+             "bf16, runs on each backend).", "",
              "| layer | fluency term | batch | torch fp32 (steps/s) | torch bf16 autocast (steps/s) "
-             "| JAX fp32 (steps/s) | JAX / torch fp32 | JAX first step incl. compile (s) |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {l} | {'yes' if f else 'no'} | {b} | {a:.2f} | {c:.2f} | {j:.2f} | {r:.2f}x | {cs:.1f} |"
-              for l, f, b, a, c, j, r, cs in rows]
+             "| JAX fp32 (steps/s) | JAX bf16 (steps/s) | JAX fp32 / torch fp32 "
+             "| JAX bf16 / torch fp32 | JAX bf16 / torch bf16 | JAX bf16 first step incl. compile (s) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {l} | {'yes' if f else 'no'} | {b} | {a:.2f} | {c:.2f} | {j:.2f} | {jb:.2f} "
+              f"| {r:.2f}x | {rb:.2f}x | {rbb:.2f}x | {cs:.1f} |"
+              for l, f, b, a, c, j, jb, r, rb, rbb, cs in rows]
     write_result("backend_speed.md" if args.device == "cpu" else
                  f"backend_speed_{args.device}.md", lines)
 

@@ -317,7 +317,8 @@ class _Search:
         self.scorer = None                # JAX: jitted swap scoring; torch: discretize's
         if backend == "jax":
             from .jaxscore import JaxScorer
-            self.scorer = JaxScorer(handle, target, tokens, cfg.length)
+            self.scorer = JaxScorer(handle, target, tokens, cfg.length,
+                                    precision=cfg.precision)
         self.dev = handle.device
         self.gen = torch.Generator(device=self.dev).manual_seed(cfg.seed)   # draws on the model's device
         self.lam, self.cap = _row_params(cfg, self.dev)
@@ -623,7 +624,7 @@ def dream_many(handle, targets, config: DreamConfig | None = None, *,
                 handle, joint, theta, mask, lam, cap, steps=cfg.steps, seconds=secs, lr=cfg.lr,
                 tau0=cfg.tau0, tau1=cfg.tau1, hard=cfg.straight_through, seed=cfg.seed * 1009 + r,
                 prefix_ids=[handle.bos_id] + list(tokens.prefix), suffix_ids=list(tokens.suffix),
-                on_step=on_step)
+                on_step=on_step, precision=cfg.precision)
             theta = theta.to(dev)
         else:
             with searches[0].autocast:

@@ -56,8 +56,20 @@ def _act_name(name: str) -> str:
     return table[name]
 
 
-def to_jax(handle) -> JaxModel:
-    """Convert the handle's torch weights to JAX arrays once (cached on the handle)."""
+_MATRICES = ("q", "k", "v", "o", "gate", "up", "down", "qkv", "fc", "proj")
+
+
+def to_jax(handle, precision: str = "fp32") -> JaxModel:
+    """Convert the handle's torch weights to JAX arrays once (cached on the handle).
+
+    ``precision="bf16"``: the same model with every weight matrix (and a copy of the
+    embedding used in products) in bfloat16, for the search: products take bfloat16
+    inputs, everything else (residual stream, norms, softmax, the embedding lookup)
+    stays float32, as under torch's bf16 autocast.  Reports never use it."""
+    if precision == "bf16":
+        if "jax_model_bf16" not in handle.cache:
+            handle.cache["jax_model_bf16"] = _lowered(to_jax(handle))
+        return handle.cache["jax_model_bf16"]
     if "jax_model" in handle.cache:
         return handle.cache["jax_model"]
     if not supported(handle):
@@ -104,6 +116,22 @@ def to_jax(handle) -> JaxModel:
     return jm
 
 
+def _lowered(jm: JaxModel) -> JaxModel:
+    """jm with bfloat16 weight matrices and an extra bfloat16 'embed_mm' for products."""
+    import jax.numpy as jnp
+    bf = lambda w: w.astype(jnp.bfloat16)  # noqa: E731
+    layers = [{k: (bf(v) if k in _MATRICES else v) for k, v in p.items()}
+              for p in jm.params["layers"]]
+    params = {**jm.params, "layers": layers, "unembed": bf(jm.params["unembed"]),
+              "embed_mm": bf(jm.params["embed"])}
+    return JaxModel(jm.spec, params, jm.inv_freq, jm.rope_scale)
+
+
+def embed_matrix(params):
+    """The embedding as products use it (bfloat16 in a bf16 model; the lookup stays exact)."""
+    return params.get("embed_mm", params["embed"])
+
+
 # ---------------------------------------------------------------- pure pieces
 def _act(name, x):
     import jax
@@ -132,9 +160,45 @@ def _ln(x, w, b, eps):
     return (x - mu) * jax_rsqrt(var + eps) * w + b
 
 
+def mm(x, w):
+    """x @ w; with bfloat16 weights the product takes bfloat16 inputs and accumulates in
+    float32, forward and backward (see ``_mm_lo``), result in x's dtype."""
+    import jax.numpy as jnp
+    if w.dtype != jnp.bfloat16:
+        return x @ w
+    return _mm_lo()(x, w).astype(x.dtype)
+
+
+@lru_cache(maxsize=1)
+def _mm_lo():
+    """bf16 x bf16 -> f32 product with a hand-written backward of the same kind: left to
+    autodiff, the transposed products get float32 cotangents and XLA's CPU backend runs
+    them (and even the forward) as float32 products of up-cast inputs."""
+    import jax
+    import jax.numpy as jnp
+    lo, f32 = jnp.bfloat16, jnp.float32
+
+    def prod(a, b):
+        return jnp.matmul(a.astype(lo), b.astype(lo), preferred_element_type=f32)
+
+    f = jax.custom_vjp(prod)
+
+    def fwd(x, w):
+        return prod(x, w), (x, w)
+
+    def bwd(res, g):
+        x, w = res
+        dx = prod(g, jnp.swapaxes(w, -1, -2)).astype(x.dtype)
+        xs = x.reshape(-1, x.shape[-1])
+        dw = prod(xs.T, g.reshape(-1, g.shape[-1])).astype(w.dtype)   # unused ones compile away
+        return dx, dw
+    f.defvjp(fwd, bwd)
+    return f
+
+
 def _lin(x, w, b=None):
     """torch Linear: x @ W.T + b."""
-    y = x @ w.T
+    y = mm(x, w.T)
     return y if b is None else y + b
 
 
@@ -208,13 +272,13 @@ def _forward(spec: Spec, params, inv_freq, rope_scale, x, sites, need_logits):
             x = x + _lin(post, p["down"])
         else:
             h = _ln(x, p["ln1"], p["ln1b"], spec.eps)
-            qkv = h @ p["qkv"] + p["qkvb"]
+            qkv = mm(h, p["qkv"]) + p["qkvb"]
             q, k, v = (t.reshape(B, T, spec.n_heads, spec.head_dim) for t in jnp.split(qkv, 3, -1))
             z, probs = _attend(q, k, v, spec.scale)
-            x = x + z @ p["o"] + p["ob"]
+            x = x + mm(z, p["o"]) + p["ob"]
             h = _ln(x, p["ln2"], p["ln2b"], spec.eps)
-            post = _act(spec.act, h @ p["fc"] + p["fcb"])
-            x = x + post @ p["proj"] + p["projb"]
+            post = _act(spec.act, mm(h, p["fc"]) + p["fcb"])
+            x = x + mm(post, p["proj"]) + p["projb"]
         for key, val in ((Z, z), (PATTERN, probs), (MLP_POST, post), (RESID_POST, x)):
             if (key, l) in want:
                 caps[(key, l)] = val
@@ -224,7 +288,7 @@ def _forward(spec: Spec, params, inv_freq, rope_scale, x, sites, need_logits):
             h = _rms(x, params["norm"], spec.eps)
         else:
             h = _ln(x, params["norm"], params["normb"], spec.eps)
-        logits = h @ params["unembed"].T
+        logits = mm(h, params["unembed"].T)
     return caps, logits
 
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .jaxfwd import JaxModel, _forward, canonical, directions_for, evaluate
+from .jaxfwd import JaxModel, _forward, canonical, directions_for, embed_matrix, evaluate, mm
 from .objective import CAP_PENALTY
 from .relax import RelaxTrace, schedule
 
@@ -63,32 +63,35 @@ def combine(act, xe, lam, cap):
     return act - jnp.where(capped, pen_cap, pen_lam)
 
 
-def _st_embed_impl(y, E, idx):
+def _st_embed_impl(y, E, E_mm, idx):
     return E[idx]
 
 
 def _make_st_embed():
     """Straight-through embedding of one-hot samples: the forward is a row gather (no
-    (tokens x vocab) @ (vocab x d) product); the gradient is the one y @ E would get."""
+    (tokens x vocab) @ (vocab x d) product); the gradient is the one y @ E would get,
+    computed with ``E_mm`` (E itself, or its bfloat16 copy)."""
     import jax
     import jax.numpy as jnp
     f = jax.custom_vjp(_st_embed_impl)
 
-    def fwd(y, E, idx):
-        return E[idx], (E, idx)
+    def fwd(y, E, E_mm, idx):
+        return E[idx], (E, E_mm, idx)
 
     def bwd(res, g):
-        E, idx = res
-        return g @ E.T, jnp.zeros_like(E), None   # E's cotangent is unused and compiled away
+        E, E_mm, idx = res
+        # the cotangents of E and E_mm are unused and compiled away
+        return mm(g, E_mm.T).astype(g.dtype), jnp.zeros_like(E), jnp.zeros_like(E_mm), None
     f.defvjp(fwd, bwd)
     return f
 
 
-def _st_embed(y, E, idx):
+def _st_embed(y, params, idx):
+    """Straight-through embedding rows of ``idx`` with the gradient of y @ E."""
     global _ST
     if _ST is None:
         _ST = _make_st_embed()
-    return _ST(y, E, idx)
+    return _ST(y, params["embed"], embed_matrix(params), idx)
 
 
 _ST = None
@@ -123,10 +126,10 @@ def _core_objective(jm: JaxModel, canon, *, pre, suf, n: int, hard: bool, fluenc
         y = jax.nn.softmax((theta + bias + g) / tau, axis=-1)
         if hard:
             tok = jnp.argmax(y, -1)
-            emb = _st_embed(y, E, tok)              # forward: a gather; backward: g @ E.T
+            emb = _st_embed(y, params, tok)         # forward: a gather; backward: g @ E.T
             y = jax.nn.one_hot(tok, y.shape[-1], dtype=y.dtype) + y - jax.lax.stop_gradient(y)
         else:
-            emb = y @ E
+            emb = mm(y, embed_matrix(params))
         B = theta.shape[0]
         parts = [jnp.broadcast_to(E[jnp.asarray(pre)][None], (B, len(pre), E.shape[1])), emb]
         if suf:
@@ -198,13 +201,13 @@ def make_step(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n
 
 def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: float | None,
               lr: float, tau0: float, tau1: float, hard: bool, seed: int, prefix_ids, suffix_ids,
-              on_step=None):
+              on_step=None, precision: str = "fp32"):
     """The relaxation loop on the JAX backend.  theta0: (B, n, V) torch tensor.  Returns
-    (final theta as a torch tensor, RelaxTrace)."""
+    (final theta as a torch tensor, RelaxTrace).  ``precision`` as in ``to_jax``."""
     import jax.numpy as jnp
     import torch
     from .jaxfwd import to_jax
-    jm = to_jax(handle)
+    jm = to_jax(handle, precision)
     n = theta0.shape[1]
     step, init = make_step(jm, target, mask.cpu().numpy(), lam.cpu().numpy(), cap.cpu().numpy(),
                            prefix_ids=prefix_ids, suffix_ids=suffix_ids, n=n, hard=hard, lr=lr,

@@ -59,7 +59,7 @@ def _score_fns(jm, canon, s: int, n: int, dirs):
         onehot = jax.nn.one_hot(ids, E.shape[0], dtype=E.dtype)
 
         def score(x):
-            x_full = E[full].at[:, s:s + n].set(_st_embed(x, E, ids))   # gather forward
+            x_full = E[full].at[:, s:s + n].set(_st_embed(x, params, ids))   # gather forward
             caps, logits = _forward(spec, params, inv, scale, x_full, sites, True)
             act = evaluate(canon, caps, jm, dirs, indices=idx)
             xe = _xe(logits, full, s, n)          # through the model only, as in torch
@@ -71,9 +71,10 @@ def _score_fns(jm, canon, s: int, n: int, dirs):
 class JaxScorer:
     """Jitted exact scoring and one-hot gradients for one target (see the module doc)."""
 
-    def __init__(self, handle, target, tokens, n: int, batch_size: int = 64):
+    def __init__(self, handle, target, tokens, n: int, batch_size: int = 64,
+                 precision: str = "fp32"):
         import jax.numpy as jnp
-        self.jm = jm = to_jax(handle)
+        self.jm = jm = to_jax(handle, precision)
         self.tokens, self.n, self.batch_size = tokens, n, batch_size
         self.dev = handle.device
         dirs = directions_for(target, handle)

@@ -244,3 +244,37 @@ def test_jitted_swap_scoring_matches_torch(tiny):
     assert a4._scores is a5._scores and a4._grads is a5._grads
     want5, _, _ = t_evaluate(tokens, featviz.parse_target("mlp:2:5", h), ids)
     np.testing.assert_allclose(a5.evaluate(ids)[0].numpy(), want5.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_products_follow_fp32(tiny):
+    """precision="bf16": weight matrices in bfloat16, products bf16 x bf16 -> f32 in the
+    forward and in the hand-written backward (which matches autodiff of the same product
+    on rounded inputs, for both operands); readings stay near the float32 model's."""
+    from featviz.jaxfwd import mm
+    h = tiny
+    lo = to_jax(h, "bf16")
+    assert lo is to_jax(h, "bf16") and lo is not to_jax(h)
+    assert lo.params["layers"][0]["o"].dtype == jnp.bfloat16
+    assert lo.params["embed"].dtype == jnp.float32          # the lookup stays exact
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 3, 16)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((16, 8)), jnp.bfloat16)
+    c = jnp.asarray(rng.standard_normal((2, 3, 8)), jnp.float32)
+    got = jax.grad(lambda x, w: (mm(x, w) * c).sum(), argnums=(0, 1))(x, w)
+    r = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+    want = jax.grad(lambda x, w: ((r(x) @ w.astype(jnp.float32)) * r(c)).sum(),
+                    argnums=(0, 1))(x, w)
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(e, np.float32),
+                                   rtol=2e-2, atol=2e-2)
+    hlo = jax.jit(jax.grad(lambda x: jnp.tanh(mm(x, w)).sum())).lower(x).as_text()
+    dots = [l for l in hlo.splitlines() if "dot_general" in l]
+    assert len(dots) == 2 and all(l.count("bf16>") == 2 for l in dots)   # forward + backward
+    ids = with_bos(h, h.encode("the cat sat on")).numpy()
+    for spec in ("mlp:2:4", "head:1:0"):
+        t = featviz.parse_target(spec, h)
+        hi_c, hi_l = forward(to_jax(h), embed_ids(to_jax(h), ids), sites=t.sites(), need_logits=True)
+        lo_c, lo_l = forward(lo, embed_ids(lo, ids), sites=t.sites(), need_logits=True)
+        a, b = np.asarray(evaluate(t, hi_c, to_jax(h))), np.asarray(evaluate(t, lo_c, lo))
+        np.testing.assert_allclose(b, a, atol=0.05 * max(1.0, float(np.abs(a).max())))
+        np.testing.assert_allclose(np.asarray(lo_l), np.asarray(hi_l), atol=0.1)
