@@ -140,8 +140,9 @@ def propose(ids: torch.Tensor, grad: torch.Tensor, lm_logits: torch.Tensor, mask
     """Children of each parent by single-token swaps (EPO/GCG move).
 
     Each child changes one random position to a token drawn from that position's
-    top-k_grad tokens by gradient or, with probability lm_share, from the model's own
-    top-k_lm next tokens there (fluent by construction).  Returns (P*children, n).
+    top-k_grad tokens by gradient or, with probability lm_share (a number, or one per
+    parent), from the model's own top-k_lm next tokens there (fluent by construction).
+    Returns (P*children, n).
     """
     P, n, V = grad.shape
     neg = torch.where(mask, 0.0, float("-inf"))
@@ -156,7 +157,8 @@ def propose(ids: torch.Tensor, grad: torch.Tensor, lm_logits: torch.Tensor, mask
     surprisal = -torch.log_softmax(lm, -1).gather(-1, ids[..., None])[..., 0]   # (P, n)
     w_lm = torch.softmax(surprisal.clamp(max=30.0), -1) * allowed
     w_uni = allowed.float().expand(P, n)
-    use_lm = torch.rand(P * children, generator=generator, device=generator.device) < lm_share
+    share = torch.as_tensor(lm_share, dtype=torch.float32, device=dev).expand(P)[parent]
+    use_lm = torch.rand(P * children, generator=generator, device=generator.device) < share
     w = torch.where(use_lm[:, None], w_lm[parent], w_uni[parent]) + 1e-12 * allowed
     pos = torch.multinomial(w, 1, generator=generator)[:, 0]
     jg = torch.randint(0, k_grad, (P * children,), generator=generator, device=generator.device)

@@ -54,6 +54,26 @@ def test_propose_changes_one_token(llama):
     assert readable_mask(llama)[kids].all()
 
 
+def test_propose_takes_a_share_per_parent(llama):
+    """Per-parent lm_share: a parent with share 0 gets gradient swaps only, one with
+    share 1 only the model's own top tokens (the two top-k sets are made disjoint)."""
+    ids = _ids(llama, rows=2)
+    V = llama.vocab_size
+    mask = readable_mask(llama)
+    allowed = mask.nonzero().flatten()
+    G, L = allowed[:4], allowed[4:8]
+    grad = torch.full((2, 6, V), -10.0)
+    grad[..., G] = 10.0
+    lm = torch.full((2, 6, V), -10.0)
+    lm[..., L] = 10.0
+    kids = propose(ids, grad, lm, mask, 40, 4, 4, torch.tensor([0.0, 1.0]),
+                   torch.Generator().manual_seed(0))
+    for parent, pool in ((0, G), (1, L)):
+        part = kids[parent * 40:(parent + 1) * 40]
+        new = part[part != ids[parent].expand_as(part)]
+        assert len(new) and torch.isin(new, pool).all()
+
+
 def test_rotation_moves_peak_to_end():
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     per = torch.tensor([[0.0, 9.0, 0.0, 0.0, 1.0]])
