@@ -36,12 +36,26 @@ def _forward(handle, target, ids, cache, kw):
     return target.evaluate(caps, handle, start=0), logits, out_cache["cache"]
 
 
+def _drop_newest(cache, layers: int) -> None:
+    """Remove the newest position from the first ``layers`` layers of a KV cache: what a
+    forward that stopped after those layers left there."""
+    if hasattr(cache, "layers"):                   # one object per layer (transformers 5)
+        for layer in cache.layers[:layers]:
+            layer.keys, layer.values = layer.keys[..., :-1, :], layer.values[..., :-1, :]
+    else:                                          # key_cache / value_cache lists (4.x)
+        for i in range(layers):
+            cache.key_cache[i] = cache.key_cache[i][..., :-1, :]
+            cache.value_cache[i] = cache.value_cache[i][..., :-1, :]
+
+
 def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: int = 8,
                 expand: int = 48, lam: float = 0.5, generator: torch.Generator | None = None,
                 sample: bool = False):
     """Returns (ids (beams, n), activation (beams,), xe (beams,)) of the final beams."""
     kw = _cache_kw(handle.model)
     dev = handle.device
+    sites = target.sites()
+    depth = max(layer for _, layer in sites) + 1          # layers a candidate runs through
     neg = torch.where(mask, 0.0, float("-inf"))
     with torch.no_grad():
         start = torch.tensor([[handle.bos_id, *tokens.prefix]], device=dev)
@@ -61,15 +75,22 @@ def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: in
                 cand = logp.topk(k, -1).indices                           # (b, k)
             lp = logp.gather(-1, cand)
             cache.batch_repeat_interleave(k)
-            kid_act, kid_logits, cache = _forward(handle, target, cand.reshape(-1, 1), cache, kw)
+            # candidates run only up to the target's layer; the kept ones then run through
+            # the whole model for their next-token logits (k x fewer full passes)
+            caps, _ = run(handle, sites, input_ids=cand.reshape(-1, 1),
+                          model_kwargs={kw: cache, "use_cache": True})
+            kid_act = target.evaluate(caps, handle, start=0)
             kid_xe = (xe_sum.repeat_interleave(k) - lp.reshape(-1)) / (t + 1)
             score = combine(kid_act.float(), kid_xe, lam_t, cap_t)
             score = torch.nan_to_num(score, nan=-float("inf"))
             keep = score.topk(min(beams, score.numel())).indices
             cache.batch_select_indices(keep)
+            _drop_newest(cache, depth)
             parent = keep // k
             ids = torch.cat([ids[parent], cand.reshape(-1)[keep, None]], 1)
             xe_sum = kid_xe[keep] * (t + 1)
             act = kid_act[keep].float()
-            logp = torch.log_softmax(kid_logits[keep, -1].float(), -1) + neg
+            if t + 1 < n:
+                _, kid_logits, cache = _forward(handle, target, ids[:, -1:], cache, kw)
+                logp = torch.log_softmax(kid_logits[:, -1].float(), -1) + neg
     return ids, act, xe_sum / n

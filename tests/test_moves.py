@@ -1,4 +1,5 @@
 """The discrete moves of the dreaming engine, each checked against exact evaluation."""
+import pytest
 import torch
 
 from featviz import parse_target
@@ -91,9 +92,12 @@ def test_crossover_joins_head_and_tail():
         assert k[:j] == [2] * j and k[j:] == [1] * (4 - j) and 1 <= 4 - j <= 3
 
 
-def test_beam_search_scores_are_exact(tiny):
-    t = parse_target("mlp:2:1", tiny)
-    tok = Tokens(tiny, [], [])
+@pytest.mark.parametrize("spec,prefix", [("mlp:2:1", ""), ("mlp:0:3", ""), ("head:1:0", "the")])
+def test_beam_search_scores_are_exact(tiny, spec, prefix):
+    """Candidates run only to the target's layer and the kept beams then through the whole
+    model (the cache loses the candidates' partial entries): scores stay exact."""
+    t = parse_target(spec, tiny)
+    tok = Tokens(tiny, tiny.encode(prefix)[:1] if prefix else [], [])
     ids, act, xe = beam_search(tiny, t, tok, readable_mask(tiny), 5, beams=3, expand=4, lam=0.5)
     a, x, _ = evaluate(tok, t, ids)
     assert ids.shape == (3, 5)
