@@ -32,6 +32,7 @@ from benchmarks.baselines.epo import run_epo, run_gcg  # noqa: E402
 
 DEV = os.path.join(HERE, "..", "..", "shared", "bench", "dev_neurons.json")
 CAPS = (5.0, 6.5, math.inf)
+CORPUS_TOP: dict = {}     # target -> texts of its top corpus windows, each ending at its peak
 
 METHODS = {
     # name: DreamConfig overrides (featviz variants) or a baseline runner
@@ -41,6 +42,8 @@ METHODS = {
     "featviz-random-init": {"init": "random"},
     "featviz-jax": {"backend": "jax"},          # relaxation and swap scoring on the JAX backend
     "featviz-lean": {"sweep": 64, "children": 16},   # cheaper swap iterations, more of them
+    "featviz-corpus-init": {"init": "corpus"},       # warm start from the corpus's top windows
+                                                     # (sees corpus text: its own rows)
     "epo": run_epo,
     "gcg": run_gcg,
 }
@@ -52,6 +55,8 @@ def run_one(handle, spec, method, budget, seed):
     how = METHODS[method]
     if isinstance(how, dict):
         kw = {"budget_seconds": budget, "steps": 10 ** 6, "swap_iters": 10 ** 6, "seed": seed}
+        if how.get("init") == "corpus":     # the 12 tokens ending at each top window's peak
+            kw["corpus_init"] = [handle.encode(t)[-12:] for t in CORPUS_TOP[spec]]
         cfg = DreamConfig(**{**kw, **how})
         res = dream(handle, target, cfg, progress=False)
         best = {c: (res.best if c == math.inf else res.best_at.get(c)) for c in CAPS}
@@ -138,7 +143,9 @@ def main():
             sys.exit(f"unknown method {m}; choose from {', '.join(METHODS)}")
     if not os.path.exists(args.corpus_max):
         sys.exit(f"{args.corpus_max} is missing; run python benchmarks/corpus_max.py first")
-    cmax = {k: v["max"] for k, v in json.load(open(args.corpus_max))["targets"].items()}
+    found = json.load(open(args.corpus_max))["targets"]
+    cmax = {k: v["max"] for k, v in found.items()}
+    CORPUS_TOP.update({k: v["top_texts"] for k, v in found.items()})
     jl = os.path.join(HERE, "results", f"dream_quality_{args.tag}.jsonl")
     rows = [json.loads(x) for x in open(jl)] if os.path.exists(jl) else []
     done = {(r["target"], r["method"], r["budget"]) for r in rows}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .dream import DreamConfig, DreamResult, dream
 from .errors import FeatvizError
@@ -24,7 +24,14 @@ class QueryConfig:
     top_k: int = 5
 
     def check(self) -> "QueryConfig":
-        self.dream.check()
+        if self.dream.init == "corpus" and not self.dream.corpus_init:
+            # the windows come from this query's own scan of the corpus
+            if not self.corpus_tokens:
+                raise FeatvizError("--init corpus starts from the top corpus exemplars; give "
+                                   "--corpus-tokens > 0")
+            replace(self.dream, init="model").check()
+        else:
+            self.dream.check()
         if self.corpus_tokens < 0:
             raise FeatvizError(f"--corpus-tokens must not be negative, got {self.corpus_tokens}")
         if self.corpus_tokens and self.corpus_tokens < self.window:
@@ -71,11 +78,33 @@ def query(target, config: QueryConfig | None = None, *, model=None, progress: bo
     if cfg.corpus_tokens:
         ex = scan(handle, [t], cfg.corpus, window=cfg.window, max_tokens=cfg.corpus_tokens,
                   k=cfg.top_k, progress=progress)[0]
-    res = dream(handle, t, cfg.dream, progress=progress)
+    dcfg = cfg.dream
+    if dcfg.init == "corpus" and not dcfg.corpus_init:
+        starts = corpus_starts(ex.top if ex is not None else [], dcfg.length)
+        if not starts:
+            raise FeatvizError("--init corpus found no exemplar to start from in the scanned "
+                               "corpus; scan more (--corpus-tokens) or use --init model")
+        dcfg = replace(dcfg, corpus_init=starts)
+    res = dream(handle, t, dcfg, progress=progress)
     mx = ex.max if ex is not None else None
     return QueryResult(dream=res, exemplars=ex, corpus_max=mx,
                        ratio_fluent=_ratio(res.best_fluent, mx), ratio_best=_ratio(res.best, mx),
                        model=handle.describe())
+
+
+def corpus_starts(exemplars, length: int) -> list[list[int]]:
+    """Warm starts for ``--init corpus``: from each exemplar, the ``length`` tokens that end
+    at its peak (the window's first ``length`` after BOS when the peak comes earlier), so
+    a last-position target starts on the real text that fired it most.  Windows with fewer
+    than ``length`` tokens after BOS are skipped."""
+    out = []
+    for e in exemplars:
+        body = list(e.token_ids)[1:]                  # BOS dropped
+        if len(body) < length:
+            continue
+        end = max(length, min(int(e.peak), len(body)))
+        out.append(body[end - length:end])
+    return out
 
 
 # ---- configs (YAML presets) ----

@@ -18,7 +18,9 @@ def add_query_parser(sub, common):
     q.add_argument("--seed", type=int)
     q.add_argument("--xe-cap", dest="xe_cap", type=float)
     q.add_argument("--budget-seconds", dest="budget_seconds", type=float)
-    q.add_argument("--init", choices=["model", "random", "corpus"])
+    q.add_argument("--init", choices=["model", "random", "corpus"],
+                   help="start from model samples (default), random tokens, or the top "
+                        "exemplars of this query's corpus scan (a warm start)")
     q.add_argument("--backend", choices=["auto", "jax", "torch"],
                    help="relaxation backend (default torch; auto = JAX where supported)")
     q.add_argument("--prefix")
@@ -51,9 +53,6 @@ def cmd_query(args) -> int:
     if not spec:
         raise FeatvizError("give a target, e.g. --target mlp:12:345")
     parse_targets(spec)                      # syntax first, before any model work
-    if cfg.dream.init == "corpus":
-        raise FeatvizError("--init corpus is available from the Python API (DreamConfig."
-                           "corpus_init); the CLI starts from model samples or random tokens")
     handle = load_model(args.model, trust_remote_code=args.trust_remote_code)
     target = parse_target(spec, handle)
     res = query(target, cfg, model=handle)

@@ -112,6 +112,8 @@ def test_bad_configs(llama, kw, msg):
     (["query"], "give a target"),
     (["query", "--target", "mlp:1:1", "--config", "nope.yaml"], "does not exist"),
     (["query", "--target", "mlp:1:1", "--steps", "x"], "invalid int value"),
+    (["query", "--target", "mlp:1:1", "--init", "corpus", "--corpus-tokens", "0"],
+     "--init corpus starts from the top corpus exemplars"),
 ])
 def test_query_cli_errors(args, msg, capsys):
     assert main(args) == 2
@@ -149,6 +151,24 @@ def test_query_python_api(llama, tmp_path):
     assert len(q.exemplars.top) == 3 and q.corpus_max == q.exemplars.top[0].value
     doc = q.to_json(llama)
     assert doc["exemplars"]["top"][0]["tokens"][0] == "<bos>"
+
+
+def test_query_corpus_warm_start(llama, tmp_path):
+    """--init corpus dreams from the scanned exemplars: the tokens ending at each peak."""
+    from featviz.exemplars import Exemplar
+    from featviz.query import QueryConfig, corpus_starts, query
+    ex = [Exemplar(1.0, 4, 0, [0, 11, 12, 13, 14, 15, 16], []),     # peak at token 14
+          Exemplar(0.5, 1, 1, [0, 21, 22, 23, 24], []),             # peak before `length`
+          Exemplar(0.2, 2, 2, [0, 31, 32], [])]                     # too short: skipped
+    assert corpus_starts(ex, 3) == [[12, 13, 14], [21, 22, 23]]
+    (tmp_path / "c.txt").write_text("the cat sat on the mat. " * 40)
+    cfg = QueryConfig(dream=DreamConfig(**{**FAST, "init": "corpus"}),
+                      corpus=str(tmp_path / "c.txt"), corpus_tokens=200, window=10, top_k=3)
+    q = query("mlp:1:2@last", cfg, model=llama, progress=False)
+    start = corpus_starts(q.exemplars.top, FAST["length"])[0]
+    vals, _ = evaluate_ids(llama, [featviz.parse_target("mlp:1:2@last", llama)], [start])
+    assert q.dream.best.activation >= float(vals[0, 0]) - 1e-4   # the start was scored
+    assert q.dream.config["init"] == "corpus" and "corpus_init" not in q.dream.config
 
 
 @pytest.mark.slow
