@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .discretize import (Archive, Tokens, crossover, evaluate, onehot_grads, propose,
                          rotations, select, sweep_last)
 from .errors import FeatvizError
-from .objective import CAP_PENALTY, combine, exact_scores, lambdas
+from .objective import combine, exact_scores, lambdas
 from .beam import beam_search
 from .relax import relax, sample_from_model
 from .targets import PerRow, Target, as_target
@@ -167,16 +167,6 @@ def _row_params(cfg: DreamConfig, device):
     lam_t = torch.tensor([0.0] * len(caps) + lam, device=device)
     cap_t = torch.tensor(caps + [math.inf] * len(lam), device=device)
     return lam_t, cap_t
-
-
-def cap_penalties(lam, cap, archive: Archive):
-    """Each capped row's mu (carried in its lambda, see ``objective.combine``): CAP_PENALTY
-    activation units per nat above the cap, times the target's activation scale (the
-    largest |activation| among the initial candidates, at least 1), so a nat of fluency
-    costs the same share of the activation for a neuron firing at 20 as at 1."""
-    acts = [abs(a) for a, _ in archive.entries.values() if math.isfinite(a)]
-    scale = max([1.0] + acts)
-    return torch.where(torch.isfinite(cap), torch.full_like(lam, CAP_PENALTY * scale), lam)
 
 
 def _stable_unique(tokens: Tokens, ids: torch.Tensor, archive: Archive | None = None):
@@ -394,8 +384,6 @@ class _Search:
             self.score_into_archive(rot)
         if not self.archive.entries:
             return None
-        if r == 0:
-            self.lam = cap_penalties(self.lam, self.cap, self.archive)
         return _population(self.archive, self.lam, self.cap, self.dev)
 
     # -- stage 3: discretize: argmax snapshots + hard samples from theta --
@@ -612,7 +600,6 @@ def dream_many(handle, targets, config: DreamConfig | None = None, *,
         if r > 0 and relax_budget is not None and clock.elapsed() >= relax_budget:
             break
         inits = [s.start(r) for s in searches]
-        lam = torch.cat([s.lam for s in searches])     # capped rows' mu set by the init
         if all(i is None for i in inits) or cfg.steps == 0 or cfg.relax_fraction == 0 or (
                 relax_budget is not None and clock.elapsed() >= relax_budget):
             continue

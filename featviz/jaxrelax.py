@@ -59,8 +59,7 @@ def combine(act, xe, lam, cap):
     import jax.numpy as jnp
     capped = jnp.isfinite(cap)
     pen_lam = jnp.where(lam > 0, lam * xe, 0.0)
-    mu = jnp.where(lam > 0, lam, CAP_PENALTY)     # a capped row's lambda is its mu
-    pen_cap = mu * jnp.maximum(xe - jnp.where(capped, cap, 0.0), 0.0)
+    pen_cap = CAP_PENALTY * jnp.maximum(xe - jnp.where(capped, cap, 0.0), 0.0)
     return act - jnp.where(capped, pen_cap, pen_lam)
 
 

@@ -3,8 +3,7 @@
 score = target - lambda * xe          (EPO's trade-off, one lambda per batch row)
 score = target - mu * relu(xe - cap)  (an epsilon-constraint row: best activation under a cap)
 
-A row whose ``cap`` is finite uses the second form, with mu = that row's lambda when it
-is positive, else CAP_PENALTY (the search sets mu from the target's activation scale).  Everything here works for soft
+A row whose ``cap`` is finite uses the second form.  Everything here works for soft
 inputs (inputs_embeds from a relaxation) and hard inputs (one-hot rows).
 """
 from __future__ import annotations
@@ -15,7 +14,7 @@ import torch
 
 from .readout import run, xe_from_logits
 
-CAP_PENALTY = 4.0   # default mu: activation units per nat above the cap
+CAP_PENALTY = 4.0   # mu: activation units per nat above the cap
 
 
 def soft_xe(logits: torch.Tensor, probs: torch.Tensor, start: int) -> torch.Tensor:
@@ -33,8 +32,7 @@ def combine(act: torch.Tensor, xe: torch.Tensor | None, lam: torch.Tensor,
         return act
     capped = torch.isfinite(cap)
     pen_lam = torch.where(lam > 0, lam * xe, torch.zeros_like(xe))   # 0 * inf -> 0
-    mu = torch.where(lam > 0, lam, torch.full_like(lam, CAP_PENALTY))
-    pen_cap = mu * torch.relu(xe - torch.where(capped, cap, torch.zeros_like(cap)))
+    pen_cap = CAP_PENALTY * torch.relu(xe - torch.where(capped, cap, torch.zeros_like(cap)))
     return act - torch.where(capped, pen_cap, pen_lam)
 
 

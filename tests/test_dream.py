@@ -222,28 +222,3 @@ def test_dream_many_shares_one_relaxation(llama):
     assert [strip(r) for r in dream_many(llama, specs, no_relax, progress=False)] == solo
     with pytest.raises(FeatvizError, match="at least one target"):
         dream_many(llama, [], cfg, progress=False)
-
-
-def test_cap_penalty_follows_the_activation_scale():
-    """A capped row's mu rides in its lambda (CAP_PENALTY when 0); the search sets it to
-    CAP_PENALTY times the largest |activation| seen at init (at least 1), so one nat above
-    the cap costs the same share of a neuron's activation at any scale; JAX agrees."""
-    from featviz.discretize import Archive
-    from featviz.dream import cap_penalties
-    from featviz.objective import CAP_PENALTY, combine
-    inf = float("inf")
-    act, xe = torch.tensor([10.0, 10.0, 10.0]), torch.tensor([7.5, 7.5, 7.5])
-    lam, cap = torch.tensor([0.0, 8.0, 0.5]), torch.tensor([6.5, 6.5, inf])
-    assert combine(act, xe, lam, cap).tolist() == [10 - CAP_PENALTY, 2.0, 10 - 0.5 * 7.5]
-    arch = Archive()
-    arch.add(torch.tensor([[1], [2], [3]]), torch.tensor([3.0, -20.0, float("nan")]),
-             torch.tensor([5.0, 9.0, 4.0]))
-    assert cap_penalties(lam, cap, arch).tolist() == [CAP_PENALTY * 20, CAP_PENALTY * 20, 0.5]
-    small = Archive()
-    small.add(torch.tensor([[1]]), torch.tensor([0.3]), torch.tensor([5.0]))
-    assert cap_penalties(lam, cap, small).tolist() == [CAP_PENALTY, CAP_PENALTY, 0.5]
-    jax = pytest.importorskip("jax")
-    from featviz.jaxrelax import combine as jcombine
-    got = jcombine(jax.numpy.asarray(act.numpy()), jax.numpy.asarray(xe.numpy()),
-                   jax.numpy.asarray(lam.numpy()), jax.numpy.asarray(cap.numpy()))
-    assert [round(float(v), 5) for v in got] == [10 - CAP_PENALTY, 2.0, 10 - 0.5 * 7.5]
