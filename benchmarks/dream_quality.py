@@ -56,7 +56,8 @@ def run_one(handle, spec, method, budget, seed):
     if isinstance(how, dict):
         kw = {"budget_seconds": budget, "steps": 10 ** 6, "swap_iters": 10 ** 6, "seed": seed}
         if how.get("init") == "corpus":     # the 12 tokens ending at each top window's peak
-            kw["corpus_init"] = [handle.encode(t)[-12:] for t in CORPUS_TOP[spec]]
+            kw["corpus_init"] = [ids[-12:] for ids in map(handle.encode, CORPUS_TOP[spec])
+                                 if len(ids) >= 12]
         cfg = DreamConfig(**{**kw, **how})
         res = dream(handle, target, cfg, progress=False)
         best = {c: (res.best if c == math.inf else res.best_at.get(c)) for c in CAPS}

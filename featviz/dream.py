@@ -93,6 +93,9 @@ class DreamConfig:
             bad(f"--init must be model, random or corpus, got '{self.init}'")
         if self.init == "corpus" and not self.corpus_init:
             bad("--init corpus needs corpus windows to start from")
+        if self.init == "corpus" and any(len(r) < self.length for r in self.corpus_init):
+            bad(f"every corpus_init row needs at least --length {self.length} tokens; the "
+                f"shortest has {min(len(r) for r in self.corpus_init)}")
         if not 0 <= self.relax_fraction <= 1:
             bad("relax_fraction must lie in [0, 1]")
         if self.tau0 <= 0 or self.tau1 <= 0:

@@ -97,6 +97,7 @@ def test_prefix_and_suffix(llama):
     ({"steps": -1}, "must not be negative"),
     ({"budget_seconds": 0}, "must be positive"),
     ({"init": "corpus"}, "needs corpus windows"),
+    ({"init": "corpus", "corpus_init": [[5] * 12, [5] * 3]}, "the shortest has 3"),
 ])
 def test_bad_configs(llama, kw, msg):
     with pytest.raises(FeatvizError, match=msg):
