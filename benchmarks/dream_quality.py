@@ -44,6 +44,8 @@ METHODS = {
     "featviz-lean": {"sweep": 64, "children": 16},   # cheaper swap iterations, more of them
     "featviz-corpus-init": {"init": "corpus"},       # warm start from the corpus's top windows
                                                      # (sees corpus text: its own rows)
+    "featviz-distinct": {"distinct": 3, "caps": (5.0, 6.5, 6.5, 6.5)},   # fluent rows kept
+                                                     # in different basins
     "epo": run_epo,
     "gcg": run_gcg,
 }

@@ -6,12 +6,13 @@ score here is an exact forward pass on hard tokens.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from .objective import combine, needs_fluency
-from .readout import run, xe_from_logits
+from .readout import run, xe_of
 
 
 @dataclass
@@ -87,11 +88,12 @@ def evaluate(tokens: Tokens, target, ids: torch.Tensor, batch_size: int = 64,
     with torch.no_grad():
         for i in range(0, ids.shape[0], batch_size):
             full = tokens.full(ids[i:i + batch_size])
-            caps, logits = run(h, target.sites(), input_ids=full, need_logits=with_xe)
+            caps, logits = run(h, target.sites(), input_ids=full,
+                               need_logits=(s - 1, s - 1 + n) if with_xe else False)
             acts.append(target.evaluate(caps, h))
             pers.append(target.per_position(caps, h)[:, s:s + n])
             if with_xe:
-                xes.append(xe_from_logits(logits[:, :s + n], full[:, :s + n], s))
+                xes.append(xe_of(logits, full[:, s:s + n]))
     return torch.cat(acts), (torch.cat(xes) if with_xe else None), torch.cat(pers)
 
 
@@ -126,12 +128,12 @@ def onehot_grads(tokens: Tokens, target, ids: torch.Tensor, lam, cap):
     emb = h.model.get_input_embeddings()(full).detach()
     s, n = tokens.start, ids.shape[1]
     emb = torch.cat([emb[:, :s], x @ W, emb[:, s + n:]], 1)
-    caps, logits = run(h, target.sites(), inputs_embeds=emb, need_logits=True)
+    caps, logits = run(h, target.sites(), inputs_embeds=emb, need_logits=(s - 1, s - 1 + n))
     act = target.evaluate(caps, h)
-    xe = xe_from_logits(logits[:, :s + n], full[:, :s + n], s) if needs_fluency(lam, cap) else None
+    xe = xe_of(logits, full[:, s:s + n]) if needs_fluency(lam, cap) else None
     score = combine(act, xe, lam, cap)
     grad, = torch.autograd.grad(score.sum(), x)
-    return grad, logits[:, s - 1:s - 1 + n].detach()
+    return grad, logits.detach()
 
 
 def propose(ids: torch.Tensor, grad: torch.Tensor, lm_logits: torch.Tensor, mask: torch.Tensor,
@@ -227,6 +229,25 @@ def crossover(pop: torch.Tensor, act: torch.Tensor, xe: torch.Tensor, count: int
     return torch.where(keep, pop[a], pop[b])
 
 
-def select(scores_rows: torch.Tensor, pool_ids: torch.Tensor) -> torch.Tensor:
-    """Per row (one lambda each), the pool member with the best score: (P, n)."""
-    return pool_ids[scores_rows.argmax(dim=1)]
+def select_index(scores_rows: torch.Tensor, pool_ids: torch.Tensor,
+                 distance: int = 0) -> torch.Tensor:
+    """Per row (one lambda or cap each), the index of its pool member: the best by the
+    row's score, or with ``distance`` > 0 the best that differs in at least ``distance``
+    positions from every member chosen for an earlier row (rows are served in order; a
+    row with no such member takes its best).  Keeps rows that share a lambda or cap in
+    different basins instead of collapsing onto one sequence."""
+    best = scores_rows.argmax(dim=1)
+    if distance <= 0 or len(scores_rows) < 2:
+        return best
+    chosen = [int(best[0])]
+    for r in range(1, len(scores_rows)):
+        d = (pool_ids[None] != pool_ids[chosen][:, None]).sum(-1).min(0).values   # (P,)
+        s = torch.where(d >= distance, scores_rows[r], -math.inf)
+        i = int(s.argmax())
+        chosen.append(i if s[i] > -math.inf else int(best[r]))
+    return torch.tensor(chosen, device=pool_ids.device)
+
+
+def select(scores_rows: torch.Tensor, pool_ids: torch.Tensor, distance: int = 0) -> torch.Tensor:
+    """Per row, its pool member (see ``select_index``): (rows, n)."""
+    return pool_ids[select_index(scores_rows, pool_ids, distance)]

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .discretize import (Archive, Tokens, crossover, evaluate, onehot_grads, propose,
-                         rotations, select, sweep_last)
+                         rotations, select, select_index, sweep_last)
 from .errors import FeatvizError
 from .objective import combine, exact_scores, lambdas
 from .beam import beam_search
@@ -65,6 +65,8 @@ class DreamConfig:
     sweep: int | None = None        # tokens tried at the last position per row and iteration
                                     # (None: as many as ~1500 token-layers of compute allow)
     sweep_keep: int = 8             # of those, kept per row (best by the row's score)
+    distinct: int = 0               # population rows differ in at least this many tokens
+                                    # (0: each row takes its best, duplicates allowed)
     crossover: int = 16             # head-of-fluent + tail-of-strong children per iteration
     rotate: int = 8                 # rotation moves per iteration (last-position targets)
     xe_share: float = 0.35          # two-stage scoring: fluency only for the best children by
@@ -110,6 +112,8 @@ class DreamConfig:
             bad(f"vocab must be ascii or all, got '{self.vocab}'")
         if self.sweep is not None and self.sweep < 0:
             bad("sweep must not be negative")
+        if not isinstance(self.distinct, int) or not 0 <= self.distinct <= self.length:
+            bad(f"distinct must be an integer in [0, --length], got {self.distinct}")
         if self.children < 1 or self.k_grad < 1 or self.k_lm < 1:
             bad("children, k_grad and k_lm must be at least 1")
         if self.backend not in ("torch", "jax", "auto"):
@@ -271,13 +275,15 @@ def _scores_for_rows(act, xe, lam, cap):
     return combine(act[None], xe[None], lam[:, None], cap[:, None])
 
 
-def _population(archive: Archive, lam, cap, dev):
-    """Per row, the archived candidate with the best score for that row's lambda or cap."""
+def _population(archive: Archive, lam, cap, dev, distance: int = 0):
+    """Per row, the archived candidate with the best score for that row's lambda or cap
+    (rows kept ``distance`` tokens apart, see ``discretize.select_index``)."""
     keys = list(archive.entries)
     pool = torch.tensor(keys, device=dev)
     pa = torch.tensor([archive.entries[k][0] for k in keys], device=dev)
     px = torch.tensor([archive.entries[k][1] for k in keys], device=dev)
-    return select(_scores_for_rows(torch.nan_to_num(pa, nan=-math.inf), px, lam, cap), pool)
+    return select(_scores_for_rows(torch.nan_to_num(pa, nan=-math.inf), px, lam, cap), pool,
+                  distance)
 
 
 def _verify_many(handle, target, tokens: Tokens, keys, n, batch: int = 64) -> dict:
@@ -387,7 +393,7 @@ class _Search:
             self.score_into_archive(rot)
         if not self.archive.entries:
             return None
-        return _population(self.archive, self.lam, self.cap, self.dev)
+        return _population(self.archive, self.lam, self.cap, self.dev, self.cfg.distinct)
 
     # -- stage 3: discretize: argmax snapshots + hard samples from theta --
     def discretize(self, theta, snaps, trace):
@@ -411,7 +417,7 @@ class _Search:
         cfg, tokens, target, archive = self.cfg, self.tokens, self.target, self.archive
         lam, cap, dev, B, mask, gen = self.lam, self.cap, self.dev, self.B, self.mask, self.gen
         autocast = self.autocast
-        pop = _population(archive, lam, cap, dev)
+        pop = _population(archive, lam, cap, dev, cfg.distinct)
         pop_a = torch.tensor([archive.entries[tuple(k)][0] for k in pop.tolist()], device=dev)
         pop_x = torch.tensor([archive.entries[tuple(k)][1] for k in pop.tolist()], device=dev)
         t_swap = time.perf_counter()
@@ -452,7 +458,8 @@ class _Search:
                     archive.add(sk, sa, sx)
                     pop_all = torch.cat([pop, sk])
                     pa_all, px_all = torch.cat([pop_a, sa]), torch.cat([pop_x, sx])
-                    best = _scores_for_rows(pa_all, px_all, lam, cap).argmax(1)
+                    best = select_index(_scores_for_rows(pa_all, px_all, lam, cap), pop_all,
+                                        cfg.distinct)
                     pop, pop_a, pop_x = pop_all[best], pa_all[best], px_all[best]
             rot = self.take_rotations()
             if rot is not None:
@@ -479,7 +486,8 @@ class _Search:
                 pool_ids = torch.cat([pop, kids])
                 pool_a = torch.nan_to_num(torch.cat([pop_a, ka]), nan=-math.inf)
                 pool_x = torch.cat([pop_x, kx])
-                best = _scores_for_rows(pool_a, pool_x, lam, cap).argmax(1)
+                best = select_index(_scores_for_rows(pool_a, pool_x, lam, cap), pool_ids,
+                                    cfg.distinct)
                 pop, pop_a, pop_x = pool_ids[best], pool_a[best], pool_x[best]
             it += 1
             last = time.perf_counter() - t_it

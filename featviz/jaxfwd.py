@@ -209,13 +209,14 @@ def _rope(x, cos, sin):
     return x * cos + rot * sin
 
 
-def _attend(q, k, v, scale):
-    """q (B,T,H,hd), k/v (B,T,H,hd) -> z (B,T,H*hd), probs (B,H,T,T)."""
+def _attend(q, k, v, scale, offset: int = 0):
+    """q (B,T,H,hd) at positions offset.., k/v (B,offset+T,H,hd) -> z (B,T,H*hd),
+    probs (B,H,T,offset+T)."""
     import jax
     import jax.numpy as jnp
-    T = q.shape[1]
+    T, K = q.shape[1], k.shape[1]
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
-    causal = jnp.tril(jnp.ones((T, T), dtype=bool))
+    causal = jnp.arange(K)[None, :] <= (offset + jnp.arange(T))[:, None]
     s = jnp.where(causal, s, -jnp.inf)
     p = jax.nn.softmax(s, axis=-1)
     z = jnp.einsum("bhqk,bkhd->bqhd", p, v)
@@ -240,20 +241,27 @@ def _jitted():
     return jax.jit(_forward, static_argnums=(0, 3, 5, 6))
 
 
-def _forward(spec: Spec, params, inv_freq, rope_scale, x, sites, need_logits):
+def _last_layer(spec: Spec, sites, need_logits) -> int:
+    return spec.n_layers - 1 if need_logits or not sites else max(l for _, l in sites)
+
+
+def _blocks(spec: Spec, params, inv_freq, rope_scale, x, sites, stop: int, past=None,
+            keep_kv: bool = False):
+    """Blocks 0..stop on x (B, T, d) placed after ``past``'s positions (per layer (k, v) of
+    an earlier run, batch 1 or B).  Returns (captures, residual, per-layer (k, v) or None)."""
     import jax.numpy as jnp
     B, T, _ = x.shape
-    caps = {}
-    stop = spec.n_layers - 1 if need_logits or not sites else max(l for _, l in sites)
+    off = 0 if past is None else past[0][0].shape[1]
+    caps, kvs = {}, []
     want = set(sites)
     if spec.arch == "llama":
-        pos = jnp.arange(T, dtype=jnp.float32)
+        pos = jnp.arange(off, off + T, dtype=jnp.float32)
         freqs = pos[:, None] * jnp.asarray(inv_freq)[None]
         emb = jnp.concatenate([freqs, freqs], axis=-1)
         cos, sin = jnp.cos(emb) * rope_scale, jnp.sin(emb) * rope_scale
         cos, sin = cos[None, :, None], sin[None, :, None]
     else:
-        x = x + params["pos"][:T][None]
+        x = x + params["pos"][off:off + T][None]
     rep = spec.n_heads // spec.n_kv
     for l in range(stop + 1):
         p = params["layers"][l]
@@ -263,18 +271,25 @@ def _forward(spec: Spec, params, inv_freq, rope_scale, x, sites, need_logits):
             k = _lin(h, p["k"], p["kb"]).reshape(B, T, spec.n_kv, spec.head_dim)
             v = _lin(h, p["v"], p["vb"]).reshape(B, T, spec.n_kv, spec.head_dim)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            if rep > 1:
-                k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
-            z, probs = _attend(q, k, v, spec.scale)
+        else:
+            h = _ln(x, p["ln1"], p["ln1b"], spec.eps)
+            qkv = mm(h, p["qkv"]) + p["qkvb"]
+            q, k, v = (t.reshape(B, T, spec.n_heads, spec.head_dim) for t in jnp.split(qkv, 3, -1))
+        if keep_kv:
+            kvs.append((k, v))
+        if past is not None:
+            pk, pv = past[l]
+            k = jnp.concatenate([jnp.broadcast_to(pk, (B,) + pk.shape[1:]), k], 1)
+            v = jnp.concatenate([jnp.broadcast_to(pv, (B,) + pv.shape[1:]), v], 1)
+        if rep > 1:
+            k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
+        z, probs = _attend(q, k, v, spec.scale, off)
+        if spec.arch == "llama":
             x = x + _lin(z, p["o"], p["ob"])
             h = _rms(x, p["ln2"], spec.eps)
             post = _act(spec.act, _lin(h, p["gate"])) * _lin(h, p["up"])
             x = x + _lin(post, p["down"])
         else:
-            h = _ln(x, p["ln1"], p["ln1b"], spec.eps)
-            qkv = mm(h, p["qkv"]) + p["qkvb"]
-            q, k, v = (t.reshape(B, T, spec.n_heads, spec.head_dim) for t in jnp.split(qkv, 3, -1))
-            z, probs = _attend(q, k, v, spec.scale)
             x = x + mm(z, p["o"]) + p["ob"]
             h = _ln(x, p["ln2"], p["ln2b"], spec.eps)
             post = _act(spec.act, mm(h, p["fc"]) + p["fcb"])
@@ -282,13 +297,60 @@ def _forward(spec: Spec, params, inv_freq, rope_scale, x, sites, need_logits):
         for key, val in ((Z, z), (PATTERN, probs), (MLP_POST, post), (RESID_POST, x)):
             if (key, l) in want:
                 caps[(key, l)] = val
+    return caps, x, (kvs if keep_kv else None)
+
+
+def _unembed(spec: Spec, params, x):
+    if spec.arch == "llama":
+        h = _rms(x, params["norm"], spec.eps)
+    else:
+        h = _ln(x, params["norm"], params["normb"], spec.eps)
+    return mm(h, params["unembed"].T)
+
+
+def _forward(spec: Spec, params, inv_freq, rope_scale, x, sites, need_logits):
+    """``need_logits``: False, True (every position) or a static (lo, hi) pair: logits of
+    positions lo..hi-1 only (the unembedding is a large share of a step; positions whose
+    next-token distribution nobody reads are not computed)."""
+    caps, x, _ = _blocks(spec, params, inv_freq, rope_scale, x, sites,
+                         _last_layer(spec, sites, need_logits))
     logits = None
     if need_logits:
-        if spec.arch == "llama":
-            h = _rms(x, params["norm"], spec.eps)
+        if isinstance(need_logits, tuple):
+            x = x[:, need_logits[0]:need_logits[1]]
+        logits = _unembed(spec, params, x)
+    return caps, logits
+
+
+def forward_after(spec: Spec, params, inv_freq, rope_scale, fixed, x, sites, need_logits):
+    """``_forward`` on concat(fixed, x) for a start ``fixed`` (1, P, d) shared by every row
+    (BOS and the prefix): the start runs once at batch 1 and the rows attend to its keys
+    and values, so a step does the model's work on x's positions only.  Returns the same
+    captures and logits as ``_forward`` on the concatenation (tests/test_jax.py)."""
+    import jax.numpy as jnp
+    B, T = x.shape[:2]
+    P = fixed.shape[1]
+    stop = _last_layer(spec, sites, need_logits)
+    pc, xp, kv = _blocks(spec, params, inv_freq, rope_scale, fixed, sites, stop, keep_kv=True)
+    sc, xs, _ = _blocks(spec, params, inv_freq, rope_scale, x, sites, stop, past=kv)
+    caps = {}
+    for key, val in sc.items():
+        head = pc[key]
+        if key[0] == PATTERN:             # the start's queries never see x's keys
+            head = jnp.pad(head, ((0, 0), (0, 0), (0, 0), (0, T)))
+            caps[key] = jnp.concatenate([jnp.broadcast_to(head, (B,) + head.shape[1:]), val], 2)
         else:
-            h = _ln(x, params["norm"], params["normb"], spec.eps)
-        logits = mm(h, params["unembed"].T)
+            caps[key] = jnp.concatenate([jnp.broadcast_to(head, (B,) + head.shape[1:]), val], 1)
+    logits = None
+    if need_logits:
+        lo, hi = need_logits if isinstance(need_logits, tuple) else (0, P + T)
+        parts = []
+        if lo < P:
+            lp = _unembed(spec, params, xp[:, lo:min(hi, P)])
+            parts.append(jnp.broadcast_to(lp, (B,) + lp.shape[1:]))
+        if hi > P:
+            parts.append(_unembed(spec, params, xs[:, max(lo - P, 0):hi - P]))
+        logits = parts[0] if len(parts) == 1 else jnp.concatenate(parts, 1)
     return caps, logits
 
 

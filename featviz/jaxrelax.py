@@ -17,7 +17,8 @@ import time
 
 import numpy as np
 
-from .jaxfwd import JaxModel, _forward, canonical, directions_for, embed_matrix, evaluate, mm
+from .jaxfwd import (JaxModel, canonical, directions_for, embed_matrix, evaluate, forward_after,
+                     mm)
 from .objective import CAP_PENALTY
 from .relax import RelaxTrace, schedule
 
@@ -131,13 +132,15 @@ def _core_objective(jm: JaxModel, canon, *, pre, suf, n: int, hard: bool, fluenc
         else:
             emb = mm(y, embed_matrix(params))
         B = theta.shape[0]
-        parts = [jnp.broadcast_to(E[jnp.asarray(pre)][None], (B, len(pre), E.shape[1])), emb]
         if suf:
-            parts.append(jnp.broadcast_to(E[jnp.asarray(suf)][None], (B, len(suf), E.shape[1])))
-        caps, logits = _forward(spec, params, inv, scale, jnp.concatenate(parts, 1), sites, fluency)
+            emb = jnp.concatenate(
+                [emb, jnp.broadcast_to(E[jnp.asarray(suf)][None], (B, len(suf), E.shape[1]))], 1)
+        # BOS + prefix run once (batch 1); the rows attend to their keys and values
+        caps, logits = forward_after(spec, params, inv, scale, E[jnp.asarray(pre)][None], emb,
+                                     sites, (start - 1, start - 1 + n) if fluency else False)
         act = evaluate(canon, caps, jm, directions, indices=idx)
         if fluency:
-            logp = jax.nn.log_softmax(logits[:, start - 1:start - 1 + n], axis=-1)
+            logp = jax.nn.log_softmax(logits, axis=-1)
             xe = -(y * logp).sum(-1).mean(-1)
             score = combine(act, xe, lam, cap)
         else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .jaxfwd import _forward, canonical, directions_for, evaluate, per_position, to_jax
+from .jaxfwd import canonical, directions_for, evaluate, forward_after, per_position, to_jax
 from .jaxrelax import _st_embed, combine, shared
 
 _MIN_BUCKET = 8
@@ -30,10 +30,11 @@ def bucket(b: int, largest: int = 64) -> int:
 
 
 def _xe(logits, full, s, n):
-    """discretize's xe: mean next-token cross-entropy of positions s..s+n-1."""
+    """discretize's xe: mean next-token cross-entropy of positions s..s+n-1, from the
+    logits of positions s-1..s+n-2 (``_forward``'s need_logits=(s - 1, s - 1 + n))."""
     import jax
     import jax.numpy as jnp
-    logp = jax.nn.log_softmax(logits[:, s - 1:s - 1 + n], axis=-1)
+    logp = jax.nn.log_softmax(logits, axis=-1)
     tgt = full[:, s:s + n]
     return -jnp.take_along_axis(logp, tgt[..., None], -1)[..., 0].mean(-1)
 
@@ -47,7 +48,9 @@ def _score_fns(jm, canon, s: int, n: int, dirs):
     spec, inv, scale = jm.spec, jm.inv_freq, jm.rope_scale
 
     def scores(params, full, idx, with_xe):
-        caps, logits = _forward(spec, params, inv, scale, params["embed"][full], sites, with_xe)
+        E = params["embed"]                  # rows share BOS + prefix (full[:, :s])
+        caps, logits = forward_after(spec, params, inv, scale, E[full[:1, :s]], E[full[:, s:]],
+                                     sites, (s - 1, s - 1 + n) if with_xe else False)
         act = evaluate(canon, caps, jm, dirs, indices=idx)
         per = per_position(canon, caps, jm, dirs, indices=idx)[:, s:s + n]
         xe = _xe(logits, full, s, n) if with_xe else jnp.full_like(act, jnp.nan)
@@ -59,11 +62,12 @@ def _score_fns(jm, canon, s: int, n: int, dirs):
         onehot = jax.nn.one_hot(ids, E.shape[0], dtype=E.dtype)
 
         def score(x):
-            x_full = E[full].at[:, s:s + n].set(_st_embed(x, params, ids))   # gather forward
-            caps, logits = _forward(spec, params, inv, scale, x_full, sites, True)
+            rest = E[full[:, s:]].at[:, :n].set(_st_embed(x, params, ids))   # gather forward
+            caps, logits = forward_after(spec, params, inv, scale, E[full[:1, :s]], rest, sites,
+                                         (s - 1, s - 1 + n))
             act = evaluate(canon, caps, jm, dirs, indices=idx)
             xe = _xe(logits, full, s, n)          # through the model only, as in torch
-            return combine(act, xe, lam, cap).sum(), logits[:, s - 1:s - 1 + n]
+            return combine(act, xe, lam, cap).sum(), logits
         return jax.grad(score, has_aux=True)(onehot)
     return jax.jit(scores, static_argnums=(3,)), jax.jit(grads)
 

@@ -17,11 +17,10 @@ from .readout import run, xe_from_logits
 CAP_PENALTY = 4.0   # mu: activation units per nat above the cap
 
 
-def soft_xe(logits: torch.Tensor, probs: torch.Tensor, start: int) -> torch.Tensor:
-    """Soft cross-entropy of soft tokens ``probs`` (batch, n, V) at sequence positions
-    start..start+n-1, under the model's next-token distribution.  Returns (batch,)."""
-    n = probs.shape[1]
-    logp = torch.log_softmax(logits[:, start - 1:start - 1 + n].float(), dim=-1)
+def soft_xe(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy of soft tokens ``probs`` (batch, n, V) under the model's
+    next-token logits (batch, n, V) predicting them.  Returns (batch,)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
     return -(probs * logp).sum(-1).mean(-1)
 
 
@@ -48,9 +47,11 @@ def forward_scores(handle, target, embeds: torch.Tensor, probs: torch.Tensor, st
     (batch, n, V) distribution of the optimised tokens starting at ``start``.
     """
     fluency = needs_fluency(lam, cap)
-    caps, logits = run(handle, target.sites(), inputs_embeds=embeds, need_logits=fluency)
+    n = probs.shape[1]                      # logits only where they predict a soft token
+    caps, logits = run(handle, target.sites(), inputs_embeds=embeds,
+                       need_logits=(start - 1, start - 1 + n) if fluency else False)
     act = target.evaluate(caps, handle)
-    xe = soft_xe(logits, probs, start) if fluency else None
+    xe = soft_xe(logits, probs) if fluency else None
     return combine(act, xe, lam, cap), act, xe, logits
 
 

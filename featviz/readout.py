@@ -34,13 +34,33 @@ def _attn_impl(handle, impl: str | None):
         model.set_attn_implementation(old)
 
 
-def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits: bool = False,
+def _keeps_logits(handle) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` as a tensor of positions."""
+    if "keeps_logits" not in handle.cache:
+        import inspect
+        try:
+            ok = "logits_to_keep" in inspect.signature(handle.model.forward).parameters
+        except (TypeError, ValueError):
+            ok = False
+        handle.cache["keeps_logits"] = ok
+    return handle.cache["keeps_logits"]
+
+
+def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits=False,
         model_kwargs: dict | None = None):
     """One forward pass; returns ({(site, layer): tensor}, logits or None).
 
     ``input_ids`` / ``inputs_embeds`` must already start with BOS.  Gradients flow
-    through the captured tensors when the inputs carry them.
+    through the captured tensors when the inputs carry them.  ``need_logits``: False,
+    True (every position) or (lo, hi): logits of positions lo..hi-1 only (the
+    unembedding skips the others where the model supports it).
     """
+    span = need_logits if isinstance(need_logits, tuple) else None
+    if span is not None and _keeps_logits(handle):
+        dev = (input_ids if input_ids is not None else inputs_embeds).device
+        model_kwargs = {**(model_kwargs or {}),
+                        "logits_to_keep": torch.arange(span[0], span[1], device=dev)}
+        span = None
     sites = set(sites)
     caps: dict = {}
     hooks = []
@@ -84,6 +104,8 @@ def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits: bool 
     finally:
         for h in hooks:
             h.remove()
+    if span is not None and logits is not None:
+        logits = logits[:, span[0]:span[1]]
     return caps, logits
 
 
@@ -96,15 +118,20 @@ def with_bos(handle, ids) -> torch.Tensor:
     return torch.cat([bos, ids], dim=1)
 
 
+def xe_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats) of ``targets`` (batch, n) under ``logits`` (batch, n, V)
+    that predict them position by position.  Returns shape (batch,)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -logp.gather(-1, targets[..., None])[..., 0].mean(dim=-1)
+
+
 def xe_from_logits(logits: torch.Tensor, ids: torch.Tensor, start: int = 1) -> torch.Tensor:
     """Mean next-token cross-entropy (nats) of ids[:, start:] given the model's logits.
 
     Position ``start`` is predicted from everything before it (the BOS-only
     context included when start = 1).  Returns shape (batch,).
     """
-    logp = torch.log_softmax(logits[:, start - 1:-1].float(), dim=-1)
-    tgt = ids[:, start:]
-    return -logp.gather(-1, tgt[..., None])[..., 0].mean(dim=-1)
+    return xe_of(logits[:, start - 1:-1], ids[:, start:])
 
 
 @dataclass

@@ -45,6 +45,31 @@ def readings_agree(h, specs, text, tol=1e-4, tmp_path=None):
     np.testing.assert_allclose(np.asarray(logits), want_logits.numpy(), atol=tol * 10, rtol=1e-4)
 
 
+@pytest.mark.parametrize("P,logits", [(1, False), (1, (0, 6)), (3, (2, 6)), (3, True),
+                                       (3, (4, 7))])
+def test_forward_after_a_shared_start_is_the_same_run(tiny, P, logits):
+    """BOS + prefix run once at batch 1, the rows after them: same captures, same logits."""
+    from featviz.jaxfwd import _forward, forward_after
+    from featviz.targets import MLP_POST, PATTERN, RESID_POST, Z
+    jm = to_jax(tiny)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, tiny.vocab_size, (3, 8))
+    ids[:, :P] = ids[0, :P]                                       # a start all rows share
+    x = embed_ids(jm, ids)
+    sites = frozenset({(MLP_POST, 1), (PATTERN, 2), (Z, 0), (RESID_POST, 2)})
+    args = (jm.spec, jm.params, jm.inv_freq, jm.rope_scale)
+    want_c, want_l = _forward(*args, x, sites, logits)
+    got_c, got_l = forward_after(*args, x[:1, :P], x[:, P:], sites, logits)
+    assert set(got_c) == set(want_c)
+    for k in want_c:
+        np.testing.assert_allclose(np.asarray(got_c[k]), np.asarray(want_c[k]), atol=1e-5,
+                                   err_msg=str(k))
+    if logits is False:
+        assert got_l is None and want_l is None
+    else:
+        np.testing.assert_allclose(np.asarray(got_l), np.asarray(want_l), atol=1e-4)
+
+
 def test_every_target_kind_reads_the_same(tiny, tmp_path):
     readings_agree(tiny, SPECS, "The quick brown fox jumps over the lazy dog.", tmp_path=tmp_path)
 
@@ -56,22 +81,30 @@ def test_embedded_model_reads_the_same(smollm, tmp_path):
                    tol=2e-4, tmp_path=tmp_path)
 
 
-def _torch_objective(h, t, theta, noise, tau, lam, cap, mask, n, hard):
+def _torch_objective(h, t, theta, noise, tau, lam, cap, mask, n, hard, pre=None, suf=()):
     bias = torch.where(mask, 0.0, -1e9)
     g = -torch.log(-torch.log(noise.clamp(1e-10, 1.0)))
     y = torch.softmax((theta + bias + g) / tau, -1)
     if hard:
         y = torch.zeros_like(y).scatter_(-1, y.argmax(-1, keepdim=True), 1.0) + y - y.detach()
     E = h.embedding
-    full = torch.cat([E[torch.tensor([h.bos_id])][None].expand(theta.shape[0], 1, -1), y @ E], 1)
-    score, act, xe, _ = forward_scores(h, t, full, y, 1, lam, cap)
+    pre = [h.bos_id] if pre is None else pre
+    B = theta.shape[0]
+    parts = [E[torch.tensor(pre)][None].expand(B, -1, -1), y @ E]
+    if suf:
+        parts.append(E[torch.tensor(list(suf))][None].expand(B, -1, -1))
+    score, act, xe, _ = forward_scores(h, t, torch.cat(parts, 1), y, len(pre), lam, cap)
     return score
 
 
-@pytest.mark.parametrize("hard", [False, True])
-def test_one_relaxation_step_matches_torch(tiny, hard):
+@pytest.mark.parametrize("hard,spec,pre,suf", [(False, "mlp:2:4", 0, 0), (True, "mlp:2:4", 0, 0),
+                                              (True, "head:1:2@max", 2, 1),
+                                              (False, "attn:2:3:1", 1, 2)])
+def test_one_relaxation_step_matches_torch(tiny, hard, spec, pre, suf):
     h = tiny
-    t = featviz.parse_target("mlp:2:4", h)
+    t = featviz.parse_target(spec, h)
+    pre = [h.bos_id] + [7 + i for i in range(pre)]              # BOS + a fixed prefix
+    suf = [11 + i for i in range(suf)]
     B, n, V = 4, 5, h.vocab_size
     mask = readable_mask(h)
     g = torch.Generator().manual_seed(0)
@@ -82,18 +115,18 @@ def test_one_relaxation_step_matches_torch(tiny, hard):
     cap = torch.tensor([np.inf, np.inf, np.inf, 5.0])
     tau = 0.7
     jm = to_jax(h)
-    obj = make_objective(jm, t, mask.numpy(), lam.numpy(), cap.numpy(), prefix_ids=[h.bos_id],
-                         suffix_ids=[], n=n, hard=hard)
+    obj = make_objective(jm, t, mask.numpy(), lam.numpy(), cap.numpy(), prefix_ids=pre,
+                         suffix_ids=suf, n=n, hard=hard)
     _, (js, _, _) = obj(jm.params, jnp.asarray(theta.numpy()), jnp.asarray(noise.numpy()), tau)
     th = theta.clone().requires_grad_(True)
-    ts = _torch_objective(h, t, th, noise, tau, lam, cap, mask, n, hard)
+    ts = _torch_objective(h, t, th, noise, tau, lam, cap, mask, n, hard, pre, suf)
     np.testing.assert_allclose(np.asarray(js), ts.detach().numpy(), atol=1e-3, rtol=1e-4)
     # one Adam step each, from the same theta and noise
     opt = torch.optim.Adam([th], lr=0.3)
     (-ts.sum()).backward()
     opt.step()
-    step, init = make_step(jm, t, mask.numpy(), lam.numpy(), cap.numpy(), prefix_ids=[h.bos_id],
-                           suffix_ids=[], n=n, hard=hard, lr=0.3)
+    step, init = make_step(jm, t, mask.numpy(), lam.numpy(), cap.numpy(), prefix_ids=pre,
+                           suffix_ids=suf, n=n, hard=hard, lr=0.3)
     jt = jnp.asarray(theta.numpy())
     jt2, _, _, _ = step(jm.params, jt, init(jt), key, jnp.float32(tau))
     # Adam's first update is lr * g / (|g| + eps): ill-conditioned where g is ~eps, so
@@ -101,7 +134,7 @@ def test_one_relaxation_step_matches_torch(tiny, hard):
     big = th.grad.abs().numpy() > 1e-5
     np.testing.assert_allclose(np.asarray(jt2)[big], th.detach().numpy()[big], atol=1e-3)
     _, (js2, _, _) = obj(jm.params, jt2, jnp.asarray(noise.numpy()), tau)
-    ts2 = _torch_objective(h, t, th.detach(), noise, tau, lam, cap, mask, n, hard)
+    ts2 = _torch_objective(h, t, th.detach(), noise, tau, lam, cap, mask, n, hard, pre, suf)
     np.testing.assert_allclose(np.asarray(js2), ts2.numpy(), atol=1e-3, rtol=1e-3)
 
 
@@ -214,7 +247,7 @@ def test_jitted_swap_scoring_matches_torch(tiny):
     from featviz.discretize import Tokens, evaluate as t_evaluate, onehot_grads
     from featviz.jaxscore import JaxScorer, bucket
     h = tiny
-    tokens = Tokens(h, h.encode("the")[:1], [])
+    tokens = Tokens(h, h.encode("the")[:1], h.encode(" end")[:1])
     n = 4
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(3, h.vocab_size, (6, n), generator=g)

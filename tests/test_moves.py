@@ -5,7 +5,7 @@ import torch
 from featviz import parse_target
 from featviz.beam import beam_search
 from featviz.discretize import (Archive, Tokens, crossover, evaluate, onehot_grads, propose,
-                                rotations, sweep_last)
+                                rotations, select_index, sweep_last)
 from featviz.vocab import readable_mask
 
 
@@ -80,6 +80,18 @@ def test_rotation_moves_peak_to_end():
     per = torch.tensor([[0.0, 9.0, 0.0, 0.0, 1.0]])
     assert rotations(ids, per, 2.0, 4).tolist() == [[3, 4, 5, 1, 2]]
     assert rotations(ids, per, 10.0, 4).shape[0] == 0
+
+
+def test_select_index_keeps_rows_apart():
+    pool = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 2], [5, 6, 7, 8], [5, 6, 0, 0]])
+    scores = torch.tensor([[4.0, 3.0, 2.0, 1.0]] * 3)       # three rows, same objective
+    assert select_index(scores, pool).tolist() == [0, 0, 0]
+    # distance 2: row 1 skips [1,1,1,2] (one token from row 0's pick); distance 3: row 2
+    # finds nothing three tokens from both picks and takes its best
+    assert select_index(scores, pool, 2).tolist() == [0, 2, 3]
+    assert select_index(scores, pool, 3).tolist() == [0, 2, 0]
+    assert select_index(scores, pool, 1).tolist() == [0, 1, 2]
+    assert select_index(scores[:1], pool, 3).tolist() == [0]
 
 
 def test_crossover_joins_head_and_tail():
