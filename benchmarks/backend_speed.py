@@ -89,31 +89,45 @@ def main():
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     h = model_for(args)
+    configs = [(layer, idx, fluency, B) for layer, idx in ((6, 308), (24, 1097))
+               for fluency in (False, True) for B in (8, 32, 128)]
+
+    def setup(layer, idx, fluency, B):
+        t = featviz.parse_target(f"mlp:{layer}:{idx}", h)
+        lam = torch.full((B,), 0.3 if fluency else 0.0)
+        return t, lam, (args.steps if B < 128 else max(2, args.steps // 2))
+
+    # every torch row first, before JAX starts its thread pool (XLA's idle worker threads
+    # would otherwise share the cores with torch's), then every JAX row
+    torch_t = {}
+    for c in configs:
+        t, lam, steps = setup(*c)
+        torch_t[c] = (torch_steps(h, t, c[3], 12, lam, steps, "fp32"),
+                      torch_steps(h, t, c[3], 12, lam, steps, "bf16"))
+        print(f"{c}: torch fp32 {1 / torch_t[c][0]:.2f}/s, bf16 {1 / torch_t[c][1]:.2f}/s",
+              flush=True)
     import jax
     jdev = jax.devices()[0]
     rows = []
-    for layer, idx in ((6, 308), (24, 1097)):
-        t = featviz.parse_target(f"mlp:{layer}:{idx}", h)
-        for fluency in (False, True):
-            for B in (8, 32, 128):
-                lam = torch.full((B,), 0.3 if fluency else 0.0)
-                steps = args.steps if B < 128 else max(2, args.steps // 2)
-                tt = torch_steps(h, t, B, 12, lam, steps, "fp32")
-                tb = torch_steps(h, t, B, 12, lam, steps, "bf16")
-                tj, _ = jax_steps(h, t, B, 12, lam, steps)
-                tjb, compile_s = jax_steps(h, t, B, 12, lam, steps, precision="bf16")
-                rows.append((layer, fluency, B, 1 / tt, 1 / tb, 1 / tj, 1 / tjb, tt / tj,
-                             tt / tjb, tb / tjb, compile_s))
-                print(f"layer {layer} fluency {fluency} batch {B}: torch fp32 {1 / tt:.2f}/s, "
-                      f"torch bf16 {1 / tb:.2f}/s, jax fp32 {1 / tj:.2f}/s, jax bf16 "
-                      f"{1 / tjb:.2f}/s ({tt / tjb:.2f}x torch fp32, {tb / tjb:.2f}x torch bf16), "
-                      f"first jax bf16 step {compile_s:.1f} s", flush=True)
+    for c in configs:
+        layer, _, fluency, B = c
+        t, lam, steps = setup(*c)
+        tt, tb = torch_t[c]
+        tj, _ = jax_steps(h, t, B, 12, lam, steps)
+        tjb, compile_s = jax_steps(h, t, B, 12, lam, steps, precision="bf16")
+        rows.append((layer, fluency, B, 1 / tt, 1 / tb, 1 / tj, 1 / tjb, tt / tj,
+                     tt / tjb, tb / tjb, compile_s))
+        print(f"layer {layer} fluency {fluency} batch {B}: torch fp32 {1 / tt:.2f}/s, "
+              f"torch bf16 {1 / tb:.2f}/s, jax fp32 {1 / tj:.2f}/s, jax bf16 "
+              f"{1 / tjb:.2f}/s ({tt / tjb:.2f}x torch fp32, {tb / tjb:.2f}x torch bf16), "
+              f"first jax bf16 step {compile_s:.1f} s", flush=True)
     where = (f"{platform.machine()}, {os.cpu_count()} cores" if args.device == "cpu" else
              f"torch on {torch.cuda.get_device_name(0)}, JAX on {jdev.device_kind}")
     lines = ["# Relaxation step speed: torch eager vs JAX (jit)", "",
              f"{where}, torch {torch.__version__}, jax {jax.__version__}, "
              f"model {h.name}, length 12, straight-through Gumbel-softmax + forward + backward + "
-             f"Adam; median over {args.steps} steps after one warm-up step. "
+             f"Adam; median over {args.steps} steps after one warm-up step; all torch rows run "
+             "before JAX is started. "
              "JAX bf16: weight matrices in bfloat16, products bf16 x bf16 -> f32 forward and "
              "backward, everything else float32 (what featviz's default search precision, "
              "bf16, runs on each backend).", "",
