@@ -47,7 +47,7 @@ def forward_scores(handle, target, embeds: torch.Tensor, probs: torch.Tensor, st
     (batch, n, V) distribution of the optimised tokens starting at ``start``.
     """
     fluency = needs_fluency(lam, cap)
-    n = probs.shape[1]                      # logits only where they predict a soft token
+    n = probs.shape[1]                      # the logits that predict the soft tokens
     caps, logits = run(handle, target.sites(), inputs_embeds=embeds,
                        need_logits=(start - 1, start - 1 + n) if fluency else False)
     act = target.evaluate(caps, handle)
