@@ -46,6 +46,8 @@ METHODS = {
                                                      # (sees corpus text: its own rows)
     "featviz-distinct": {"distinct": 3, "caps": (5.0, 6.5, 6.5, 6.5)},   # fluent rows kept
                                                      # in different basins
+    "featviz-focus": {"batch": 4, "caps": (6.0, 6.5)},   # fewer rows, all near the 6.5
+                                                     # cap: more swap iterations per row
     "epo": run_epo,
     "gcg": run_gcg,
 }
