@@ -34,11 +34,16 @@ def robustness(handle, target, text: str, k: int, mask) -> dict:
     base = float(_values_batched(handle, target, [row], span_start=1)[0])
     per = _attribute(handle, target, row, list(range(1, len(row))), None, base, k, mask,
                      span_start=1)
-    shares = [max(0.0, p["share"]) for p in per if p["share"] is not None]
+    # a share of a non-positive activation means nothing: such a prompt gets none
+    shares = [max(0.0, p["share"]) for p in per if p["share"] is not None] if base > 0 else []
     return {"activation": base, "shares": shares,
             "median_share": statistics.median(shares) if shares else None,
             "positions_over_half": sum(s > 0.5 for s in shares),
             "tokens": [p["token"] for p in per]}
+
+
+def fmt(v) -> str:
+    return "—" if v is None else f"{v:.2f}"
 
 
 def main():
@@ -65,7 +70,7 @@ def main():
                    which="fluent (xe ≤ 6.5)" if fluent else "any fluency")
         out.append(res)
         print(f"{r['target']} {r['method']}: {res['activation']:.2f}, median share lost "
-              f"{res['median_share']:.2f}, positions > 50 %: {res['positions_over_half']}",
+              f"{fmt(res['median_share'])}, positions > 50 %: {res['positions_over_half']}",
               flush=True)
     lines = [f"# One-token edits of the reported prompts (dream_quality_{args.tag}, "
              f"top-{args.alternatives} model alternatives)", "",
@@ -76,11 +81,12 @@ def main():
              "|---|---|---|---|---|---|"]
     for o in out:
         lines.append(f"| {o['target']} | {o['method']} ({o['which']}) | {repr(o['text']).replace('|', '&#124;')} | "
-                     f"{o['activation']:.2f} | {o['median_share']:.2f} | "
+                     f"{o['activation']:.2f} | {fmt(o['median_share'])} | "
                      f"{o['positions_over_half']}/{len(o['shares'])} |")
     by = {}
     for o in out:
-        by.setdefault(o["method"], []).append(o["median_share"])
+        if o["median_share"] is not None:
+            by.setdefault(o["method"], []).append(o["median_share"])
     lines.append("")
     for m, v in by.items():
         lines.append(f"- {m}: median over neurons of the median share lost "
