@@ -34,7 +34,7 @@ from .cache import mine_cached
 from .corpus import windows
 from .dream import DreamConfig, DreamResult, dream
 from .errors import FeatvizError
-from .exemplars import MineConfig, TargetExemplars
+from .exemplars import MineConfig, TargetExemplars, corpus_reference
 from .flags import Thresholds, fluency_gap, hidden_trigger, superstimulus
 from .readout import run
 from .targets import RESID_POST, Target, as_target
@@ -297,24 +297,28 @@ def _sample_windows(handle, cfg: AuditConfig, sizes: list[tuple[int, int]]) -> l
 
 
 # ---------------------------------------------------------------- the checks
-def _scalar_checks(ex: TargetExemplars, res: DreamResult, th: Thresholds) -> list[Check]:
+def _scalar_checks(ex: TargetExemplars, res: DreamResult, th: Thresholds, target) -> list[Check]:
     cmax = ex.max if math.isfinite(ex.max) else None
+    ref = corpus_reference(ex, target, **res.shape)     # like for like, or None and why
     best = res.best.activation if res.best else None
     fluent = res.best_fluent.activation if res.best_fluent else None
-    ratio = lambda v: v / cmax if v is not None and cmax and cmax > 0 else None  # noqa: E731
-    out = [Check("superstimulus", "flag" if superstimulus(fluent, cmax, th) else "ok",
-                 {"corpus_max": cmax, "best_fluent": fluent, "best": best,
-                  "ratio_fluent": ratio(fluent), "ratio_best": ratio(best)},
+    na = ref.value is None
+    sup = superstimulus(fluent, ref.value, th)
+    out = [Check("superstimulus", "n/a" if na else "flag" if sup else "ok",
+                 {"corpus_max": cmax, "corpus_reference": ref.to_json(), "best_fluent": fluent,
+                  "best": best, "ratio_fluent": ref.ratio(fluent), "ratio_best": ref.ratio(best)},
                  {"superstimulus": th.superstimulus},
-                 "fluent synthetic text far above anything in the corpus" if
-                 superstimulus(fluent, cmax, th) else "")]
-    trig = hidden_trigger(best, cmax, ex.density, th)
-    out.append(Check("hidden-trigger", "flag" if trig else "ok",
-                     {"density": ex.density, "corpus_max": cmax, "best": best,
+                 f"no like-for-like corpus figure: {ref.basis}" if na else
+                 "fluent synthetic text far above anything in the corpus" if sup else "")]
+    trig = hidden_trigger(best, ref.value, ex.density, th)
+    out.append(Check("hidden-trigger", "n/a" if na else "flag" if trig else "ok",
+                     {"density": ex.density, "corpus_max": cmax,
+                      "corpus_reference": ref.to_json(), "best": best,
                       "trigger_text": res.best.text if res.best else None,
                       "trigger_xe": res.best.xe if res.best else None},
                      {"silent_density": th.silent_density, "silent_rel": th.silent_rel,
                       "silent_abs": th.silent_abs},
+                     f"no like-for-like corpus figure: {ref.basis}" if na else
                      "the unit is (nearly) silent on the corpus yet synthetic text drives it"
                      if trig else ""))
     gap = fluency_gap(best, fluent, th)
@@ -481,7 +485,7 @@ def audit_one(handle, target: Target, ex: TargetExemplars, res: DreamResult, cfg
     syn_ids = list(syn.token_ids) if syn else []
     own = syn.activation if syn else None
     syn_full = [handle.bos_id] + syn_ids if syn_ids else []
-    checks = _scalar_checks(ex, res, cfg.thresholds)
+    checks = _scalar_checks(ex, res, cfg.thresholds, target)
     checks.append(_context_check(handle, target, syn_ids, own, ex, ctx_rows, cfg))
     syn_pos = 0
     if syn_full:
@@ -537,8 +541,11 @@ def _fmt(v, f=".3f"):
 def summary_line(name: str, f: dict) -> str:
     """One line of figures for a check (terminal table and HTML section)."""
     if name == "superstimulus":
-        return (f"fluent/corpus max {_fmt(f['ratio_fluent'], '.2f')}, any/corpus max "
-                f"{_fmt(f['ratio_best'], '.2f')} (corpus max {_fmt(f['corpus_max'])})")
+        ref = f.get("corpus_reference") or {}
+        if ref.get("value") is None:
+            return f"no like-for-like corpus figure ({ref.get('basis')})"
+        return (f"fluent/corpus {_fmt(f['ratio_fluent'], '.2f')}, any/corpus "
+                f"{_fmt(f['ratio_best'], '.2f')} (corpus {_fmt(ref['value'])}: {ref['basis']})")
     if name == "hidden-trigger":
         return (f"density {_fmt(f['density'], '.2e')}, corpus max {_fmt(f['corpus_max'])}, "
                 f"synthetic {_fmt(f['best'])}: {f['trigger_text']!r}")

@@ -16,7 +16,7 @@ def add_audit_parser(sub, common):
     a.add_argument("--tokens", type=int, default=20_000, help="corpus tokens to mine")
     a.add_argument("--window", type=int, default=63, help="tokens per corpus window (after BOS)")
     add_dream_budget_args(a, 30.0)
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=int, help="random seed (default: the preset's, else 0)")
     a.add_argument("--cache-dir", dest="cache_dir",
                    help="mining cache (default ~/.cache/featviz/mining; '' turns it off)")
     a.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
@@ -59,11 +59,11 @@ def cmd_audit(args) -> int:
     if args.gallery and not os.path.isfile(os.path.join(args.gallery, "gallery.json")):
         raise FeatvizError(f"--gallery '{args.gallery}' is not a gallery folder (no gallery.json); "
                            "build it first with featviz gallery")
-    mine = MineConfig(window=args.window, max_tokens=args.tokens, seed=args.seed).check()
     dream = budget_dream_config(args)
+    mine = MineConfig(window=args.window, max_tokens=args.tokens, seed=dream.seed).check()
     cfg = AuditConfig(mine=mine, dream=dream, corpus=args.corpus, cache_dir=args.cache_dir,
-                      thresholds=th, seed=args.seed).check()
-    handle = load_model(args.model, trust_remote_code=args.trust_remote_code)
+                      thresholds=th, seed=dream.seed).check()
+    handle = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
     targets = [t for s in args.target for t in parse_targets(s, handle)]
     try:
         report = audit(handle, targets, cfg)

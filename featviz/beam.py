@@ -19,8 +19,19 @@ def _cache_kw(model):
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _forward(handle, target, ids, cache, kw):
-    """Full forward of ``ids`` after ``cache``: (activation at the new last position, logits, cache)."""
+def _atoms(target):
+    return list(dict.fromkeys(a for _, a in target.terms()))
+
+
+def _read(handle, atoms, caps, length):
+    """Each atom's (batch, q) values at the positions in ``caps``, in a sequence that will
+    have ``length`` tokens (attention keys resolve against it)."""
+    return {a: a.per_position(caps, handle, length).float() for a in atoms}
+
+
+def _forward(handle, target, ids, cache, kw, length):
+    """Full forward of ``ids`` after ``cache``: ({atom: values at the new positions}, logits,
+    cache)."""
     out_cache = {}
 
     def grab(m, args, out):
@@ -33,7 +44,7 @@ def _forward(handle, target, ids, cache, kw):
                            model_kwargs={kw: cache, "use_cache": True})
     finally:
         h.remove()
-    return target.evaluate(caps, handle, start=0), logits, out_cache["cache"]
+    return _read(handle, _atoms(target), caps, length), logits, out_cache["cache"]
 
 
 def _drop_newest(cache, layers: int) -> None:
@@ -51,15 +62,25 @@ def _drop_newest(cache, layers: int) -> None:
 def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: int = 8,
                 expand: int = 48, lam: float = 0.5, generator: torch.Generator | None = None,
                 sample: bool = False):
-    """Returns (ids (beams, n), activation (beams,), xe (beams,)) of the final beams."""
+    """Returns (ids (beams, n), activation (beams,), xe (beams,)) of the final beams.
+
+    A candidate is ranked by the target's value on the sequence so far
+    (``Target.evaluate_prefix``): every position's reading is exact (a key not reached yet
+    reads 0, as the causal mask makes it), @max / @mean run over the optimised positions so
+    far, and a fixed position @I counts once it exists.  The final beams' activation is
+    the target's value on the whole sequence."""
     kw = _cache_kw(handle.model)
     dev = handle.device
     sites = target.sites()
+    atoms = _atoms(target)
+    s0 = tokens.start
+    length, span = s0 + n, (s0, s0 + n)                  # the finished sequence (no suffix)
+    target.check_length(length, span)
     depth = max(layer for _, layer in sites) + 1          # layers a candidate runs through
     neg = torch.where(mask, 0.0, float("-inf"))
     with torch.no_grad():
         start = torch.tensor([[handle.bos_id, *tokens.prefix]], device=dev)
-        _, logits, cache = _forward(handle, target, start, None, kw)
+        hist, logits, cache = _forward(handle, target, start, None, kw, length)
         logp = torch.log_softmax(logits[:, -1].float(), -1) + neg      # (1, V)
         ids = torch.zeros(1, 0, dtype=torch.long, device=dev)
         xe_sum = torch.zeros(1, device=dev)
@@ -79,7 +100,9 @@ def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: in
             # the whole model for their next-token logits (k x fewer full passes)
             caps, _ = run(handle, sites, input_ids=cand.reshape(-1, 1),
                           model_kwargs={kw: cache, "use_cache": True})
-            kid_act = target.evaluate(caps, handle, start=0)
+            new = _read(handle, atoms, caps, length)
+            kid_hist = {a: torch.cat([hist[a].repeat_interleave(k, 0), new[a]], 1) for a in atoms}
+            kid_act = target.evaluate_prefix(kid_hist, length, span)
             kid_xe = (xe_sum.repeat_interleave(k) - lp.reshape(-1)) / (t + 1)
             score = combine(kid_act.float(), kid_xe, lam_t, cap_t)
             score = torch.nan_to_num(score, nan=-float("inf"))
@@ -90,7 +113,8 @@ def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: in
             ids = torch.cat([ids[parent], cand.reshape(-1)[keep, None]], 1)
             xe_sum = kid_xe[keep] * (t + 1)
             act = kid_act[keep].float()
+            hist = {a: v[keep] for a, v in kid_hist.items()}
             if t + 1 < n:
-                _, kid_logits, cache = _forward(handle, target, ids[:, -1:], cache, kw)
+                _, kid_logits, cache = _forward(handle, target, ids[:, -1:], cache, kw, length)
                 logp = torch.log_softmax(kid_logits[:, -1].float(), -1) + neg
     return ids, act, xe_sum / n

@@ -16,7 +16,7 @@ import torch
 from .exemplars import MineConfig, TargetExemplars, mine
 from .fileio import read_json, write_atomic
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: per-position and prefix-mean maxima
 
 
 def default_cache_dir() -> str:

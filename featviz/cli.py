@@ -31,7 +31,7 @@ def cmd_activations(args) -> int:
     from .targets import parse_targets
     for spec in args.target:  # parse before loading anything
         parse_targets(spec)
-    handle = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    handle = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
     targets = [parse_target(s, handle) for s in args.target]
     readings = [read_text(handle, targets, text) for text in args.text]
     if args.json:
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", default=None, help="smollm2-135m (default), HF id, dir or .gguf")
         sp.add_argument("--trust-remote-code", action="store_true",
                         help="allow a model's own Python code to run (off by default)")
+        sp.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N, mps or auto (default: a GPU when there is one); "
+                             "mining, dreaming, audit and verification all run there")
 
     a = sub.add_parser("activations", help="per-token values of targets on some text")
     common(a)

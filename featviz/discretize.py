@@ -90,7 +90,7 @@ def evaluate(tokens: Tokens, target, ids: torch.Tensor, batch_size: int = 64,
             full = tokens.full(ids[i:i + batch_size])
             caps, logits = run(h, target.sites(), input_ids=full,
                                need_logits=(s - 1, s - 1 + n) if with_xe else False)
-            acts.append(target.evaluate(caps, h))
+            acts.append(target.evaluate(caps, h, (s, s + n)))
             pers.append(target.per_position(caps, h)[:, s:s + n])
             if with_xe:
                 xes.append(xe_of(logits, full[:, s:s + n]))
@@ -129,7 +129,7 @@ def onehot_grads(tokens: Tokens, target, ids: torch.Tensor, lam, cap):
     s, n = tokens.start, ids.shape[1]
     emb = torch.cat([emb[:, :s], x @ W, emb[:, s + n:]], 1)
     caps, logits = run(h, target.sites(), inputs_embeds=emb, need_logits=(s - 1, s - 1 + n))
-    act = target.evaluate(caps, h)
+    act = target.evaluate(caps, h, (s, s + n))
     xe = xe_of(logits, full[:, s:s + n]) if needs_fluency(lam, cap) else None
     score = combine(act, xe, lam, cap)
     grad, = torch.autograd.grad(score.sum(), x)
@@ -201,7 +201,7 @@ def sweep_last(tokens: Tokens, target, ids: torch.Tensor, grad: torch.Tensor,
         cache.batch_repeat_interleave(cand.shape[1])
         caps, _ = run(h, target.sites(), input_ids=cand.reshape(-1, 1),
                       model_kwargs={kw: cache, "use_cache": True})
-        act = target.evaluate(caps, h, start=0)
+        act = target.evaluate(caps, h)            # @last targets only: the one new position
     kids = ids.repeat_interleave(cand.shape[1], 0).clone()
     kids[:, -1] = cand.reshape(-1)
     return kids, act, dxe.reshape(-1)

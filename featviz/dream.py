@@ -147,6 +147,12 @@ class DreamResult:
     best_at: dict             # cap -> Candidate | None, for config.caps
     stats: dict
 
+    @property
+    def shape(self) -> dict:
+        """The scored sequences' shape: optimised tokens and the fixed prefix / suffix
+        tokens around them (BOS aside), as ``exemplars.corpus_reference`` takes it."""
+        return dict(self.stats["shape"])
+
     def to_json(self) -> dict:
         c = lambda x: None if x is None else x.to_json()  # noqa: E731
         return {"target": self.target, "target_description": self.target_description,
@@ -230,14 +236,21 @@ _ANNOUNCED: set = set()
 
 def resolve_backend(handle, choice: str) -> str:
     """"torch" or "jax" for this model; "auto" picks JAX where supported and says so once."""
-    from .jaxfwd import JAX_TYPES, supported
+    from .jaxfwd import JAX_TYPES, supported, use_device
     if choice == "torch":
         return "torch"
     if choice == "jax" and not supported(handle):
         raise FeatvizError(f"the JAX backend does not run '{handle.model_type}' models; it runs "
                            f"{', '.join(JAX_TYPES)} (use --backend torch)")
+    if choice == "jax":
+        use_device(handle)
     if choice == "auto":
         pick = "jax" if supported(handle) else "torch"
+        if pick == "jax":
+            try:
+                use_device(handle)
+            except FeatvizError:
+                pick = "torch"             # auto never fails for want of a JAX device
         if handle.name not in _ANNOUNCED:
             _ANNOUNCED.add(handle.name)
             import sys
@@ -338,8 +351,9 @@ class _Search:
         self.autocast = torch.autocast(self.dev.type, dtype=torch.bfloat16,
                                        enabled=cfg.precision == "bf16")
         self.pending_rot = []   # rotation candidates waiting for the next scoring round
-        self.last_only = (all(a.reduction == "last" for _, a in target.terms())
-                          and cfg.rotate > 0)
+        self.last_only = all(a.reduction == "last" for _, a in target.terms())
+        self.rotating = self.last_only and cfg.rotate > 0      # rotate: 0 turns rotations off,
+                                                               # not the last-position sweep
 
     # -- exact scores and one-hot gradients, on the search's backend --
     def evaluate(self, ids, with_xe: bool = True):
@@ -356,7 +370,7 @@ class _Search:
 
     # -- archive bookkeeping --
     def note_rotations(self, ids, per, floor):
-        if self.last_only and len(ids):
+        if self.rotating and len(ids):
             self.pending_rot.append(rotations(ids, per, floor, self.cfg.rotate))
 
     def take_rotations(self):
@@ -547,6 +561,8 @@ class _Search:
         stats["backend"] = backend
         stats["diverged"] = not any(math.isfinite(a) for a, _ in archive.entries.values())
         stats["verified"] = len(checked)
+        stats["shape"] = {"length": self.n, "prefix": len(self.tokens.prefix),
+                          "suffix": len(self.tokens.suffix)}
         cfg_json = asdict(user_cfg)
         cfg_json.pop("corpus_init", None)
         return DreamResult(target=str(target), target_description=target.describe(handle),
@@ -583,6 +599,9 @@ def dream_many(handle, targets, config: DreamConfig | None = None, *,
     prefix = handle.encode(cfg.prefix) if cfg.prefix else []
     suffix = handle.encode(cfg.suffix) if cfg.suffix else []
     tokens = Tokens(handle, prefix, suffix)
+    for t in targets:         # a position or key the dream's sequences lack: say so now
+        t.check_length(tokens.start + cfg.length + len(suffix),
+                       (tokens.start, tokens.start + cfg.length))
     lam1, cap1 = _row_params(cfg, dev)
     B, n = len(lam1), cfg.length
     rows = PerRow(tuple(targets), tuple(i for i in range(K) for _ in range(B)))

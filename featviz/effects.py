@@ -40,8 +40,13 @@ def logit_effect(handle, target: Target, k: int = 10) -> dict | None:
     d = output_direction(handle, target)
     if d is None:
         return None
+    d = d.to(handle.device)
+    if handle.arch == "gpt2":
+        # LayerNorm subtracts the mean before scaling: only the centred direction reaches
+        # the logits (as folding the norm into the unembedding does); RMSNorm has no centring
+        d = d - d.mean()
     with torch.no_grad():
-        eff = handle.unembedding.detach().float() @ (d.to(handle.device) * final_norm_scale(handle))
+        eff = handle.unembedding.detach().float() @ (d * final_norm_scale(handle))
     special = list(getattr(handle.tokenizer, "all_special_ids", []) or [])
     if special:
         eff[torch.as_tensor([s for s in special if s < eff.numel()], dtype=torch.long)] = float("nan")

@@ -133,6 +133,11 @@ class TargetExemplars:
     bands: list = field(default_factory=list)     # Band, lowest first
     controls: list = field(default_factory=list)  # Exemplar (random windows)
     nonfinite: int = 0                            # tokens where the value was NaN or Inf
+    # like-for-like corpus figures for fixed-position and mean targets (see corpus_reference):
+    # position_max[p] is the max over windows of the value at position p (BOS = 0);
+    # prefix_mean_max[m] the max over windows of the mean over positions 1..m (entry 0 unused)
+    position_max: list = field(default_factory=list)
+    prefix_mean_max: list = field(default_factory=list)
 
     def quantile(self, q: float) -> float:
         """Approximate quantile from the histogram (exact to one bin width)."""
@@ -157,7 +162,9 @@ class TargetExemplars:
                 "histogram": {"edges": self.hist_edges, "counts": self.hist_counts},
                 "top": [e.to_json(handle) for e in self.top],
                 "bands": [b.to_json(handle) for b in self.bands],
-                "controls": [e.to_json(handle) for e in self.controls]}
+                "controls": [e.to_json(handle) for e in self.controls],
+                "position_max": _json_floats(self.position_max),
+                "prefix_mean_max": _json_floats(self.prefix_mean_max)}
 
     @classmethod
     def from_json(cls, d: dict) -> "TargetExemplars":
@@ -173,7 +180,94 @@ class TargetExemplars:
                    bands=[Band(b["lo"], b["hi"], b["count"],
                                [Exemplar.from_json(e) for e in b["samples"]]) for b in d["bands"]],
                    controls=[Exemplar.from_json(e) for e in d["controls"]],
-                   nonfinite=d.get("nonfinite", 0))
+                   nonfinite=d.get("nonfinite", 0),
+                   position_max=[f(v) for v in d.get("position_max", [])],
+                   prefix_mean_max=[f(v) for v in d.get("prefix_mean_max", [])])
+
+
+def _json_floats(xs) -> list:
+    return [None if x is None or not math.isfinite(x) else float(x) for x in xs]
+
+
+@dataclass
+class CorpusReference:
+    """The corpus figure a target's synthetic value is divided by: the same quantity, on
+    corpus text of the same shape, or None with the reason there is none."""
+
+    value: float | None
+    basis: str          # what the value is, or why there is none
+
+    def ratio(self, v: float | None) -> float | None:
+        if v is None or self.value is None or not self.value > 0:
+            return None
+        return v / self.value
+
+    def to_json(self) -> dict:
+        return {"value": self.value, "basis": self.basis}
+
+
+def corpus_reference(ex: "TargetExemplars", target, length: int, prefix: int = 0,
+                     suffix: int = 0) -> CorpusReference:
+    """The like-for-like corpus figure for ``target`` dreamt as BOS + ``prefix`` fixed
+    tokens + ``length`` optimised tokens + ``suffix`` fixed tokens.
+
+    * @last and @max of a neuron, head or residual direction: the max over every corpus
+      token, each read with its window's preceding context (the value of the target at
+      one token of real text, as the dream's is);
+    * @mean: the max over windows of the mean over their first ``length`` tokens (BOS +
+      ``length`` tokens of real text: the dream's own shape);
+    * @I: the max over windows of the value at position I (BOS + I tokens of real text);
+    * attention probabilities, which depend on how many keys the query sees: the value at
+      the dream's query position (@last: position ``length``; @max: the max over positions
+      1..``length``) of windows cut to the dream's shape; keys counted from the end of the
+      sequence have no such figure (the corpus windows have another end).
+    With a fixed prefix or suffix, @mean, @I and attention targets read positions whose
+    context is the fixed text, which no corpus window shares: no figure.
+    """
+    from .targets import Atom
+    none = lambda why: CorpusReference(None, why)  # noqa: E731
+    if not isinstance(target, Atom):
+        return none("a sum of targets has no single corpus figure")
+    if not math.isfinite(ex.max):
+        return none("no finite corpus value")
+    red, T = target.reduction, 1 + prefix + length + suffix
+    fixed = prefix or suffix
+    if target.kind != "attn" and red in ("last", "max"):
+        return CorpusReference(ex.max, "max over corpus tokens, each with its window's "
+                                       "preceding context")
+    if fixed:
+        return none(f"@{red} {'attention ' if target.kind == 'attn' else ''}values read "
+                    "positions whose context is the fixed prefix or suffix, which no corpus "
+                    "text shares")
+    if target.kind == "attn" and target.key < 0:
+        return none(f"key {target.key} counts from the end of the sequence: in a "
+                    f"{len(ex.position_max) - 1 or '?'}-token corpus window that is another "
+                    f"token than in the dream's {length}")
+    pos, pmean = ex.position_max, ex.prefix_mean_max
+    W = len(pos) - 1
+    if W < 1:
+        return none("the mining record predates like-for-like figures; mine again")
+    if length > W:
+        return none(f"the dream's {length} tokens are longer than the corpus windows ({W})")
+
+    def val(v, what):
+        return CorpusReference(v, what) if v is not None and math.isfinite(v) else \
+            none(f"no finite corpus value {what}")
+    if red == "mean":
+        return val(pmean[length], f"max over corpus windows of the mean over their first "
+                                  f"{length} tokens (BOS + {length} tokens, the dream's shape)")
+    if red == "last":
+        return val(pos[length], f"max over corpus windows of the value at position {length} "
+                                f"(BOS + {length} tokens, the dream's shape)")
+    if red == "max":
+        body = [v for v in pos[1:length + 1] if v is not None and math.isfinite(v)]
+        return val(max(body) if body else None, f"max over corpus windows of the max over "
+                                                f"positions 1-{length} (the dream's shape)")
+    i = int(red) % T
+    if i > W:
+        return none(f"position {i} lies beyond the corpus windows ({W} tokens)")
+    return val(pos[i], f"max over corpus windows of the value at position {i} (BOS + {i} "
+                       "tokens of real text)")
 
 
 # ---------------------------------------------------------------- batched reading
@@ -311,6 +405,8 @@ class Miner:
         self.c_win = np.full(n_c, -1, dtype=np.int64)
         self.c_ids = np.zeros((n_c, width), dtype=np.int32)
         self.c_acts = np.zeros((T, n_c, width), dtype=np.float32)
+        self.pos_max = np.full((T, width), -np.inf)            # see corpus_reference
+        self.pmean_max = np.full((T, width), -np.inf)
 
     # -- one batch: per (T, B, W) values, (B, W) ids, window indices (B,) --
     def update(self, per, ids: np.ndarray, win: np.ndarray) -> None:
@@ -335,6 +431,7 @@ class Miner:
                         mx.values.amax(dim=1))
         self._reservoir(wmax, peak, per, ids, win)
         self._controls(per, ids, win)
+        self._by_position(per_t)
         self.n_tok += B * body.shape[2]
         self.n_win += B
 
@@ -465,6 +562,17 @@ class Miner:
             self.seen[t] = new_seen
         self.cell_w[t] *= 2.0 ** times
 
+    def _by_position(self, per_t: torch.Tensor) -> None:
+        """Running maxima over windows of each position's value and of the mean over the
+        first m tokens after BOS (non-finite values never count)."""
+        v = torch.where(torch.isfinite(per_t), per_t, -torch.inf)
+        self.pos_max = np.fmax(self.pos_max, v.amax(dim=1).double().numpy())
+        body = per_t[:, :, 1:].double()
+        m = torch.arange(1, body.shape[2] + 1, dtype=torch.float64)
+        means = body.cumsum(dim=2) / m
+        means = torch.where(torch.isfinite(means), means, -torch.inf)
+        self.pmean_max[:, 1:] = np.fmax(self.pmean_max[:, 1:], means.amax(dim=1).numpy())
+
     def _controls(self, per, ids, win):
         n_c = self.cfg.controls
         for b in range(len(win)):
@@ -514,6 +622,8 @@ class Miner:
             else:
                 r.max = r.min = r.mean = r.std = r.density = float("nan")
             r.bands = bands_all[t]
+            r.position_max = [float(x) for x in self.pos_max[t]]
+            r.prefix_mean_max = [float("nan")] + [float(x) for x in self.pmean_max[t, 1:]]
             r.controls = [Exemplar(float(c_max[t, i]), int(c_peak[t, i]), int(self.c_win[j]),
                                    c_ids[j], c_acts[t][i]) for i, j in enumerate(valid_c)]
             out.append(r)

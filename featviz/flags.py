@@ -50,16 +50,20 @@ def fluency_gap(best: float | None, fluent: float | None, th: Thresholds) -> boo
 
 
 def quick_flags(*, corpus_max, density, best, fluent, nonfinite: int = 0,
-                th: Thresholds | None = None) -> list[str]:
+                th: Thresholds | None = None, reference: float | None = None) -> list[str]:
+    """``corpus_max``: the max over corpus tokens (for "dead"); ``reference``: the
+    like-for-like corpus figure the synthetic values compare with
+    (``exemplars.corpus_reference``; None when there is none, which raises no
+    superstimulus or hidden-trigger flag)."""
     th = th or Thresholds()
     out = []
     if nonfinite:
         out.append("nonfinite")
     if _finite(corpus_max) and corpus_max <= 0 and not (best is not None and best > 0):
         out.append("dead")
-    if superstimulus(fluent, corpus_max, th):
+    if superstimulus(fluent, reference, th):
         out.append("superstimulus")
-    if hidden_trigger(best, corpus_max, density, th):
+    if hidden_trigger(best, reference, density, th):
         out.append("hidden-trigger")
     if fluency_gap(best, fluent, th):
         out.append("fluency-gap")

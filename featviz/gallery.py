@@ -29,11 +29,11 @@ from .cache import corpus_identity, mine_cached, model_fingerprint, slug
 from .dream import DreamConfig, DreamResult, dream, dream_many
 from .effects import logit_effect
 from .errors import FeatvizError
-from .exemplars import MineConfig, TargetExemplars
+from .exemplars import MineConfig, TargetExemplars, corpus_reference
 from .fileio import dump_json, read_json, write_atomic
 from .flags import Thresholds, quick_flags
 from .pages import index_page, target_page
-from .readout import read_text
+from .readout import read_ids
 from .targets import Target
 
 SCHEMA_VERSION = 1
@@ -83,7 +83,7 @@ class GalleryResult:
 
 def _peak_overlap(handle, synth_tokens: list, top: list) -> float | None:
     norm = lambda s: s.strip().lower()  # noqa: E731
-    syn = {norm(t) for t in synth_tokens[1:]} - {""}
+    syn = {norm(t) for t in synth_tokens} - {""}     # Candidate.tokens: no BOS to skip
     peaks = [norm(handle.decode([e.token_ids[e.peak]])) for e in top]
     peaks = [p for p in peaks if p]
     if not syn or not peaks:
@@ -97,10 +97,15 @@ def _exemplar_json(handle, e) -> dict:
             "peak": d["peak"], "window": d["window"], "token_ids": d["token_ids"]}
 
 
-def _candidate_json(handle, target, c) -> dict:
-    r = read_text(handle, [target], c.text, with_xe=False)
+def _candidate_json(handle, target, c, prefix: list, suffix: list) -> dict:
+    """A candidate with its per-token shading, read on the sequence that was scored: BOS,
+    the fixed prefix, the optimised tokens, the fixed suffix (``fixed`` counts the tokens
+    before and after the optimised ones, BOS included)."""
+    ids = [handle.bos_id, *prefix, *c.token_ids, *suffix]
+    r = read_ids(handle, [target], ids)
     return {"text": c.text, "tokens": r.tokens, "token_ids": r.token_ids,
-            "activations": r.values[str(target)], "activation": c.activation, "xe": c.xe}
+            "activations": r.values[str(target)], "activation": c.activation, "xe": c.xe,
+            "fixed": [1 + len(prefix), len(suffix)]}
 
 
 def target_record(handle, target: Target, ex: TargetExemplars, res: DreamResult | None,
@@ -110,7 +115,8 @@ def target_record(handle, target: Target, ex: TargetExemplars, res: DreamResult 
     best = fluent = None
     status, error = "ok", None
     if res is not None:
-        syn = {"frontier": [_candidate_json(handle, target, c) for c in res.frontier],
+        fix = [handle.encode(res.config.get(k) or "") for k in ("prefix", "suffix")]
+        syn = {"frontier": [_candidate_json(handle, target, c, *fix) for c in res.frontier],
                "best": res.best.to_json() if res.best else None,
                "best_fluent": res.best_fluent.to_json() if res.best_fluent else None,
                "xe_cap": res.config.get("xe_cap"),
@@ -123,7 +129,8 @@ def target_record(handle, target: Target, ex: TargetExemplars, res: DreamResult 
         status = "nonfinite"
         error = f"the target was NaN or Inf on {ex.nonfinite} corpus tokens"
     cmax = ex.max if math.isfinite(ex.max) else None
-    ratio = lambda v: (v / cmax if v is not None and cmax and cmax > 0 else None)  # noqa: E731
+    ref = corpus_reference(ex, target, **res.shape) if res is not None else None
+    ratio = lambda v: ref.ratio(v) if ref is not None else None  # noqa: E731
     synth_tokens = []
     if syn and (syn["best_fluent"] or syn["best"]):
         synth_tokens = (syn["best_fluent"] or syn["best"])["tokens"]
@@ -141,12 +148,14 @@ def target_record(handle, target: Target, ex: TargetExemplars, res: DreamResult 
                    "samples": [_exemplar_json(handle, e) for e in b.samples]} for b in ex.bands],
         "synthetic": syn,
         "logit_effect": logit_effect(handle, target, cfg.logit_k),
-        "validation": {"ratio_fluent": ratio(fluent), "ratio_best": ratio(best),
+        "validation": {"corpus_reference": ref.to_json() if ref is not None else None,
+                       "ratio_fluent": ratio(fluent), "ratio_best": ratio(best),
                        "xe_best_fluent": res.best_fluent.xe if res and res.best_fluent else None,
                        "peak_overlap": _peak_overlap(handle, synth_tokens, ex.top)},
     }
     rec["flags"] = quick_flags(corpus_max=cmax, density=ex.density, best=best, fluent=fluent,
-                               nonfinite=ex.nonfinite, th=cfg.thresholds)
+                               nonfinite=ex.nonfinite, th=cfg.thresholds,
+                               reference=ref.value if ref is not None else None)
     if status == "diverged":
         rec["flags"].append("diverged")
     return rec

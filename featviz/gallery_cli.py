@@ -24,7 +24,7 @@ def add_gallery_parser(sub, common):
                    help="targets dreamt together, one relaxation batch of GROUP x batch rows "
                         "(default: 16 on a GPU, where it multiplies throughput, 1 on a CPU, "
                         "where a step over more rows costs as much as separate steps)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, help="random seed (default: the preset's, else 0)")
     g.add_argument("--cache-dir", dest="cache_dir",
                    help="mining cache (default ~/.cache/featviz/mining; '' turns it off)")
     g.add_argument("--title", default="featviz gallery")
@@ -51,8 +51,10 @@ def expand_specs(specs: list, layers: str | None) -> list[str]:
 
 
 def add_dream_budget_args(p, default_budget: float) -> None:
-    p.add_argument("--budget-seconds", dest="budget_seconds", type=float, default=default_budget,
-                   help="dreaming time per target")
+    # no argparse defaults here: a flag the user did not give must not override a preset
+    p.set_defaults(default_budget=default_budget)
+    p.add_argument("--budget-seconds", dest="budget_seconds", type=float,
+                   help=f"dreaming time per target (default: the preset's, else {default_budget:g})")
     p.add_argument("--steps", type=int, help="relaxation steps per target instead of a time "
                    "budget (with --swap-iters: reruns give byte-identical results)")
     p.add_argument("--swap-iters", dest="swap_iters", type=int,
@@ -71,8 +73,10 @@ def budget_dream_config(args):
     fixed = args.steps is not None or args.swap_iters is not None
     over = {"seed": args.seed, "budget_seconds": None if fixed else args.budget_seconds,
             "backend": args.backend}
-    dream = load_config(args.config, over).dream if args.config else \
-        DreamConfig(**{k: v for k, v in over.items() if v is not None or k == "budget_seconds"})
+    over = {k: v for k, v in over.items() if v is not None}     # only what the user gave
+    dream = load_config(args.config, over).dream if args.config else DreamConfig(**over)
+    if not fixed and dream.budget_seconds is None:              # neither flag nor preset
+        dream.budget_seconds = args.default_budget
     if fixed:
         dream.budget_seconds = None
         dream.steps = args.steps if args.steps is not None else dream.steps
@@ -90,12 +94,13 @@ def cmd_gallery(args) -> int:
     specs = expand_specs(args.targets, args.layers)
     for s in specs:
         parse_targets(s)                       # syntax first, before any model work
-    mine = MineConfig(window=args.window, max_tokens=args.tokens, k=args.top_k,
-                      include_bos=args.include_bos, seed=args.seed).check()
     dream = None if args.no_dream else budget_dream_config(args)
+    seed = dream.seed if dream is not None else (args.seed or 0)
+    mine = MineConfig(window=args.window, max_tokens=args.tokens, k=args.top_k,
+                      include_bos=args.include_bos, seed=seed).check()
     cfg = GalleryConfig(mine=mine, dream=dream, corpus=args.corpus, cache_dir=args.cache_dir,
                         title=args.title, dream_group=args.dream_group).check()
-    handle = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    handle = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
     targets = [t for s in specs for t in parse_targets(s, handle)]
     try:
         res = build_gallery(handle, targets, args.out, cfg)

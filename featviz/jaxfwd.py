@@ -48,6 +48,33 @@ def supported(handle) -> bool:
     return handle.model_type in JAX_TYPES
 
 
+def use_device(handle):
+    """Make the JAX device that matches the handle's torch device the default one (cpu ->
+    JAX's CPU, cuda:N -> the N-th JAX GPU), or say why it cannot."""
+    import jax
+    dev = handle.device
+    if dev.type == "cpu":
+        want = jax.devices("cpu")[0]
+    elif dev.type == "cuda":
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:
+            gpus = []
+        if not gpus:
+            raise FeatvizError(f"the model is on {dev} but this JAX has no GPU backend; install "
+                               "a CUDA jaxlib (pip install 'jax[cuda12]') or use --backend torch")
+        i = dev.index or 0
+        if i >= len(gpus):
+            raise FeatvizError(f"the model is on {dev} but JAX sees {len(gpus)} GPU(s); use "
+                               "--backend torch or another --device")
+        want = gpus[i]
+    else:
+        raise FeatvizError(f"the JAX backend cannot run beside a model on '{dev.type}'; use "
+                           "--backend torch (or --device cpu)")
+    jax.config.update("jax_default_device", want)
+    return want
+
+
 def _act_name(name: str) -> str:
     table = {"silu": "silu", "swish": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
              "gelu_fast": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
@@ -76,6 +103,7 @@ def to_jax(handle, precision: str = "fp32") -> JaxModel:
         raise FeatvizError(f"the JAX backend does not run '{handle.model_type}' models; it runs "
                            f"{', '.join(JAX_TYPES)} (use --backend torch for this model)")
     import jax.numpy as jnp
+    use_device(handle)
     m, cfg = handle.model, handle.model.config
     a = lambda t: jnp.asarray(t.detach().float().cpu().numpy())  # noqa: E731
     opt = lambda mod, name: a(getattr(mod, name)) if getattr(mod, name, None) is not None else None  # noqa: E731
@@ -417,27 +445,28 @@ def _atom_values(a, caps, jm, direction, index=None):
     return x[..., i]
 
 
-def reduce(a, values, start: int = 1):
+def reduce(a, values, span=None):
     """Atom.reduce on JAX arrays (the same plan, from ``Atom.reduce_plan``)."""
-    how, i = a.reduce_plan(values.shape[-1], start)
+    how, i = a.reduce_plan(values.shape[-1], span)
     if how == "at":
         return values[:, i]
-    body = values[:, i:]
+    body = values[:, i[0]:i[1]]
     return body.max(-1) if how == "max" else body.mean(-1)
 
 
-def evaluate(target, caps, jm, directions=None, start: int = 1, indices=None):
-    """Reduced value per sequence (B,); ``indices`` as in ``per_position``."""
+def evaluate(target, caps, jm, directions=None, span=None, indices=None):
+    """Reduced value per sequence (B,); ``span`` as in ``Target.evaluate``, ``indices`` as
+    in ``per_position``."""
     from .targets import PerRow
     if isinstance(target, PerRow):          # row r reads targets[rows[r]]
         import jax.numpy as jnp
-        vals = jnp.stack([evaluate(t, caps, jm, directions, start, ix)
+        vals = jnp.stack([evaluate(t, caps, jm, directions, span, ix)
                           for t, ix in _split(target, indices)])
         return vals[np.asarray(target.rows), np.arange(len(target.rows))]
     total = 0.0
     for j, (w, a) in enumerate(target.terms()):
         v = _atom_values(a, caps, jm, directions, None if indices is None else indices[j])
-        total = total + w * reduce(a, v, start)
+        total = total + w * reduce(a, v, span)
     return total
 
 

@@ -138,7 +138,7 @@ def _core_objective(jm: JaxModel, canon, *, pre, suf, n: int, hard: bool, fluenc
         # BOS + prefix run once (batch 1); the rows attend to their keys and values
         caps, logits = forward_after(spec, params, inv, scale, E[jnp.asarray(pre)][None], emb,
                                      sites, (start - 1, start - 1 + n) if fluency else False)
-        act = evaluate(canon, caps, jm, directions, indices=idx)
+        act = evaluate(canon, caps, jm, directions, (start, start + n), indices=idx)
         if fluency:
             logp = jax.nn.log_softmax(logits, axis=-1)
             xe = -(y * logp).sum(-1).mean(-1)

@@ -53,7 +53,7 @@ def _score_fns(jm, canon, s: int, n: int, dirs):
         # bucket, more than a 90 s search wins back
         caps, logits = _forward(spec, params, inv, scale, params["embed"][full], sites,
                                 (s - 1, s - 1 + n) if with_xe else False)
-        act = evaluate(canon, caps, jm, dirs, indices=idx)
+        act = evaluate(canon, caps, jm, dirs, (s, s + n), indices=idx)
         per = per_position(canon, caps, jm, dirs, indices=idx)[:, s:s + n]
         xe = _xe(logits, full, s, n) if with_xe else jnp.full_like(act, jnp.nan)
         return act, xe, per
@@ -66,7 +66,7 @@ def _score_fns(jm, canon, s: int, n: int, dirs):
         def score(x):
             x_full = E[full].at[:, s:s + n].set(_st_embed(x, params, ids))   # gather forward
             caps, logits = _forward(spec, params, inv, scale, x_full, sites, (s - 1, s - 1 + n))
-            act = evaluate(canon, caps, jm, dirs, indices=idx)
+            act = evaluate(canon, caps, jm, dirs, (s, s + n), indices=idx)
             xe = _xe(logits, full, s, n)          # through the model only, as in torch
             return combine(act, xe, lam, cap).sum(), logits
         return jax.grad(score, has_aux=True)(onehot)

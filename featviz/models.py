@@ -46,6 +46,7 @@ class ModelHandle:
     vocab_size: int
     bos_id: int
     mlp_activation: str       # human-readable description of mlp:L:N
+    weights: str = "float32"  # what the weights are (e.g. a dequantised GGUF), for every output
     cache: dict = field(default_factory=dict, repr=False)
 
     # -- module tree access (the only place that knows HF attribute names) --
@@ -83,7 +84,8 @@ class ModelHandle:
         return {"name": self.name, "arch": self.arch, "model_type": self.model_type,
                 "n_layers": self.n_layers, "d_model": self.d_model, "d_mlp": self.d_mlp,
                 "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
-                "vocab_size": self.vocab_size, "mlp_activation": self.mlp_activation}
+                "vocab_size": self.vocab_size, "mlp_activation": self.mlp_activation,
+                "weights": self.weights, "device": str(self.device)}
 
     # -- text <-> tokens --
     def encode(self, text: str) -> list[int]:
@@ -207,18 +209,74 @@ def _load_hf(path_or_id: str, gguf_file: str | None, trust_remote_code: bool, lo
     return model, tok
 
 
+def gguf_weights(path: str) -> str:
+    """What a GGUF file's weights are, for output descriptions: its quantisation types
+    (by tensor count) and that featviz runs them dequantised to float32."""
+    try:
+        from collections import Counter
+
+        from gguf import GGUFReader
+        kinds = Counter(t.tensor_type.name for t in GGUFReader(path).tensors)
+        types = ", ".join(f"{k} x{n}" for k, n in kinds.most_common())
+    except Exception:  # noqa: BLE001 - an unreadable header only loses the detail
+        types = "unknown types"
+    return (f"GGUF ({types}) dequantised to float32: values differ from the unquantised "
+            "Hugging Face checkpoint's")
+
+
+def resolve_device(choice: str | None = "auto") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (a GPU when there is one)."""
+    choice = (choice or "auto").strip().lower()
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        dev = torch.device(choice)
+    except (RuntimeError, ValueError):
+        raise FeatvizError(f"unknown device '{choice}'; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise FeatvizError(f"unsupported device '{choice}'; use cpu, cuda, cuda:N, mps or auto")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not n:
+            raise FeatvizError(f"device '{choice}' asked for, but torch sees no CUDA GPU here; "
+                               "use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= n:
+            raise FeatvizError(f"device '{choice}' does not exist; this machine has cuda:0-"
+                               f"cuda:{n - 1}")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise FeatvizError("device 'mps' asked for, but torch sees no Apple GPU here; use "
+                               "--device cpu (or auto)")
+    return dev
+
+
 @lru_cache(maxsize=2)
-def _load_cached(spec: str, trust_remote_code: bool) -> ModelHandle:
+def _load_cached(spec: str, trust_remote_code: bool, device: str) -> ModelHandle:
+    h = _load_on_cpu(spec, trust_remote_code)
+    if torch.device(device) != h.device:
+        h.model.to(device)
+    return h
+
+
+def _load_on_cpu(spec: str, trust_remote_code: bool) -> ModelHandle:
     if spec in EMBEDDED:
         path = embedded_model_path(spec)
         model, tok = _load_hf(os.path.dirname(path), os.path.basename(path), False, True)
-        return wrap_model(model, tok, name=spec)
+        h = wrap_model(model, tok, name=spec)
+        h.weights = gguf_weights(path)
+        return h
     if spec.lower().endswith(".gguf"):
         if not os.path.isfile(spec):
             raise FeatvizError(f"GGUF file '{spec}' does not exist; pass an existing .gguf path")
         model, tok = _load_hf(os.path.dirname(os.path.abspath(spec)), os.path.basename(spec),
                               trust_remote_code, True)
-        return wrap_model(model, tok, name=spec)
+        h = wrap_model(model, tok, name=spec)
+        h.weights = gguf_weights(spec)
+        return h
     if os.path.isdir(spec):
         model, tok = _load_hf(spec, None, trust_remote_code, True)
         return wrap_model(model, tok, name=spec)
@@ -229,10 +287,15 @@ def _load_cached(spec: str, trust_remote_code: bool) -> ModelHandle:
     return wrap_model(model, tok, name=spec)
 
 
-def load_model(spec: str | None = None, *, trust_remote_code: bool = False) -> ModelHandle:
-    """Load ``spec`` (default: the embedded SmolLM2-135M-Instruct) as a frozen float32 model.
+def load_model(spec: str | None = None, *, trust_remote_code: bool = False,
+               device: str | torch.device | None = "auto") -> ModelHandle:
+    """Load ``spec`` (default: the embedded SmolLM2-135M-Instruct) as a frozen float32 model
+    on ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``; ``auto``: a GPU when there is one).
 
-    Handles are cached per process, so repeated calls with the same spec are free.
+    Handles are cached per process and device, so repeated calls with the same spec are free.
+    The embedded model is a Q4_1-quantised GGUF, dequantised to float32: its values differ
+    from the Hugging Face checkpoint's (``handle.weights`` says so in every output).
     """
     spec = spec or DEFAULT_MODEL
-    return _load_cached(str(spec), bool(trust_remote_code))
+    dev = resolve_device(str(device) if isinstance(device, torch.device) else device)
+    return _load_cached(str(spec), bool(trust_remote_code), str(dev))

@@ -50,7 +50,7 @@ def forward_scores(handle, target, embeds: torch.Tensor, probs: torch.Tensor, st
     n = probs.shape[1]                      # the logits that predict the soft tokens
     caps, logits = run(handle, target.sites(), inputs_embeds=embeds,
                        need_logits=(start - 1, start - 1 + n) if fluency else False)
-    act = target.evaluate(caps, handle)
+    act = target.evaluate(caps, handle, (start, start + n))
     xe = soft_xe(logits, probs) if fluency else None
     return combine(act, xe, lam, cap), act, xe, logits
 
@@ -73,6 +73,6 @@ def exact_scores(handle, target, ids_full: torch.Tensor, start: int, n: int):
     """Exact activation and xe of hard sequences (no grad).  ids_full includes BOS."""
     with torch.no_grad():
         caps, logits = run(handle, target.sites(), input_ids=ids_full, need_logits=True)
-        act = target.evaluate(caps, handle)
+        act = target.evaluate(caps, handle, (start, start + n))
         xe = xe_from_logits(logits[:, :start + n], ids_full[:, :start + n], start)
     return act, xe

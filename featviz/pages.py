@@ -89,6 +89,16 @@ def audit_section(audit: dict) -> str:
             f'<tbody>{"".join(rows)}</tbody></table>{attr}')
 
 
+def _reference(val: dict) -> str:
+    """What the ratios divide by (or why there is no ratio), in a muted line."""
+    ref = val.get("corpus_reference")
+    if not ref:
+        return ""
+    if ref.get("value") is None:
+        return f'<span class="muted">(unavailable: {esc(ref.get("basis"))})</span>'
+    return f'<span class="muted">(corpus {num(ref["value"])}: {esc(ref.get("basis"))})</span>'
+
+
 def target_page(rec: dict) -> str:
     st = rec["stats"]
     val = rec.get("validation") or {}
@@ -116,7 +126,7 @@ def target_page(rec: dict) -> str:
 <div class="fig"><div class="card"><b>Validation</b><br>
 corpus max {num(cmax)} &middot; best fluent synthetic {num(fluent)} (xe {num(val.get("xe_best_fluent"), ".2f")})
 &middot; best at any fluency {num(best)}<br>ratio fluent/corpus {num(val.get("ratio_fluent"), ".2f")}
-&middot; ratio any/corpus {num(val.get("ratio_best"), ".2f")}<br>peak-token overlap
+&middot; ratio any/corpus {num(val.get("ratio_best"), ".2f")} {_reference(val)}<br>peak-token overlap
 {num(val.get("peak_overlap"), ".2f")} <span class="muted">(share of top exemplars whose peak token
 appears in the best synthetic text)</span><br>flags: {flags}</div>
 <div class="card"><b>Corpus statistics</b> ({st.get("n_tokens")} tokens, {st.get("n_windows")} windows)<br>

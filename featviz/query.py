@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from .dream import DreamConfig, DreamResult, dream
 from .errors import FeatvizError
-from .exemplars import TargetExemplars, scan
+from .exemplars import CorpusReference, TargetExemplars, corpus_reference, scan
 from .models import load_model
 from .targets import as_target
 
@@ -46,10 +46,11 @@ class QueryConfig:
 class QueryResult:
     dream: DreamResult
     exemplars: TargetExemplars | None
-    corpus_max: float | None
-    ratio_fluent: float | None     # best fluent synthetic activation / corpus max
-    ratio_best: float | None       # best synthetic activation at any fluency / corpus max
+    corpus_max: float | None       # max over corpus tokens (the exemplars' own figure)
+    ratio_fluent: float | None     # best fluent synthetic activation / corpus reference
+    ratio_best: float | None       # best synthetic activation at any fluency / corpus reference
     model: dict
+    reference: CorpusReference | None = None   # what the ratios divide by, or why not
 
     def to_json(self, handle=None) -> dict:
         ex = None
@@ -59,13 +60,8 @@ class QueryResult:
                   "top": [e.to_json(handle) for e in self.exemplars.top]}
         return {"version": 1, "model": self.model, "dream": self.dream.to_json(),
                 "exemplars": ex, "corpus_max": self.corpus_max,
+                "corpus_reference": self.reference.to_json() if self.reference else None,
                 "ratio_fluent": self.ratio_fluent, "ratio_best": self.ratio_best}
-
-
-def _ratio(c, mx):
-    if c is None or mx is None or not math.isfinite(mx) or mx <= 0:
-        return None
-    return c.activation / mx
 
 
 def query(target, config: QueryConfig | None = None, *, model=None, progress: bool = True
@@ -86,10 +82,13 @@ def query(target, config: QueryConfig | None = None, *, model=None, progress: bo
                                "corpus; scan more (--corpus-tokens) or use --init model")
         dcfg = replace(dcfg, corpus_init=starts)
     res = dream(handle, t, dcfg, progress=progress)
-    mx = ex.max if ex is not None else None
-    return QueryResult(dream=res, exemplars=ex, corpus_max=mx,
-                       ratio_fluent=_ratio(res.best_fluent, mx), ratio_best=_ratio(res.best, mx),
-                       model=handle.describe())
+    ref = corpus_reference(ex, t, **res.shape) if ex is not None else None
+    act = lambda c: c.activation if c is not None else None  # noqa: E731
+    return QueryResult(dream=res, exemplars=ex,
+                       corpus_max=ex.max if ex is not None and math.isfinite(ex.max) else None,
+                       ratio_fluent=ref.ratio(act(res.best_fluent)) if ref else None,
+                       ratio_best=ref.ratio(act(res.best)) if ref else None,
+                       model=handle.describe(), reference=ref)
 
 
 def corpus_starts(exemplars, length: int) -> list[list[int]]:

@@ -53,7 +53,7 @@ def cmd_query(args) -> int:
     if not spec:
         raise FeatvizError("give a target, e.g. --target mlp:12:345")
     parse_targets(spec)                      # syntax first, before any model work
-    handle = load_model(args.model, trust_remote_code=args.trust_remote_code)
+    handle = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
     target = parse_target(spec, handle)
     res = query(target, cfg, model=handle)
     doc = res.to_json(handle)
@@ -83,9 +83,13 @@ def cmd_query(args) -> int:
             ctx = handle.decode(e.token_ids[max(1, e.peak - 12): e.peak])
             peak = handle.decode([e.token_ids[e.peak]])
             print(f"{e.value:11.4f}  ...{_short(ctx, 60)} [[{peak}]]")
-        if res.ratio_fluent is not None:
-            print(f"\nratio synthetic/corpus max: fluent {res.ratio_fluent:.2f}, "
-                  f"any fluency {res.ratio_best:.2f}")
+        ref = res.reference
+        if ref is not None and ref.value is None:
+            print(f"\nratio synthetic/corpus: unavailable ({ref.basis})")
+        elif ref is not None:
+            f = lambda r: "n/a" if r is None else f"{r:.2f}"  # noqa: E731
+            print(f"\nratio synthetic/corpus {ref.value:.4f} ({ref.basis}): fluent "
+                  f"{f(res.ratio_fluent)}, any fluency {f(res.ratio_best)}")
     if args.out:
         print(f"\nJSON written to {args.out}")
     return 0

@@ -159,7 +159,12 @@ def read_text(handle, targets: list[Target], text: str, *, with_xe: bool = True)
     ids = handle.encode(text)
     if not ids:
         raise FeatvizError("the text is empty after tokenization; pass some text")
-    full = with_bos(handle, ids)
+    return read_ids(handle, targets, [handle.bos_id] + ids, with_xe=with_xe)
+
+
+def read_ids(handle, targets: list[Target], ids: list, *, with_xe: bool = False) -> Reading:
+    """Values of several targets at every position of ``ids`` (which start with BOS)."""
+    full = torch.as_tensor([list(ids)], dtype=torch.long, device=handle.device)
     with torch.no_grad():
         caps, logits = run(handle, all_sites(targets), input_ids=full, need_logits=with_xe)
         per = {str(t): t.per_position(caps, handle)[0].tolist() for t in targets}

@@ -79,13 +79,29 @@ class Target:
             a.validate(handle)
         return self
 
-    def per_position(self, captures: dict, handle) -> torch.Tensor:
-        """Weighted per-position values, shape (batch, seq)."""
-        return sum(w * a.per_position(captures, handle) for w, a in self.terms())
+    def per_position(self, captures: dict, handle, length: int | None = None) -> torch.Tensor:
+        """Weighted per-position values, shape (batch, seq); ``length``: see Atom."""
+        return sum(w * a.per_position(captures, handle, length) for w, a in self.terms())
 
-    def evaluate(self, captures: dict, handle, start: int = 1) -> torch.Tensor:
-        """Reduced value per sequence, shape (batch,)."""
-        return sum(w * a.reduce(a.per_position(captures, handle), start) for w, a in self.terms())
+    def evaluate(self, captures: dict, handle, span: tuple | None = None) -> torch.Tensor:
+        """Reduced value per sequence, shape (batch,).  ``span`` (lo, hi): the positions
+        @max and @mean range over (default: all but BOS); a dream passes its optimised
+        positions, so a fixed prefix or suffix never counts."""
+        return sum(w * a.reduce(a.per_position(captures, handle), span) for w, a in self.terms())
+
+    def evaluate_prefix(self, history: dict, length: int, span: tuple | None = None):
+        """The value the beam ranks a partial sequence by: ``history`` maps each atom to
+        its (batch, p) values at the first p positions of a sequence that will have
+        ``length`` tokens (see ``Atom.reduce_prefix``)."""
+        return sum(w * a.reduce_prefix(history[a], length, span) for w, a in self.terms())
+
+    def check_length(self, length: int, span: tuple | None = None) -> None:
+        """A one-line error, before any search, when a position or key this target reads
+        does not exist in a sequence of ``length`` tokens."""
+        for _, a in self.terms():
+            a.reduce_plan(length, span)
+            if a.kind == "attn":
+                a.key_index(length)
 
     def describe(self, handle=None) -> str:
         return " + ".join(f"{w:g}*({a.describe(handle)})" for w, a in self.terms())
@@ -134,7 +150,12 @@ class Atom(Target):
             what = (f"attention probability of head {self.index}, layer {self.layer}, "
                     f"to key position {self.key}")
         else:
-            d = f"direction in {self.file}" if self.file else f"basis dimension {self.index}"
+            if self.file:
+                norm = f", norm {self.direction_norm(handle):.6g}" if handle is not None else ""
+                d = (f"the unit direction in {self.file} (the file's vector divided by its "
+                     f"norm{norm})")
+            else:
+                d = f"basis dimension {self.index}"
             what = f"residual stream after block {self.layer} projected on {d}"
         return f"{what}, {red}"
 
@@ -157,13 +178,27 @@ class Atom(Target):
         return self
 
     def direction(self, handle) -> torch.Tensor:
+        """The unit direction in ``file`` (the file's vector divided by its norm)."""
+        return self._direction(handle)[0]
+
+    def direction_norm(self, handle) -> float:
+        """The norm of the vector stored in ``file`` (recorded in every output)."""
+        return self._direction(handle)[1]
+
+    def _direction(self, handle):
         key = ("direction", os.path.abspath(self.file))
         if key not in handle.cache:
-            handle.cache[key] = load_direction(self.file, handle.d_model)
+            vec = load_direction(self.file, handle.d_model)
+            norm = float(vec.double().norm())
+            handle.cache[key] = ((vec.double() / norm).float(), norm)
         return handle.cache[key]
 
     # -- reading --
-    def per_position(self, captures: dict, handle) -> torch.Tensor:
+    def per_position(self, captures: dict, handle, length: int | None = None) -> torch.Tensor:
+        """(batch, q) values at the query positions in ``captures``.  ``length``: the
+        sequence's full length when the captures hold only its first positions (a KV-cache
+        step): an attention key is then resolved against ``length``, and a key that lies
+        after the positions present reads 0, as the causal mask makes it in the full pass."""
         x = captures[self.site]
         if self.kind == "mlp":
             return x[..., self.index]
@@ -171,9 +206,12 @@ class Atom(Target):
             b, t, _ = x.shape
             return x.reshape(b, t, handle.n_heads, handle.head_dim)[:, :, self.index].norm(dim=-1)
         if self.kind == "attn":
-            return x[:, self.index, :, self.key_index(x.shape[-1])]
+            k = self.key_index(length if length is not None else x.shape[-1])
+            if k >= x.shape[-1]:
+                return x.new_zeros(x.shape[0], x.shape[2])
+            return x[:, self.index, :, k]
         if self.file is not None:
-            return x @ self.direction(handle).to(x.dtype)
+            return x @ self.direction(handle).to(x.device, x.dtype)
         return x[..., self.index]
 
     # index arithmetic shared by both backends (featviz.jaxfwd reads through these too)
@@ -185,25 +223,45 @@ class Atom(Target):
                                f"a sequence of {t} tokens")
         return k
 
-    def reduce_plan(self, t: int, start: int = 1) -> tuple[str, int]:
-        """How a (batch, t) reading is reduced: ("at", i) reads position i; ("max" | "mean",
-        first) reduces positions first..t-1 (max/mean skip the first ``start``, i.e. BOS)."""
+    def reduce_plan(self, t: int, span: tuple | None = None):
+        """How a (batch, t) reading is reduced: ("at", i) reads position i (0 <= i < t);
+        ("max" | "mean", (lo, hi)) reduces positions lo..hi-1, by default every position
+        but BOS (1..t-1; BOS alone when t is 1)."""
         if self.reduction == "last":
             return "at", t - 1
         if self.reduction in ("max", "mean"):
-            return self.reduction, min(start, t - 1)
+            lo, hi = span if span is not None else (1, t)
+            lo, hi = max(0, min(lo, t - 1)), min(hi, t)
+            return self.reduction, (lo, max(hi, lo + 1))
         i = int(self.reduction)
         if not -t <= i < t:
             raise FeatvizError(f"target '{self.name}': position {i} is outside a sequence of "
                                f"{t} tokens (BOS is position 0)")
-        return "at", i
+        return "at", i % t
 
-    def reduce(self, values: torch.Tensor, start: int = 1) -> torch.Tensor:
-        """Reduce (batch, seq) values to (batch,); max/mean skip the first ``start`` (BOS)."""
-        how, i = self.reduce_plan(values.shape[-1], start)
+    def reduce(self, values: torch.Tensor, span: tuple | None = None) -> torch.Tensor:
+        """Reduce (batch, seq) values to (batch,); see ``reduce_plan``."""
+        how, i = self.reduce_plan(values.shape[-1], span)
         if how == "at":
             return values[:, i]
-        body = values[:, i:]
+        body = values[:, i[0]:i[1]]
+        return body.max(dim=-1).values if how == "max" else body.mean(dim=-1)
+
+    def reduce_prefix(self, values: torch.Tensor, length: int, span: tuple | None = None):
+        """Reduce the (batch, p) values of the first p positions of a sequence that will
+        have ``length`` tokens.  Exact once p == length; before that, what a left-to-right
+        search can rank by: the newest position for @last, the span so far for @max and
+        @mean, the value at I once position I exists (0 before)."""
+        p = values.shape[-1]
+        how, i = self.reduce_plan(length, span)
+        if self.reduction == "last":
+            return values[:, -1]
+        if how == "at":
+            return values[:, i] if i < p else values.new_zeros(values.shape[0])
+        lo, hi = i[0], min(i[1], p)
+        if hi <= lo:
+            return values.new_zeros(values.shape[0])
+        body = values[:, lo:hi]
         return body.max(dim=-1).values if how == "max" else body.mean(dim=-1)
 
 
@@ -240,11 +298,12 @@ class PerRow(Target):
         r = torch.as_tensor(self.rows, device=vals.device)
         return vals[r, torch.arange(len(r), device=vals.device)]
 
-    def per_position(self, captures: dict, handle) -> torch.Tensor:
-        return self._pick(torch.stack([t.per_position(captures, handle) for t in self.targets]))
+    def per_position(self, captures: dict, handle, length: int | None = None) -> torch.Tensor:
+        return self._pick(torch.stack([t.per_position(captures, handle, length)
+                                       for t in self.targets]))
 
-    def evaluate(self, captures: dict, handle, start: int = 1) -> torch.Tensor:
-        return self._pick(torch.stack([t.evaluate(captures, handle, start) for t in self.targets]))
+    def evaluate(self, captures: dict, handle, span: tuple | None = None) -> torch.Tensor:
+        return self._pick(torch.stack([t.evaluate(captures, handle, span) for t in self.targets]))
 
     @property
     def name(self) -> str:
@@ -281,6 +340,9 @@ def load_direction(path: str, d_model: int) -> torch.Tensor:
                            f"stream has {d_model}")
     if not np.all(np.isfinite(vec)):
         raise FeatvizError(f"direction file '{path}' contains NaN or Inf")
+    if not np.any(vec):
+        raise FeatvizError(f"direction file '{path}' holds the zero vector; a direction needs "
+                           "a nonzero norm")
     return torch.from_numpy(vec)
 
 

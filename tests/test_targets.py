@@ -53,13 +53,53 @@ def test_resid_basis_and_direction(tiny, tmp_path):
     d = np.random.default_rng(0).normal(size=tiny.d_model).astype(np.float32)
     np.save(tmp_path / "dir.npy", d)
     per, red = _read(tiny, f"resid:1:{tmp_path / 'dir.npy'}@mean")
-    expect = ref["resid_post"] @ torch.from_numpy(d)
+    unit = torch.from_numpy(d / np.linalg.norm(d))           # the direction is normalised
+    expect = ref["resid_post"] @ unit
     assert torch.allclose(per, expect, atol=1e-4)
     assert abs(red - expect[1:].mean()) < 1e-4
     from safetensors.numpy import save_file
     save_file({"direction": d}, str(tmp_path / "dir.safetensors"))
     _, red2 = _read(tiny, f"resid:1:{tmp_path / 'dir.safetensors'}@mean")
     assert abs(red2 - red) < 1e-6
+
+
+def test_direction_is_normalised_and_its_norm_recorded(tiny, tmp_path):
+    """A direction file's scale must not change values or the logit effect; the norm of
+    the stored vector is reported in the target's description."""
+    from featviz.effects import logit_effect
+    d = np.random.default_rng(1).normal(size=tiny.d_model).astype(np.float32)
+    np.save(tmp_path / "a.npy", d)
+    np.save(tmp_path / "b.npy", 7 * d)
+    pa, ra = _read(tiny, f"resid:1:{tmp_path / 'a.npy'}@max")
+    pb, rb = _read(tiny, f"resid:1:{tmp_path / 'b.npy'}@max")
+    assert torch.allclose(pa, pb, atol=1e-5) and abs(ra - rb) < 1e-5
+    ta = featviz.parse_target(f"resid:1:{tmp_path / 'a.npy'}", tiny)
+    tb = featviz.parse_target(f"resid:1:{tmp_path / 'b.npy'}", tiny)
+    ea, eb = logit_effect(tiny, ta, 5), logit_effect(tiny, tb, 5)
+    assert [t for t, _ in ea["top"]] == [t for t, _ in eb["top"]]
+    np.testing.assert_allclose([v for _, v in ea["top"]], [v for _, v in eb["top"]], rtol=1e-4)
+    n = float(np.linalg.norm(d))
+    assert tb.direction_norm(tiny) == pytest.approx(7 * n, rel=1e-5)
+    assert f"norm {7 * n:.6g}" in tb.describe(tiny) and "unit direction" in tb.describe(tiny)
+    np.save(tmp_path / "zero.npy", np.zeros(tiny.d_model, np.float32))
+    with pytest.raises(FeatvizError, match="zero vector"):
+        featviz.parse_target(f"resid:1:{tmp_path / 'zero.npy'}", tiny)
+
+
+def test_gpt2_logit_effect_uses_the_centred_direction(gpt2, tmp_path):
+    """LayerNorm removes a direction's mean before anything reaches the logits: the all-ones
+    direction has no direct logit effect, and adding a constant changes nothing."""
+    from featviz.effects import logit_effect
+    np.save(tmp_path / "ones.npy", np.ones(gpt2.d_model, np.float32))
+    eff = logit_effect(gpt2, featviz.parse_target(f"resid:2:{tmp_path / 'ones.npy'}", gpt2), 5)
+    assert max(abs(v) for _, v in eff["top"] + eff["bottom"]) < 1e-4
+    mlp = featviz.parse_target("mlp:1:3", gpt2)
+    w = gpt2.mlp_out_proj(1).weight.detach().float()[3]
+    lnf = gpt2.model.transformer.ln_f.weight.detach().float()
+    raw = (gpt2.unembedding.detach().float() @ ((w - w.mean()) * lnf))
+    raw[list(gpt2.tokenizer.all_special_ids)] = -float("inf")
+    e = logit_effect(gpt2, mlp, 3)
+    assert e["top"][0][1] == pytest.approx(float(raw.max()), rel=1e-4)
 
 
 def test_reductions(tiny):
