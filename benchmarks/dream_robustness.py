@@ -34,11 +34,15 @@ def robustness(handle, target, text: str, k: int, mask) -> dict:
     base = float(_values_batched(handle, target, [row], span_start=1)[0])
     per = _attribute(handle, target, row, list(range(1, len(row))), None, base, k, mask,
                      span_start=1)
-    # a share of a non-positive activation means nothing: such a prompt gets none
-    shares = [max(0.0, p["share"]) for p in per if p["share"] is not None] if base > 0 else []
+    # a share of a non-positive activation means nothing: such a prompt gets none.  Shares
+    # are signed: a negative one is an edit that *raised* the activation (not floored at 0,
+    # which would hide that the prompt was not a local maximum)
+    shares = [p["share"] for p in per if p["share"] is not None] if base > 0 else []
     return {"activation": base, "shares": shares,
             "median_share": statistics.median(shares) if shares else None,
             "positions_over_half": sum(s > 0.5 for s in shares),
+            "positions_raised": sum(s < 0 for s in shares),
+            "min_share": min(shares) if shares else None,
             "tokens": [p["token"] for p in per]}
 
 
@@ -76,13 +80,17 @@ def main():
              f"top-{args.alternatives} model alternatives)", "",
              "Per prompt: its activation, and over its positions the share of that activation "
              "lost when the best of the model's top alternatives replaces the token there "
-             "(median, and how many positions lose more than half).", "",
-             "| neuron | method | prompt | activation | median share lost | positions losing > 50 % |",
-             "|---|---|---|---|---|---|"]
+             "(median, and how many positions lose more than half). Shares are signed: a "
+             "negative share is an edit that raised the activation (the lowest is listed, and "
+             "how many positions had one).", "",
+             "| neuron | method | prompt | activation | median share lost | positions losing > 50 % "
+             "| positions raised | lowest share |",
+             "|---|---|---|---|---|---|---|---|"]
     for o in out:
         lines.append(f"| {o['target']} | {o['method']} ({o['which']}) | {repr(o['text']).replace('|', '&#124;')} | "
                      f"{o['activation']:.2f} | {fmt(o['median_share'])} | "
-                     f"{o['positions_over_half']}/{len(o['shares'])} |")
+                     f"{o['positions_over_half']}/{len(o['shares'])} | "
+                     f"{o['positions_raised']}/{len(o['shares'])} | {fmt(o['min_share'])} |")
     by = {}
     for o in out:
         if o["median_share"] is not None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -119,11 +119,16 @@ class AuditReport:
 def span_value(target: Target, captures: dict, handle, span_start: int) -> torch.Tensor:
     """The target's value over the tokens from ``span_start`` on, as if they followed BOS
     directly: @last reads the last token, @max/@mean run over the span, @I counts from the
-    token before the span (so @1 is the span's first token)."""
+    token before the span (so @1 is the span's first token), and an attention key K is the
+    span's K-th token (K = 0: BOS; negative K counts from the end, as before)."""
     total = 0
     for w, a in target.terms():
+        if a.kind == "attn":
+            t = captures[a.site].shape[-1]                 # keys in the whole sequence
+            k = a.key_index(1 + t - span_start)            # in BOS + span
+            a = replace(a, key=0 if k == 0 else span_start - 1 + k)
         per = a.per_position(captures, handle)[:, span_start - 1:]
-        total = total + w * a.reduce(per, 1)
+        total = total + w * a.reduce(per)
     return total
 
 

@@ -47,7 +47,11 @@ def cand(text, act, xe, ids=(5, 6)):
 
 def result(best, fluent, cap=6.5):
     return DreamResult(target="t", target_description="", model="m", config={"xe_cap": cap},
-                       frontier=[], best=best, best_fluent=fluent, best_at={}, stats={})
+                       frontier=[], best=best, best_fluent=fluent, best_at={},
+                       stats={"shape": {"length": 2, "prefix": 0, "suffix": 0}})
+
+
+MLP = featviz.targets.Atom("mlp", 0, 0)           # a neuron @last: the corpus max is its figure
 
 
 def exemplars(mx, density):
@@ -60,17 +64,70 @@ def verdicts(checks):
 
 def test_scalar_checks_known_answers():
     th = Thresholds()
-    ordinary = _scalar_checks(exemplars(2.0, 0.3), result(cand("a", 2.5, 9.0), cand("b", 2.2, 5.0)), th)
+    ordinary = _scalar_checks(exemplars(2.0, 0.3), result(cand("a", 2.5, 9.0), cand("b", 2.2, 5.0)), th, MLP)
     assert verdicts(ordinary) == {"superstimulus": "ok", "hidden-trigger": "ok", "fluency-gap": "ok"}
     assert ordinary[0].figures["ratio_fluent"] == pytest.approx(1.1)
-    hidden = _scalar_checks(exemplars(0.05, 1e-5), result(cand("zq vex", 4.0, 9.0), cand("b", 1.0, 6.0)), th)
+    hidden = _scalar_checks(exemplars(0.05, 1e-5), result(cand("zq vex", 4.0, 9.0), cand("b", 1.0, 6.0)), th, MLP)
     v = verdicts(hidden)
     assert v["hidden-trigger"] == "flag" and v["superstimulus"] == "flag" and v["fluency-gap"] == "flag"
     assert hidden[1].figures["trigger_text"] == "zq vex"
-    gib = _scalar_checks(exemplars(2.0, 0.3), result(cand("x", 2.0, 12.0), None), th)
+    gib = _scalar_checks(exemplars(2.0, 0.3), result(cand("x", 2.0, 12.0), None), th, MLP)
     assert verdicts(gib)["fluency-gap"] == "flag" and verdicts(gib)["hidden-trigger"] == "ok"
     assert _scalar_checks(exemplars(2.0, 0.3), result(cand("x", 5.0, 12.0), cand("y", 4.0, 6.0)),
-                          Thresholds(fluency_gap=1.1, superstimulus=10))[2].verdict == "flag"
+                          Thresholds(fluency_gap=1.1, superstimulus=10), MLP)[2].verdict == "flag"
+
+
+def test_scalar_checks_compare_like_with_like():
+    """A @mean target is compared with the corpus's best mean over windows of the dream's
+    shape, not with the max over tokens; without such a figure the checks say n/a."""
+    ex = exemplars(10.0, 0.3)
+    ex.position_max = [0.0, 1.0, 2.0, 3.0]
+    ex.prefix_mean_max = [float("nan"), 1.0, 1.5, 2.0]
+    mean = featviz.targets.Atom("mlp", 0, 0, reduction="mean")
+    ch = _scalar_checks(ex, result(cand("a", 3.0, 9.0), cand("b", 2.4, 5.0)), Thresholds(), mean)
+    assert ch[0].figures["corpus_reference"]["value"] == pytest.approx(1.5)   # length 2
+    assert ch[0].figures["ratio_fluent"] == pytest.approx(1.6)
+    at = featviz.targets.Atom("mlp", 0, 0, reduction="2")
+    ch = _scalar_checks(ex, result(cand("a", 3.0, 9.0), cand("b", 8.0, 5.0)),
+                        Thresholds(superstimulus=3.5), at)
+    assert ch[0].figures["ratio_fluent"] == pytest.approx(4.0) and ch[0].verdict == "flag"
+    far = featviz.targets.Atom("attn", 0, 0, key=-1)
+    ch = _scalar_checks(ex, result(cand("a", 3.0, 9.0), cand("b", 2.4, 5.0)), Thresholds(), far)
+    assert ch[0].verdict == ch[1].verdict == "n/a" and ch[0].figures["ratio_fluent"] is None
+    assert "counts from the end" in ch[0].figures["corpus_reference"]["basis"]
+
+
+@pytest.fixture(scope="module")
+def sharp():
+    """A tiny Llama whose queries and keys are scaled up: attention far from uniform."""
+    tok = make_tokenizer()
+    m = tiny_llama(tok, seed=3, layers=2)
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.self_attn.q_proj.weight.mul_(12.0)
+            layer.self_attn.k_proj.weight.mul_(12.0)
+    return featviz.wrap_model(m, tok, name="tiny-sharp")
+
+
+def test_span_value_reads_the_attention_key_in_the_span(sharp):
+    """attn:L:H:K after a context reads the span's K-th token, not the context's (sharp
+    attention, so the wrong key reads another value)."""
+    from featviz.targets import PATTERN
+    h = sharp
+    syn = h.encode("the cat sat on the mat")
+    ctx = h.encode("rivers flow into the sea and mountains rise")
+    both = torch.tensor([[h.bos_id] + ctx + syn])
+    s = 1 + len(ctx)
+    for spec, key in (("attn:1:2:2", s - 1 + 2), ("attn:1:2:-2", s + len(syn) - 2),
+                      ("attn:1:2:0", 0)):
+        t = featviz.parse_target(spec, h)
+        with torch.no_grad():
+            caps = run(h, t.sites(), input_ids=both)[0]
+        want = caps[(PATTERN, 1)][0, 2, -1, key]
+        assert float(span_value(t, caps, h, s)[0]) == pytest.approx(float(want), abs=1e-6), spec
+    wrong = float(caps[(PATTERN, 1)][0, 2, -1, 2])
+    right = float(caps[(PATTERN, 1)][0, 2, -1, s + 1])
+    assert abs(wrong - right) > 1e-3                    # the test can tell the two apart
 
 
 def test_span_value_reads_the_span_as_if_after_bos(no_mixing):
