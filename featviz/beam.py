@@ -8,6 +8,7 @@ known from its parent's next-token distribution without another pass.
 from __future__ import annotations
 
 import inspect
+import time
 
 import torch
 
@@ -61,14 +62,18 @@ def _drop_newest(cache, layers: int) -> None:
 
 def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: int = 8,
                 expand: int = 48, lam: float = 0.5, generator: torch.Generator | None = None,
-                sample: bool = False):
+                sample: bool = False, deadline: float | None = None):
     """Returns (ids (beams, n), activation (beams,), xe (beams,)) of the final beams.
 
     A candidate is ranked by the target's value on the sequence so far
     (``Target.evaluate_prefix``): every position's reading is exact (a key not reached yet
     reads 0, as the causal mask makes it), @max / @mean run over the optimised positions so
     far, and a fixed position @I counts once it exists.  The final beams' activation is
-    the target's value on the whole sequence."""
+    the target's value on the whole sequence.
+
+    ``deadline`` (a ``time.perf_counter()`` value): once it has passed, the beams are
+    completed greedily (each beam's most likely readable next token), so a time budget
+    holds however slow a step is."""
     kw = _cache_kw(handle.model)
     dev = handle.device
     sites = target.sites()
@@ -88,8 +93,9 @@ def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: in
         lam_t = torch.tensor([lam], device=dev)
         cap_t = torch.tensor([float("inf")], device=dev)
         for t in range(n):
-            k = min(expand, int(mask.sum()))
-            if sample and generator is not None:
+            late = deadline is not None and time.perf_counter() > deadline
+            k = 1 if late else min(expand, int(mask.sum()))
+            if sample and generator is not None and not late:
                 u = torch.rand(logp.shape, generator=generator, device=dev).clamp_(1e-10, 1)
                 cand = (logp - torch.log(-torch.log(u))).topk(k, -1).indices
             else:

@@ -41,13 +41,18 @@ class DreamConfig:
     steps: int = 60                 # relaxation steps (upper bound when a budget is set)
     swap_iters: int = 40            # swap iterations (upper bound when a budget is set)
     relax_fraction: float = 0.2     # share of the budget for the relaxation
+    init_fraction: float = 0.25     # the init (model samples, beams) ends by this share of
+                                    # the budget: later beams are skipped, a late one completed
+                                    # greedily
     restarts: int = 1               # independent relaxations (each with a fresh init)
     init: str = "model"             # "model" | "random" | "corpus"
     init_samples: int = 64          # initial sequences scored before choosing each row's start
     beam_lams: tuple = (0.1, 0.3)   # LM-guided beam searches at init (one per lambda; () = none)
     beam_width: int = 8
     beam_expand: int = 48           # the model's top-k next tokens tried per beam and step
-    precision: str = "bf16"         # search arithmetic: "bf16" (autocast) or "fp32"; reports are fp32
+    precision: str = "auto"         # search arithmetic: "bf16" (autocast), "fp32", or "auto":
+                                    # bf16 where the device has fast bfloat16 (see
+                                    # fast_bf16), else fp32; reports are always fp32
     init_scale: float = 3.0         # theta = init_scale * one-hot(init) at start
     lr: float = 0.3
     tau0: float = 2.0
@@ -100,10 +105,12 @@ class DreamConfig:
                 f"shortest has {min(len(r) for r in self.corpus_init)}")
         if not 0 <= self.relax_fraction <= 1:
             bad("relax_fraction must lie in [0, 1]")
+        if not 0 < self.init_fraction <= 1:
+            bad("init_fraction must lie in (0, 1]")
         if self.tau0 <= 0 or self.tau1 <= 0:
             bad("temperatures must be positive")
-        if self.precision not in ("bf16", "fp32"):
-            bad(f"precision must be bf16 or fp32, got '{self.precision}'")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            bad(f"precision must be auto, bf16 or fp32, got '{self.precision}'")
         if any(not isinstance(x, (int, float)) or x < 0 for x in self.beam_lams):
             bad("beam_lams must be non-negative numbers")
         if self.init_samples < 1:
@@ -232,6 +239,28 @@ def _check_memory(handle, target, cfg: DreamConfig, B: int) -> None:
 
 
 _ANNOUNCED: set = set()
+
+
+def fast_bf16(device) -> bool:
+    """Whether bfloat16 products are fast on ``device``: a CUDA GPU that supports them, or
+    a CPU whose oneDNN has bfloat16 kernels (AVX512-BF16 / AMX).  Elsewhere torch emulates
+    them: on a 2-core AVX2 CPU a 1024x1024 bf16 matmul took 3.2 s against 0.04 s in fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_precision(handle, choice: str) -> str:
+    """"bf16" or "fp32" for the search on this handle's device ("auto": see fast_bf16)."""
+    if choice != "auto":
+        return choice
+    return "bf16" if fast_bf16(handle.device) else "fp32"
 
 
 def resolve_backend(handle, choice: str) -> str:
@@ -388,18 +417,23 @@ class _Search:
             self.note_rotations(cands, per.float(), float(a.float().max()) * 0.5)
 
     # -- stage 1: init (model samples, LM-guided beams, rotations) --
-    def start(self, r: int):
-        """Scores this restart's initial sequences; returns each row's start, or None."""
+    def start(self, r: int, deadline: float | None = None):
+        """Scores this restart's initial sequences; returns each row's start, or None.
+        ``deadline`` (perf_counter): no beam search starts after it, and one running then
+        is completed greedily."""
         cfg, tokens = self.cfg, self.tokens
         self.score_into_archive(_init_ids(self.h, cfg, tokens, self.mask, self.gen,
                                           max(self.B, cfg.init_samples)))
         if cfg.init == "model" and not tokens.suffix:
             for j, bl in enumerate(cfg.beam_lams):
+                if deadline is not None and time.perf_counter() > deadline:
+                    self.stats["beams_skipped"] = len(cfg.beam_lams) - j
+                    break
                 with self.autocast:
                     bids, _, _ = beam_search(self.h, self.target, tokens, self.mask, self.n,
                                              beams=cfg.beam_width, expand=cfg.beam_expand,
                                              lam=float(bl), generator=self.gen,
-                                             sample=(r + j) > 0)
+                                             sample=(r + j) > 0, deadline=deadline)
                 self.score_into_archive(bids)
                 self.tick()
         rot = self.take_rotations()
@@ -444,13 +478,19 @@ class _Search:
         # rows that weigh fluency draw lm_share of their swaps from the model's own top
         # tokens; a pure-activation row (lambda 0, no cap) only gradient swaps, as GCG
         lm_rows = torch.where((lam == 0) & ~torch.isfinite(cap), 0.0, cfg.lm_share)
-        it, last = 0, 0.0
+        it, longest, full_sweep = 0, 0.0, sweep
         while it < (10 ** 9 if budgeted else cfg.swap_iters):
-            if clock.left() <= reserve + last:    # the next iteration must fit the budget
+            # the next iteration must fit the budget: when less than the longest full one
+            # is left, a smaller one runs (fewer children and sweep tokens, in proportion)
+            left = clock.left() - reserve
+            frac = 1.0 if not longest or left >= longest else left / longest
+            if left <= 0 or frac < 0.1:
                 break
+            children = max(1, int(cfg.children * frac))
+            sweep = max(1, int(full_sweep * frac)) if full_sweep else 0
             t_it = time.perf_counter()
             grad, lm = self.grads(pop)
-            kids = propose(pop, grad.float(), lm.float(), mask, cfg.children, cfg.k_grad,
+            kids = propose(pop, grad.float(), lm.float(), mask, children, cfg.k_grad,
                            cfg.k_lm, lm_rows, gen)
             if sweep and self.last_only and not tokens.suffix:
                 with autocast:
@@ -479,7 +519,7 @@ class _Search:
             if rot is not None:
                 kids = torch.cat([rot, kids])
             if cfg.crossover:
-                kids = torch.cat([crossover(pop, pop_a, pop_x, cfg.crossover, 4, gen), kids])
+                kids = torch.cat([crossover(pop, pop_a, pop_x, max(1, int(cfg.crossover * frac)), 4, gen), kids])
             kids = _stable_unique(tokens, kids, archive)
             floor = float(pop_a.max())
             if len(kids) and two_stage:
@@ -504,7 +544,10 @@ class _Search:
                                     cfg.distinct)
                 pop, pop_a, pop_x = pool_ids[best], pool_a[best], pool_x[best]
             it += 1
-            last = time.perf_counter() - t_it
+            if frac == 1.0:
+                longest = max(longest, time.perf_counter() - t_it)
+            else:
+                self.stats["last_iter_fraction"] = round(frac, 3)
             self.tick()
         self.stats["swap_iters"] = it
         self.stats["seconds"]["swaps"] = time.perf_counter() - t_swap
@@ -559,6 +602,7 @@ class _Search:
         stats["evaluated"] = archive.evaluated
         stats["soft_trace"] = self.soft_trace
         stats["backend"] = backend
+        stats["precision"] = cfg.precision
         stats["diverged"] = not any(math.isfinite(a) for a, _ in archive.entries.values())
         stats["verified"] = len(checked)
         stats["shape"] = {"length": self.n, "prefix": len(self.tokens.prefix),
@@ -608,7 +652,8 @@ def dream_many(handle, targets, config: DreamConfig | None = None, *,
     joint = targets[0] if K == 1 else rows
     _check_memory(handle, joint, cfg, K * B)
     backend = resolve_backend(handle, cfg.backend)
-    user_cfg, cfg = cfg, _fit_budget(cfg, B)
+    user_cfg = cfg
+    cfg = _fit_budget(replace(cfg, precision=resolve_precision(handle, cfg.precision)), B)
     bar = tqdm(total=total or (cfg.steps * cfg.restarts + cfg.swap_iters * K),
                desc=f"dreaming {targets[0]}" if K == 1 else f"dreaming {K} targets",
                disable=not progress, leave=False, unit="s" if total else "step")
@@ -626,10 +671,17 @@ def dream_many(handle, targets, config: DreamConfig | None = None, *,
     # ---- stages 1-3: per-target init, one shared relaxation, per-target discretization ----
     relax_budget = None if total is None else total * cfg.relax_fraction
     t_relax = time.perf_counter()
+    t_init = 0.0
     for r in range(cfg.restarts):
         if r > 0 and relax_budget is not None and clock.elapsed() >= relax_budget:
             break
-        inits = [s.start(r) for s in searches]
+        t = time.perf_counter()
+        inits = []
+        for s in searches:                      # each target's init keeps to its share
+            end = None if total is None else (
+                time.perf_counter() + cfg.budget_seconds * cfg.init_fraction / cfg.restarts)
+            inits.append(s.start(r, end))
+        t_init += time.perf_counter() - t
         if all(i is None for i in inits) or cfg.steps == 0 or cfg.relax_fraction == 0 or (
                 relax_budget is not None and clock.elapsed() >= relax_budget):
             continue
@@ -670,7 +722,8 @@ def dream_many(handle, targets, config: DreamConfig | None = None, *,
             s.discretize(theta[part], [sn[part] for sn in snaps], trace)
     joint_seconds = time.perf_counter() - t_relax
     for s in searches:
-        s.stats["seconds"]["relax"] = joint_seconds / K
+        s.stats["seconds"]["init"] = t_init / K
+        s.stats["seconds"]["relax"] = (joint_seconds - t_init) / K     # + discretization
         if K > 1:
             s.stats["batched_targets"] = K
     if any(not s.archive.entries for s in searches):
