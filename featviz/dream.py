@@ -380,6 +380,7 @@ class _Search:
         self.autocast = torch.autocast(self.dev.type, dtype=torch.bfloat16,
                                        enabled=cfg.precision == "bf16")
         self.pending_rot = []   # rotation candidates waiting for the next scoring round
+        self.row_seconds = 0.0  # slowest measured seconds per exactly scored row
         self.last_only = all(a.reduction == "last" for _, a in target.terms())
         self.rotating = self.last_only and cfg.rotate > 0      # rotate: 0 turns rotations off,
                                                                # not the last-position sweep
@@ -412,7 +413,10 @@ class _Search:
     def score_into_archive(self, cands):
         cands = _stable_unique(self.tokens, cands, self.archive)
         if len(cands):
+            t = time.perf_counter()
             a, x, per = self.evaluate(cands)
+            # seconds per exactly scored row (activation + xe): what budgets are planned by
+            self.row_seconds = max(self.row_seconds, (time.perf_counter() - t) / len(cands))
             self.archive.add(cands, a.float(), x.float())
             self.note_rotations(cands, per.float(), float(a.float().max()) * 0.5)
 
@@ -422,8 +426,15 @@ class _Search:
         ``deadline`` (perf_counter): no beam search starts after it, and one running then
         is completed greedily."""
         cfg, tokens = self.cfg, self.tokens
-        self.score_into_archive(_init_ids(self.h, cfg, tokens, self.mask, self.gen,
-                                          max(self.B, cfg.init_samples)))
+        # the initial sequences come in chunks, so a slow machine stops at the deadline
+        # with fewer of them instead of overrunning it (at least one chunk always runs)
+        want, done = max(self.B, cfg.init_samples), 0
+        while done < want and (done == 0 or deadline is None
+                               or time.perf_counter() < deadline):
+            chunk = min(want - done, max(self.B, 16))
+            self.score_into_archive(_init_ids(self.h, cfg, tokens, self.mask, self.gen, chunk))
+            done += chunk
+        self.stats["init_samples"] = done
         if cfg.init == "model" and not tokens.suffix:
             for j, bl in enumerate(cfg.beam_lams):
                 if deadline is not None and time.perf_counter() > deadline:
@@ -478,13 +489,19 @@ class _Search:
         # rows that weigh fluency draw lm_share of their swaps from the model's own top
         # tokens; a pure-activation row (lambda 0, no cap) only gradient swaps, as GCG
         lm_rows = torch.where((lam == 0) & ~torch.isfinite(cap), 0.0, cfg.lm_share)
-        it, longest, full_sweep = 0, 0.0, sweep
+        # seconds a full iteration takes: before the first one, guessed from the scoring
+        # rate measured at init (children, crossover and sweep rows scored, a gradient
+        # pass, with headroom); then the longest one measured
+        full_sweep = sweep
+        longest = self.row_seconds * (B * (cfg.children + 4) + cfg.crossover
+                                      + B * full_sweep * depth / 4) * 1.5
+        it, measured = 0, False
         while it < (10 ** 9 if budgeted else cfg.swap_iters):
-            # the next iteration must fit the budget: when less than the longest full one
-            # is left, a smaller one runs (fewer children and sweep tokens, in proportion)
+            # the next iteration must fit the budget: when less than a full one is left, a
+            # smaller one runs (fewer children and sweep tokens, in proportion)
             left = clock.left() - reserve
             frac = 1.0 if not longest or left >= longest else left / longest
-            if left <= 0 or frac < 0.1:
+            if left <= 0 or frac < 0.05:
                 break
             children = max(1, int(cfg.children * frac))
             sweep = max(1, int(full_sweep * frac)) if full_sweep else 0
@@ -544,9 +561,10 @@ class _Search:
                                     cfg.distinct)
                 pop, pop_a, pop_x = pool_ids[best], pool_a[best], pool_x[best]
             it += 1
-            if frac == 1.0:
-                longest = max(longest, time.perf_counter() - t_it)
-            else:
+            dt = (time.perf_counter() - t_it) / frac          # what a full one would take
+            longest = max(longest, dt) if measured else dt
+            measured = True
+            if frac < 1.0:
                 self.stats["last_iter_fraction"] = round(frac, 3)
             self.tick()
         self.stats["swap_iters"] = it
@@ -736,7 +754,8 @@ def dream_many(handle, targets, config: DreamConfig | None = None, *,
     for i, s in enumerate(searches):
         t_own = time.perf_counter()
         share = _Clock(None if total is None else (total - clock.elapsed()) / (K - i))
-        reserve = 0.0 if total is None else 0.06 * cfg.budget_seconds   # for verify
+        # kept for verification: ~32 rows scored in float32 (with headroom), at the rate measured at init
+        reserve = 0.0 if total is None else max(0.02 * cfg.budget_seconds, 48 * s.row_seconds)
         s.refine(share, reserve, budgeted=total is not None)
         results.append(s.report(user_cfg, backend,
                                 joint_seconds / K + time.perf_counter() - t_own))
