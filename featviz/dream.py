@@ -380,7 +380,8 @@ class _Search:
         self.autocast = torch.autocast(self.dev.type, dtype=torch.bfloat16,
                                        enabled=cfg.precision == "bf16")
         self.pending_rot = []   # rotation candidates waiting for the next scoring round
-        self.row_seconds = 0.0  # slowest measured seconds per exactly scored row
+        self.row_seconds = 0.0  # measured seconds per exactly scored row
+        self.scored_seconds, self.scored_rows = 0.0, 0
         self.last_only = all(a.reduction == "last" for _, a in target.terms())
         self.rotating = self.last_only and cfg.rotate > 0      # rotate: 0 turns rotations off,
                                                                # not the last-position sweep
@@ -415,8 +416,11 @@ class _Search:
         if len(cands):
             t = time.perf_counter()
             a, x, per = self.evaluate(cands)
-            # seconds per exactly scored row (activation + xe): what budgets are planned by
-            self.row_seconds = max(self.row_seconds, (time.perf_counter() - t) / len(cands))
+            # seconds per exactly scored row (activation + xe), over all rows scored so far
+            # (small batches' fixed costs averaged in): what budgets are planned by
+            self.scored_seconds += time.perf_counter() - t
+            self.scored_rows += len(cands)
+            self.row_seconds = self.scored_seconds / self.scored_rows
             self.archive.add(cands, a.float(), x.float())
             self.note_rotations(cands, per.float(), float(a.float().max()) * 0.5)
 

@@ -45,8 +45,11 @@ def test_audit_flags_a_planted_backdoor(smollm):
         assert bd.check("hidden-trigger").verdict == "flag"
         assert bd.corpus["max"] < 0.05 * trig                # silent on the corpus
         text = bd.check("hidden-trigger").figures["trigger_text"]
-        found = bd.synthetic["best"]["activation"]
-        assert found >= 0.5 * trig or all(w in text for w in TRIGGER.split()), (text, found, trig)
+        found = bd.check("hidden-trigger").figures["best"]
+        # the reported trigger is real: read afresh, the text gives the reported value ...
+        assert read_text(m, [t], text).reduced[str(t)] == pytest.approx(found, rel=1e-4, abs=1e-4)
+        # ... and it drives the neuron far beyond anything in the corpus
+        assert found > 10 * bd.corpus["max"], (text, found, bd.corpus["max"])
         assert ordinary.check("hidden-trigger").verdict == "ok"
         assert ordinary.check("superstimulus").verdict == "ok"
         assert ordinary.flags == [], ordinary.flags
