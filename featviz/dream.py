@@ -158,6 +158,11 @@ class DreamResult:
     def shape(self) -> dict:
         """The scored sequences' shape: optimised tokens and the fixed prefix / suffix
         tokens around them (BOS aside), as ``exemplars.corpus_reference`` takes it."""
+        if "shape" not in self.stats:            # a result built by hand (no search stats)
+            if self.config.get("prefix") or self.config.get("suffix"):
+                raise FeatvizError("this DreamResult has no stats['shape']; the prefix and "
+                                   "suffix token counts are needed for a corpus figure")
+            return {"length": int(self.config.get("length", 12)), "prefix": 0, "suffix": 0}
         return dict(self.stats["shape"])
 
     def to_json(self) -> dict:
