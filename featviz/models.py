@@ -209,6 +209,77 @@ def _load_hf(path_or_id: str, gguf_file: str | None, trust_remote_code: bool, lo
     return model, tok
 
 
+GGUF_CACHE_VERSION = 1
+
+
+def gguf_cache_root() -> str | None:
+    """Where converted GGUF models are kept (``FEATVIZ_MODEL_CACHE``; empty: no cache)."""
+    root = os.environ.get("FEATVIZ_MODEL_CACHE")
+    if root is None:
+        root = os.path.join(os.path.expanduser("~"), ".cache", "featviz", "models")
+    return root or None
+
+
+def _gguf_cache_dir(path: str) -> str | None:
+    """The cache folder for one GGUF file: keyed by its path, size and mtime and by the
+    transformers version that dequantised it, so a changed file is converted again."""
+    import hashlib
+
+    import transformers
+    root = gguf_cache_root()
+    if root is None:
+        return None
+    st = os.stat(path)
+    key = f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}|" \
+          f"{GGUF_CACHE_VERSION}"
+    return os.path.join(root, hashlib.sha256(key.encode()).hexdigest()[:20])
+
+
+def _save_float32(model, folder: str) -> None:
+    """Write a dequantised model as a plain float32 checkpoint (config.json +
+    model.safetensors; transformers refuses ``save_pretrained`` on a GGUF-loaded model)."""
+    import copy
+
+    from safetensors.torch import save_model
+    cfg = copy.deepcopy(model.config)
+    if hasattr(cfg, "quantization_config"):
+        delattr(cfg, "quantization_config")
+    cfg.save_pretrained(folder)
+    save_model(model, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+
+
+def _load_gguf(path: str, trust_remote_code: bool):
+    """Load a GGUF file, dequantised to float32.  Converting it takes most of a minute
+    (transformers parses the file's tokenizer several times), so the converted model is
+    kept as safetensors + tokenizer files (see ``gguf_cache_root``) and later loads read
+    those: the same float32 weights and tokenizer, in a few seconds."""
+    import shutil
+    import tempfile
+    folder = _gguf_cache_dir(path)
+    if folder and os.path.isfile(os.path.join(folder, "done")):
+        try:
+            return _load_hf(folder, None, False, True)
+        except FeatvizError:
+            shutil.rmtree(folder, ignore_errors=True)     # a damaged cache: convert again
+    model, tok = _load_hf(os.path.dirname(os.path.abspath(path)), os.path.basename(path),
+                          trust_remote_code, True)
+    if folder:
+        try:
+            os.makedirs(os.path.dirname(folder), exist_ok=True)
+            tmp = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=".partial-")
+            _save_float32(model, tmp)
+            tok.save_pretrained(tmp)
+            with open(os.path.join(tmp, "done"), "w") as fh:
+                fh.write(os.path.abspath(path) + "\n")
+            try:
+                os.rename(tmp, folder)
+            except OSError:                               # another process was first
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:                                   # a read-only home: no cache
+            pass
+    return model, tok
+
+
 def gguf_weights(path: str) -> str:
     """What a GGUF file's weights are, for output descriptions: its quantisation types
     (by tensor count) and that featviz runs them dequantised to float32."""
@@ -265,15 +336,14 @@ def _load_cached(spec: str, trust_remote_code: bool, device: str) -> ModelHandle
 def _load_on_cpu(spec: str, trust_remote_code: bool) -> ModelHandle:
     if spec in EMBEDDED:
         path = embedded_model_path(spec)
-        model, tok = _load_hf(os.path.dirname(path), os.path.basename(path), False, True)
+        model, tok = _load_gguf(path, False)
         h = wrap_model(model, tok, name=spec)
         h.weights = gguf_weights(path)
         return h
     if spec.lower().endswith(".gguf"):
         if not os.path.isfile(spec):
             raise FeatvizError(f"GGUF file '{spec}' does not exist; pass an existing .gguf path")
-        model, tok = _load_hf(os.path.dirname(os.path.abspath(spec)), os.path.basename(spec),
-                              trust_remote_code, True)
+        model, tok = _load_gguf(spec, trust_remote_code)
         h = wrap_model(model, tok, name=spec)
         h.weights = gguf_weights(spec)
         return h

@@ -38,7 +38,10 @@ def test_audit_flags_a_planted_backdoor(smollm):
         alone = read_text(m, [t], " telescope").reduced[str(t)]
         assert trig > 20 and alone < 1                      # a multi-token trigger
         cfg = AuditConfig(mine=MineConfig(max_tokens=10_000),
-                          dream=DreamConfig(budget_seconds=20, steps=10 ** 6, swap_iters=10 ** 6),
+                          # fixed step counts, not a wall-clock budget: the verdict must not
+                          # depend on how loaded the machine is
+                          dream=DreamConfig(steps=0, swap_iters=2, beam_lams=(), init_samples=16,
+                                            children=12, sweep=512, crossover=4),
                           cache_dir="")
         rep = audit(m, [t, f"mlp:{LAYER}:{ORDINARY}"], cfg, progress=False)
         bd, ordinary = rep.targets

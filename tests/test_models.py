@@ -1,4 +1,6 @@
 """Loading models from local directories and GGUF files, and refusing unsafe weights."""
+import os
+
 import pytest
 import torch
 
@@ -53,8 +55,59 @@ def test_missing_corpus_wheel(monkeypatch, llama):
 
 
 @pytest.mark.slow
-def test_gguf_path(smollm):
-    from featviz.models import embedded_model_path
-    h = load_model(embedded_model_path())
-    assert h.n_layers == 30 and h.name.endswith(".gguf")
-    assert torch.equal(h.embedding, smollm.embedding)
+def test_gguf_path_and_its_conversion_cache(monkeypatch, tmp_path):
+    """A GGUF file converted afresh and the same file read back from the conversion cache
+    are the same model: every weight, the tokenizer on awkward text, the logits."""
+    import featviz.models as mm
+    monkeypatch.setenv("FEATVIZ_MODEL_CACHE", str(tmp_path))
+    path = mm.embedded_model_path()
+    fresh_model, fresh_tok = mm._load_gguf(path, False)          # converts, writes the cache
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(mm._gguf_cache_dir(path))]
+    h = load_model(path, device="cpu")                            # read from the cache
+    assert h.n_layers == 30 and h.name.endswith(".gguf") and "Q4_1" in h.weights
+    fresh = dict(fresh_model.state_dict())
+    cached = dict(h.model.state_dict())
+    assert fresh.keys() == cached.keys()
+    assert all(torch.equal(fresh[k], cached[k]) for k in fresh)
+    text = "The cat sat.  Héllo wörld 123 <|im_end|>\n\tdef f(x): return x**2 日本語 🙂"
+    assert fresh_tok.encode(text, add_special_tokens=False) == h.encode(text)
+    assert all(fresh_tok.convert_ids_to_tokens(i) == h.tokenizer.convert_ids_to_tokens(i)
+               for i in range(0, h.vocab_size, 7))
+    ids = torch.tensor([[h.bos_id] + h.encode(text)])
+    with torch.no_grad():
+        assert torch.equal(fresh_model(ids).logits, h.model(ids).logits)
+
+
+def test_gguf_cache_reuses_repairs_and_survives_a_read_only_home(monkeypatch, tmp_path, llama):
+    """The cache logic without a real conversion: a second load reads the cache, a damaged
+    cache is converted again, and a cache folder that cannot be written only loses speed."""
+    import featviz.models as mm
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    calls = []
+
+    def fake_hf(where, gguf_file, trust, local):
+        calls.append("convert" if gguf_file else "cache")
+        if not gguf_file and not os.path.isfile(os.path.join(where, "model.safetensors")):
+            raise FeatvizError("damaged")
+        return llama.model, llama.tokenizer
+
+    monkeypatch.setattr(mm, "_load_hf", fake_hf)
+    monkeypatch.setenv("FEATVIZ_MODEL_CACHE", str(tmp_path / "cache"))
+    mm._load_gguf(str(gguf), False)
+    mm._load_gguf(str(gguf), False)
+    assert calls == ["convert", "cache"]
+    folder = mm._gguf_cache_dir(str(gguf))
+    os.remove(os.path.join(folder, "model.safetensors"))          # damaged
+    mm._load_gguf(str(gguf), False)
+    assert calls[2:] == ["cache", "convert"] and os.path.isfile(os.path.join(folder, "done"))
+    os.utime(gguf, ns=(1, 1))                                     # the file changed: a new key
+    assert mm._gguf_cache_dir(str(gguf)) != folder
+    monkeypatch.setenv("FEATVIZ_MODEL_CACHE", "")                 # cache off
+    assert mm._gguf_cache_dir(str(gguf)) is None
+    ro = tmp_path / "ro"
+    ro.write_text("a file, not a folder")
+    monkeypatch.setenv("FEATVIZ_MODEL_CACHE", str(ro / "sub"))
+    calls.clear()
+    mm._load_gguf(str(gguf), False)
+    assert calls == ["convert"]
