@@ -22,9 +22,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-import featviz  # noqa: E402
-from backend_speed import jax_steps, torch_steps  # noqa: E402
 from _results import write_result  # noqa: E402
+from backend_speed import jax_steps, torch_steps  # noqa: E402
+
+import featviz  # noqa: E402
 
 ROWS = [(6, 308, True, 8), (6, 308, True, 32), (24, 1097, False, 32), (24, 1097, True, 32),
         (24, 1097, False, 8), (24, 1097, True, 8)]

@@ -15,14 +15,13 @@ import time
 
 import numpy as np
 import torch
-
-import featviz
 from _arch import model_for
 from _results import write_result
-from featviz.objective import forward_scores
-from featviz.relax import gumbel_softmax
-from featviz.vocab import readable_mask
 
+import featviz
+from featviz.backends.torch.relax import gumbel_softmax
+from featviz.backends.torch.score import forward_scores
+from featviz.model.vocab import readable_mask
 
 
 def _sync(dev):
@@ -60,8 +59,9 @@ def torch_steps(h, t, B, n, lam, steps, precision, cap=None):
 def jax_steps(h, t, B, n, lam, steps, cap=None, precision="fp32"):
     """(median seconds of one jitted relaxation step, seconds of the first incl. compile)."""
     import jax.numpy as jnp
-    from featviz.jaxfwd import to_jax
-    from featviz.jaxrelax import make_step, step_key
+
+    from featviz.backends.jax.forward import to_jax
+    from featviz.backends.jax.relax import make_step, step_key
     jm = to_jax(h, precision)
     mask = readable_mask(h).cpu().numpy()
     cap = np.full(B, np.inf, np.float32) if cap is None else cap.cpu().numpy()

@@ -18,12 +18,15 @@ import platform
 import time
 
 import torch
-
 from _arch import model_for
 from _results import write_result
 from backend_speed import jax_steps, torch_steps
-from featviz.dream import DreamConfig, _row_params, dream, dream_many
-from featviz.targets import PerRow, parse_target
+
+from featviz.search.api import dream, dream_many
+from featviz.search.config import DreamConfig
+from featviz.search.population import row_params
+from featviz.targets.core import PerRow
+from featviz.targets.spec import parse_target
 
 
 def device_name(dev: str) -> str:
@@ -48,7 +51,7 @@ def main():
         torch.set_num_threads(os.cpu_count() or 1)
     h = model_for(args)
     cpu_h = h if args.device == "cpu" else None
-    lam8, cap8 = _row_params(DreamConfig(), torch.device("cpu"))
+    lam8, cap8 = row_params(DreamConfig(), torch.device("cpu"))
     rows, base = [], {}
     for K in [int(x) for x in args.groups.split(",")]:
         ts = tuple(parse_target(f"mlp:{args.layer}:{i}", h) for i in range(K))

@@ -21,7 +21,8 @@ import torch  # noqa: E402
 
 import featviz  # noqa: E402
 from benchmarks._results import write_result  # noqa: E402
-from featviz.dream import DreamConfig, dream  # noqa: E402
+from featviz.search.api import dream
+from featviz.search.config import DreamConfig  # noqa: E402
 
 
 def main():

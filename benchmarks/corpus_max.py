@@ -9,7 +9,7 @@ import os
 import time
 
 import featviz
-from featviz.exemplars import scan
+from featviz.mining.miner import scan
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEV = os.path.join(HERE, "..", "..", "shared", "bench", "dev_neurons.json")

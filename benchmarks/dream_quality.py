@@ -25,10 +25,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import featviz  # noqa: E402
-from featviz.discretize import Tokens  # noqa: E402
-from featviz.dream import DreamConfig, _verify, dream  # noqa: E402
-
 from benchmarks.baselines.epo import run_epo, run_gcg  # noqa: E402
+from featviz.model.tokens import Tokens  # noqa: E402
+from featviz.search.api import dream
+from featviz.search.config import DreamConfig  # noqa: E402
+from featviz.search.verify import verify_one
 
 DEV = os.path.join(HERE, "..", "..", "shared", "bench", "dev_neurons.json")
 CAPS = (5.0, 6.5, math.inf)
@@ -72,7 +73,7 @@ def run_one(handle, spec, method, budget, seed):
         best = {}
         for c in CAPS:
             hit = archive.best(c)
-            best[c] = None if hit is None else _verify(handle, target, tokens, hit[0], 12)
+            best[c] = None if hit is None else verify_one(handle, target, tokens, hit[0], 12)
     secs = time.perf_counter() - t0
     row = {"target": spec, "method": method, "budget": budget, "seconds": secs, "stats": stats}
     for c in CAPS:
@@ -155,7 +156,7 @@ def main():
     rows = [json.loads(x) for x in open(jl)] if os.path.exists(jl) else []
     done = {(r["target"], r["method"], r["budget"]) for r in rows}
     handle = featviz.load_model()
-    featviz.vocab.readable_mask(handle)
+    featviz.model.vocab.readable_mask(handle)
     for s in specs:
         for m in methods:
             if (s, m, args.budget) in done:

@@ -23,16 +23,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import featviz  # noqa: E402
-from featviz.audit import _attribute, _values_batched  # noqa: E402
-from featviz.vocab import readable_mask  # noqa: E402
+from featviz.analysis.audit import attribute, values_batched  # noqa: E402
+from featviz.model.vocab import readable_mask  # noqa: E402
 
 
 def robustness(handle, target, text: str, k: int, mask) -> dict:
     """Activation of ``text`` (BOS + its tokens) and, per position, the share lost when
     the best of the model's top-k alternatives replaces that token."""
     row = [handle.bos_id] + handle.encode(text)
-    base = float(_values_batched(handle, target, [row], span_start=1)[0])
-    per = _attribute(handle, target, row, list(range(1, len(row))), None, base, k, mask,
+    base = float(values_batched(handle, target, [row], span_start=1)[0])
+    per = attribute(handle, target, row, list(range(1, len(row))), None, base, k, mask,
                      span_start=1)
     # a share of a non-positive activation means nothing: such a prompt gets none.  Shares
     # are signed: a negative one is an edit that *raised* the activation (not floored at 0,

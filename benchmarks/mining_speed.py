@@ -1,6 +1,6 @@
 """Mining throughput against a bare hooked forward over the same windows.
 
-For each case, tokens per second of (a) `featviz.exemplars.mine` (forward + hooks +
+For each case, tokens per second of (a) `featviz.mining.miner.mine` (forward + hooks +
 gather + streaming top-k / histogram / reservoirs / controls) and (b) the bare hooked
 forward alone (`featviz.readout.run` on the same batches, nothing kept).  Both read
 the same pre-tokenised windows, so tokenisation is in neither figure.  Runs
@@ -19,13 +19,13 @@ import time
 
 import numpy as np
 import torch
+from _results import write_result
 
 import featviz
-from _results import write_result
 from featviz import corpus as corpus_mod
-from featviz.exemplars import Miner, MineConfig, mine
-from featviz.readout import run
-from featviz.targets import all_sites
+from featviz.mining.miner import MineConfig, Miner, mine
+from featviz.model.forward import run
+from featviz.targets.core import all_sites
 
 CASES = [("8 dev neurons (layers 2-27)", ["mlp:2:663", "mlp:6:308", "mlp:10:808", "mlp:14:1333",
                                          "mlp:18:98", "mlp:21:148", "mlp:24:1097", "mlp:27:192"]),
@@ -57,7 +57,7 @@ def mined(handle, targets, wins, cfg):
     Miner.finish = timed_finish
     try:
         t0 = time.perf_counter()
-        mine(handle, targets, None, cfg, progress=False)
+        mine(handle, targets, cfg, progress=False)
         return time.perf_counter() - t0, spent[0]
     finally:
         corpus_mod.windows, Miner.finish = real, real_finish
@@ -66,7 +66,7 @@ def mined(handle, targets, wins, cfg):
 def rss_child(tokens):
     code = ("import featviz, resource; from featviz.exemplars import Miner, MineConfig, mine; "
             "m = featviz.load_model(); ts = featviz.parse_targets('mlp:6:0-1535', m); "
-            f"mine(m, ts, None, MineConfig(max_tokens={tokens}), progress=False); "
+            f"mine(m, ts, MineConfig(max_tokens={tokens}), progress=False); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024

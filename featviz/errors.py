@@ -3,6 +3,7 @@
 The CLI turns :class:`FeatvizError` into a one-line message and exit code 2;
 the Python API lets it propagate so notebooks see the same message.
 """
+from __future__ import annotations
 
 
 class FeatvizError(Exception):

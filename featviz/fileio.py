@@ -5,7 +5,7 @@ import json
 import math
 import os
 
-from .errors import FeatvizError
+from featviz.errors import FeatvizError
 
 
 def clean(x):

@@ -14,10 +14,13 @@ import time
 
 import torch
 
-from featviz.discretize import Archive, Tokens, evaluate, onehot_grads, propose
-from featviz.dream import _scores_for_rows, _stable_unique
-from featviz.objective import lambdas
-from featviz.vocab import readable_mask
+from featviz.backends.objective import lambdas
+from featviz.backends.torch.score import evaluate, onehot_grads
+from featviz.model.tokens import Tokens
+from featviz.model.vocab import readable_mask
+from featviz.search.archive import Archive
+from featviz.search.moves import propose
+from featviz.search.population import scores_for_rows, stable_unique
 
 
 def run_epo(handle, target, *, seconds: float, length: int = 12, population: int = 4,
@@ -34,7 +37,7 @@ def run_epo(handle, target, *, seconds: float, length: int = 12, population: int
     pop = None
     while pop is None or len(pop) < len(lam):   # random readable, round-trip-stable init
         cand = allowed[torch.randint(0, len(allowed), (len(lam), length), generator=gen)]
-        cand = _stable_unique(tokens, cand)
+        cand = stable_unique(tokens, cand)
         pop = cand if pop is None else torch.cat([pop, cand])
     pop = pop[: len(lam)]
     pa, px, _ = evaluate(tokens, target, pop)
@@ -43,12 +46,12 @@ def run_epo(handle, target, *, seconds: float, length: int = 12, population: int
     while time.perf_counter() - t0 < seconds and (max_iters is None or it < max_iters):
         grad, lm = onehot_grads(tokens, target, pop, lam, cap)
         kids = propose(pop, grad, lm, mask, children, top_k, 1, 0.0, gen)
-        kids = _stable_unique(tokens, kids, archive)
+        kids = stable_unique(tokens, kids, archive)
         if len(kids):
             ka, kx, _ = evaluate(tokens, target, kids)
             archive.add(kids, ka, kx)
             pool, pool_a, pool_x = torch.cat([pop, kids]), torch.cat([pa, ka]), torch.cat([px, kx])
-            best = _scores_for_rows(torch.nan_to_num(pool_a, nan=-1e30), pool_x, lam, cap).argmax(1)
+            best = scores_for_rows(torch.nan_to_num(pool_a, nan=-1e30), pool_x, lam, cap).argmax(1)
             pop, pa, px = pool[best], pool_a[best], pool_x[best]
         it += 1
     return archive, {"iters": it, "seconds": time.perf_counter() - t0,

@@ -1,0 +1,44 @@
+"""The dreaming objective, as pure functions over a forward pass.
+
+score = target - lambda * xe          (EPO's trade-off, one lambda per batch row)
+score = target - mu * relu(xe - cap)  (an epsilon-constraint row: best activation under a cap)
+
+A row whose ``cap`` is finite uses the second form.  Everything here works for soft
+inputs (inputs_embeds from a relaxation) and hard inputs (one-hot rows).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+CAP_PENALTY = 4.0   # mu: activation units per nat above the cap
+
+
+def combine(act: torch.Tensor, xe: torch.Tensor | None, lam: torch.Tensor,
+            cap: torch.Tensor) -> torch.Tensor:
+    """Per-row score from activation and fluency (xe None means lambda is 0 everywhere)."""
+    if xe is None:
+        return act
+    capped = torch.isfinite(cap)
+    pen_lam = torch.where(lam > 0, lam * xe, torch.zeros_like(xe))   # 0 * inf -> 0
+    pen_cap = CAP_PENALTY * torch.relu(xe - torch.where(capped, cap, torch.zeros_like(cap)))
+    return act - torch.where(capped, pen_cap, pen_lam)
+
+
+def needs_fluency(lam: torch.Tensor, cap: torch.Tensor) -> bool:
+    return bool((lam > 0).any() or torch.isfinite(cap).any())
+
+
+def lambdas(n: int, lam_min: float = 0.05, lam_max: float = 3.0, include_zero: bool = True):
+    """Log-spaced lambdas for a population of n rows (first row 0 when include_zero)."""
+    if n <= 0:
+        return []
+    if include_zero and n == 1:
+        return [0.0]
+    k = n - 1 if include_zero else n
+    if k == 1:
+        vals = [math.sqrt(lam_min * lam_max)]
+    else:
+        vals = [lam_min * (lam_max / lam_min) ** (i / (k - 1)) for i in range(k)]
+    return ([0.0] if include_zero else []) + vals

@@ -1,0 +1,55 @@
+"""The continuous relaxation: Gumbel-softmax over learnable per-position logits.
+
+Pure pieces (temperature schedule, Gumbel-softmax sample, model-sampled init) plus
+``relax``, the loop that runs Adam on the logits for a number of steps or seconds.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from featviz.backends.schedule import RelaxTrace, schedule
+from featviz.backends.torch.score import forward_scores
+
+
+def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator,
+                   hard: bool = False) -> torch.Tensor:
+    """A relaxed one-hot sample; ``hard`` gives straight-through one-hot samples."""
+    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1.0)
+    g = -torch.log(-torch.log(u))
+    y = torch.softmax((logits + g) / tau, dim=-1)
+    if hard:
+        idx = y.argmax(-1, keepdim=True)
+        y_hard = torch.zeros_like(y).scatter_(-1, idx, 1.0)
+        y = y_hard + y - y.detach()
+    return y
+
+
+def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor,
+          cap: torch.Tensor, *, steps: int, seconds: float | None, lr: float, tau0: float,
+          tau1: float, hard: bool, generator: torch.Generator, make_embeds,
+          start: int, on_step=None) -> RelaxTrace:
+    """Adam on theta (batch, n, V) maximising target - lambda * xe_soft."""
+    theta.requires_grad_(True)
+    opt = torch.optim.Adam([theta], lr=lr)
+    bias = torch.where(mask, 0.0, -1e9)
+    W = handle.embedding
+    t0 = time.perf_counter()
+    trace = RelaxTrace(0, 0.0, [], [])
+    for step, tau in schedule(steps, seconds, tau0, tau1):
+        y = gumbel_softmax(theta + bias, tau, generator, hard=hard)
+        score, act, xe, _ = forward_scores(handle, target, make_embeds(y @ W), y, start, lam, cap)
+        opt.zero_grad(set_to_none=True)
+        (-score.sum()).backward()
+        opt.step()
+        trace.steps = step + 1
+        if step % 10 == 0:
+            trace.soft_act.append(float(act.detach().mean()))
+            trace.soft_xe.append(float(xe.detach().mean()) if xe is not None else math.nan)
+        if on_step is not None:
+            on_step(step, theta)
+    theta.requires_grad_(False)
+    trace.seconds = time.perf_counter() - t0
+    return trace

@@ -1,0 +1,2 @@
+"""Real corpus text: corpus sources and windows, the streaming exemplar miner and its
+on-disk cache."""

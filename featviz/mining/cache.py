@@ -1,0 +1,102 @@
+"""On-disk cache of mined exemplars, keyed by model, corpus and mining settings.
+
+A second gallery (or audit) over the same corpus reads the cached targets and mines
+only the ones it has not seen.  Each target is one JSON file written atomically, so
+an interrupted run leaves either a whole entry or none.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+
+import torch
+
+from featviz.fileio import read_json, write_atomic
+from featviz.mining.miner import MineConfig, TargetExemplars, mine
+
+CACHE_VERSION = 2   # 2: per-position and prefix-mean maxima
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("FEATVIZ_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "featviz", "mining")
+
+
+def model_fingerprint(handle) -> str:
+    """Name, shape and a checksum of every weight: an edited model gets a new key."""
+    if "fingerprint" in handle.cache:
+        return handle.cache["fingerprint"]
+    h = hashlib.sha256(json.dumps(handle.describe(), sort_keys=True).encode())
+    with torch.no_grad():
+        for name, p in handle.model.named_parameters():
+            x = p.detach().float()
+            h.update(name.encode())
+            h.update(repr((tuple(x.shape), float(x.sum()), float(x.abs().sum()),
+                           float((x * x).sum()))).encode())
+    handle.cache["fingerprint"] = h.hexdigest()[:16]
+    return handle.cache["fingerprint"]
+
+
+def corpus_identity(source: str | None) -> dict:
+    """What names a corpus: the spec, plus size and mtime for local files."""
+    from featviz.mining.corpus import DEFAULT_CORPUS, embedded_corpus_path
+    source = source or DEFAULT_CORPUS
+    if source == "wiki":
+        path = embedded_corpus_path()
+    elif source.startswith("hf:"):
+        return {"source": source}
+    else:
+        path = source
+    files = []
+    if os.path.isdir(path):
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            files += [os.path.join(root, n) for n in sorted(names)]
+    elif os.path.exists(path):
+        files = [path]
+    return {"source": source,
+            "files": [[os.path.relpath(f, path) if os.path.isdir(path) else os.path.basename(f),
+                       os.path.getsize(f), int(os.path.getmtime(f))] for f in files]}
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a target name (with a hash when the mapping is lossy)."""
+    s = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:80]
+    if not re.fullmatch(r"[a-z]+:\d+:\d+(:-?\d+)?(@(last|max|mean|-?\d+))?", name):
+        s += "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    return s
+
+
+def cache_key(handle, source: str | None, cfg: MineConfig) -> str:
+    doc = {"v": CACHE_VERSION, "model": model_fingerprint(handle),
+           "corpus": corpus_identity(source), "mine": cfg.key()}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def mine_cached(handle, targets: list, source: str | None, cfg: MineConfig, *,
+                cache_dir: str | None = None, progress: bool = True
+                ) -> tuple[list[TargetExemplars], int]:
+    """Mined exemplars for ``targets``; returns (results, number read from the cache).
+
+    ``cache_dir=""`` turns the cache off.
+    """
+    cfg.check()
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    if not cache_dir:
+        return mine(handle, targets, cfg, source=source, progress=progress), 0
+    folder = os.path.join(cache_dir, cache_key(handle, source, cfg))
+    found: dict = {}
+    for t in targets:
+        d = read_json(os.path.join(folder, slug(str(t)) + ".json"), missing_ok=True,
+                      corrupt_ok=True)
+        if d is not None and d.get("target") == str(t):
+            found[str(t)] = TargetExemplars.from_json(d)
+    todo = [t for t in targets if str(t) not in found]
+    if todo:
+        for r in mine(handle, todo, cfg, source=source, progress=progress):
+            write_atomic(os.path.join(folder, slug(r.target) + ".json"),
+                         json.dumps(r.to_json(), separators=(",", ":"), allow_nan=True))
+            found[r.target] = r
+    return [found[str(t)] for t in targets], len(targets) - len(todo)

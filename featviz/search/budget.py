@@ -1,0 +1,73 @@
+"""The clock and the memory plan: keeping a dream inside its time budget and its memory."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import torch
+
+from featviz.errors import FeatvizError
+from featviz.search.config import DreamConfig
+from featviz.targets.core import Target
+
+
+class Clock:
+    def __init__(self, budget):
+        self.t0 = time.perf_counter()
+        self.budget = budget
+
+    def elapsed(self):
+        return time.perf_counter() - self.t0
+
+    def left(self):
+        return math.inf if self.budget is None else self.budget - self.elapsed()
+
+
+def available_memory(device=None) -> int | None:
+    """Bytes free on a CUDA device, else what the OS reports as available (Linux
+    /proc/meminfo); None when unknown."""
+    if device is not None and torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def search_memory(handle, target: Target, cfg: DreamConfig, B: int) -> int:
+    """Peak bytes the search needs, roughly: the relaxation's logits over the vocabulary
+    (theta, its gradient, Adam's two moments, the Gumbel samples and the soft-xe logits)
+    plus the activations kept for the backward pass, and the swap stage's scoring batch."""
+    V, d, f = handle.vocab_size, handle.d_model, handle.d_mlp
+    T = cfg.length + 1 + len(cfg.prefix) + len(cfg.suffix)   # chars bound the tokens
+    layers = handle.n_layers if (cfg.lam_max > 0 or cfg.caps) else target.max_layer + 1
+    vocab = 10 * B * cfg.length * V * 4
+    acts = B * T * layers * (12 * d + 4 * f + 2 * handle.n_heads * T) * 4
+    swap = 64 * T * (layers * (6 * d + 2 * f) + V) * 4
+    return int(vocab + acts + swap)
+
+
+def check_memory(handle, target, cfg: DreamConfig, B: int) -> None:
+    need = search_memory(handle, target, cfg, B)
+    have = cfg.memory_gb * 2 ** 30 if cfg.memory_gb else available_memory(handle.device)
+    if have is not None and need > have:
+        raise FeatvizError(
+            f"dreaming needs about {need / 2 ** 30:.1f} GiB but {have / 2 ** 30:.1f} GiB is "
+            f"available; lower --batch (now {B}) or --length (now {cfg.length})")
+
+
+def fit_budget(cfg: DreamConfig, B: int) -> DreamConfig:
+    """Shrink the fixed-cost init stage (model samples, beam searches) for budgets under
+    a minute, so a short run keeps to its budget; longer budgets use the config as is."""
+    if cfg.budget_seconds is None or cfg.budget_seconds >= 60:
+        return cfg
+    f = cfg.budget_seconds / 60
+    return replace(cfg, init_samples=max(B, round(cfg.init_samples * f)),
+                   beam_width=max(2, round(cfg.beam_width * f)),
+                   beam_expand=max(8, round(cfg.beam_expand * f)),
+                   beam_lams=tuple(cfg.beam_lams)[: 1 if f < 0.25 else None])

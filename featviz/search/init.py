@@ -1,0 +1,34 @@
+"""Where a search starts: the model's own samples, random readable tokens, or corpus windows."""
+from __future__ import annotations
+
+import torch
+
+
+def init_ids(handle, cfg, tokens, mask, gen, batch):
+    if cfg.init == "model":
+        return sample_from_model(handle, batch, cfg.length, mask, gen, tokens.prefix)
+    if cfg.init == "corpus":
+        rows = torch.tensor([list(r)[: cfg.length] for r in cfg.corpus_init], dtype=torch.long)
+        return rows[torch.arange(batch) % len(rows)].to(handle.device)
+    allowed = mask.nonzero().flatten()
+    return allowed[torch.randint(0, len(allowed), (batch, cfg.length), generator=gen,
+                                 device=gen.device)]
+
+
+def sample_from_model(handle, batch: int, n: int, mask: torch.Tensor,
+                      generator: torch.Generator, prefix_ids: list[int] = (),
+                      temperature_: float = 1.0) -> torch.Tensor:
+    """Ancestral samples of n readable tokens after BOS + prefix: where the model itself goes."""
+    ids = torch.tensor([[handle.bos_id, *prefix_ids]] * batch, device=handle.device)
+    bias = torch.where(mask, 0.0, float("-inf"))
+    from featviz.model.kvcache import cache_kw
+    name = cache_kw(handle.model)   # "cache" on transformers >= 5.2x, else "past_key_values"
+    past, step_ids = None, ids
+    with torch.no_grad():
+        for _ in range(n):
+            out = handle.model(input_ids=step_ids, use_cache=True, **{name: past})
+            past = out[name]
+            p = torch.softmax(out.logits[:, -1].float() / temperature_ + bias, -1)
+            step_ids = torch.multinomial(p, 1, generator=generator)
+            ids = torch.cat([ids, step_ids], 1)
+    return ids[:, 1 + len(prefix_ids):]

@@ -1,0 +1,49 @@
+"""The population: one row per lambda or xe cap, each row's score for every candidate,
+and the round-trip filter every candidate passes before it is scored."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from featviz.backends.objective import combine, lambdas
+from featviz.model.tokens import Tokens
+from featviz.search.archive import Archive
+from featviz.search.config import DreamConfig
+from featviz.search.moves import select
+
+
+def row_params(cfg: DreamConfig, device):
+    caps = [float(c) for c in cfg.caps][: cfg.batch]
+    lam = lambdas(cfg.batch - len(caps), cfg.lam_min, cfg.lam_max, include_zero=True)
+    lam_t = torch.tensor([0.0] * len(caps) + lam, device=device)
+    cap_t = torch.tensor(caps + [math.inf] * len(lam), device=device)
+    return lam_t, cap_t
+
+
+def stable_unique(tokens: Tokens, ids: torch.Tensor, archive: Archive | None = None):
+    keep, seen = [], set()
+    for i, row in enumerate(ids.tolist()):
+        key = tuple(row)
+        if key in seen or (archive is not None and key in archive):
+            continue
+        seen.add(key)
+        if tokens.stable(row):
+            keep.append(i)
+    return ids[keep]
+
+
+def scores_for_rows(act, xe, lam, cap):
+    """(rows, pool) matrix: each row's score for every pool member."""
+    return combine(act[None], xe[None], lam[:, None], cap[:, None])
+
+
+def population(archive: Archive, lam, cap, dev, distance: int = 0):
+    """Per row, the archived candidate with the best score for that row's lambda or cap
+    (rows kept ``distance`` tokens apart, see ``discretize.select_index``)."""
+    keys = list(archive.entries)
+    pool = torch.tensor(keys, device=dev)
+    pa = torch.tensor([archive.entries[k][0] for k in keys], device=dev)
+    px = torch.tensor([archive.entries[k][1] for k in keys], device=dev)
+    return select(scores_for_rows(torch.nan_to_num(pa, nan=-math.inf), px, lam, cap), pool,
+                  distance)

@@ -1,0 +1,311 @@
+"""One target's search state through the stages: archive, population, rotation queue,
+stats.  The relaxation may be shared with other targets (``search.api.dream_many``);
+everything else here is per target."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+
+import torch
+
+from featviz.backends.torch.score import evaluate, onehot_grads
+from featviz.model.tokens import Tokens
+from featviz.search.archive import Archive
+from featviz.search.beam import beam_search
+from featviz.search.budget import Clock
+from featviz.search.config import DreamConfig
+from featviz.search.init import init_ids
+from featviz.search.moves import crossover, propose, rotations, select_index, sweep_last
+from featviz.search.population import (
+    population,
+    row_params,
+    scores_for_rows,
+    stable_unique,
+)
+from featviz.search.result import DreamResult
+from featviz.search.verify import verify_many, verify_one
+from featviz.targets.core import Target
+
+
+class TargetSearch:
+    """One target's search: its archive, population, rotation queue and stats.  The
+    relaxation may be shared with other targets (``dream_many``); everything else is
+    per target."""
+
+    def __init__(self, handle, target: Target, cfg: DreamConfig, tokens: Tokens, mask, tick,
+                 backend: str = "torch"):
+        self.h, self.target, self.cfg, self.tokens, self.mask, self.tick = (
+            handle, target, cfg, tokens, mask, tick)
+        self.scorer = None                # JAX: jitted swap scoring; torch: discretize's
+        if backend == "jax":
+            from featviz.backends.jax.score import JaxScorer
+            self.scorer = JaxScorer(handle, target, tokens, cfg.length,
+                                    precision=cfg.precision)
+        self.dev = handle.device
+        self.gen = torch.Generator(device=self.dev).manual_seed(cfg.seed)   # draws on the model's device
+        self.lam, self.cap = row_params(cfg, self.dev)
+        self.B, self.n = len(self.lam), cfg.length
+        self.archive = Archive()
+        self.stats = {"relax_steps": 0, "swap_iters": 0, "seconds": {}}
+        self.soft_trace = []
+        self.autocast = torch.autocast(self.dev.type, dtype=torch.bfloat16,
+                                       enabled=cfg.precision == "bf16")
+        self.pending_rot = []   # rotation candidates waiting for the next scoring round
+        self.row_seconds = 0.0  # measured seconds per exactly scored row
+        self.scored_seconds, self.scored_rows = 0.0, 0
+        self.last_only = all(a.reduction == "last" for _, a in target.terms())
+        self.rotating = self.last_only and cfg.rotate > 0      # rotate: 0 turns rotations off,
+                                                               # not the last-position sweep
+
+    # -- exact scores and one-hot gradients, on the search's backend --
+    def evaluate(self, ids, with_xe: bool = True):
+        if self.scorer is not None:
+            return self.scorer.evaluate(ids, with_xe)
+        with self.autocast:
+            return evaluate(self.tokens, self.target, ids, with_xe=with_xe)
+
+    def grads(self, pop):
+        if self.scorer is not None:
+            return self.scorer.onehot_grads(pop, self.lam, self.cap)
+        with self.autocast:
+            return onehot_grads(self.tokens, self.target, pop, self.lam, self.cap)
+
+    # -- archive bookkeeping --
+    def note_rotations(self, ids, per, floor):
+        if self.rotating and len(ids):
+            self.pending_rot.append(rotations(ids, per, floor, self.cfg.rotate))
+
+    def take_rotations(self):
+        if not self.pending_rot:
+            return None
+        out = torch.cat(self.pending_rot)
+        self.pending_rot.clear()
+        return out
+
+    def score_into_archive(self, cands):
+        cands = stable_unique(self.tokens, cands, self.archive)
+        if len(cands):
+            t = time.perf_counter()
+            a, x, per = self.evaluate(cands)
+            # seconds per exactly scored row (activation + xe), over all rows scored so far
+            # (small batches' fixed costs averaged in): what budgets are planned by
+            self.scored_seconds += time.perf_counter() - t
+            self.scored_rows += len(cands)
+            self.row_seconds = self.scored_seconds / self.scored_rows
+            self.archive.add(cands, a.float(), x.float())
+            self.note_rotations(cands, per.float(), float(a.float().max()) * 0.5)
+
+    # -- stage 1: init (model samples, LM-guided beams, rotations) --
+    def start(self, r: int, deadline: float | None = None):
+        """Scores this restart's initial sequences; returns each row's start, or None.
+        ``deadline`` (perf_counter): no beam search starts after it, and one running then
+        is completed greedily."""
+        cfg, tokens = self.cfg, self.tokens
+        # the initial sequences come in chunks, so a slow machine stops at the deadline
+        # with fewer of them instead of overrunning it (at least one chunk always runs)
+        want, done = max(self.B, cfg.init_samples), 0
+        while done < want and (done == 0 or deadline is None
+                               or time.perf_counter() < deadline):
+            chunk = min(want - done, max(self.B, 16))
+            self.score_into_archive(init_ids(self.h, cfg, tokens, self.mask, self.gen, chunk))
+            done += chunk
+        self.stats["init_samples"] = done
+        if cfg.init == "model" and not tokens.suffix:
+            for j, bl in enumerate(cfg.beam_lams):
+                if deadline is not None and time.perf_counter() > deadline:
+                    self.stats["beams_skipped"] = len(cfg.beam_lams) - j
+                    break
+                with self.autocast:
+                    bids, _, _ = beam_search(self.h, self.target, tokens, self.mask, self.n,
+                                             beams=cfg.beam_width, expand=cfg.beam_expand,
+                                             lam=float(bl), generator=self.gen,
+                                             sample=(r + j) > 0, deadline=deadline)
+                self.score_into_archive(bids)
+                self.tick()
+        rot = self.take_rotations()
+        if rot is not None:
+            self.score_into_archive(rot)
+        if not self.archive.entries:
+            return None
+        return population(self.archive, self.lam, self.cap, self.dev, self.cfg.distinct)
+
+    # -- stage 3: discretize: argmax snapshots + hard samples from theta --
+    def discretize(self, theta, snaps, trace):
+        self.stats["relax_steps"] += trace.steps
+        self.soft_trace.append({"soft_act": trace.soft_act, "soft_xe": trace.soft_xe})
+        logits = theta + torch.where(self.mask, 0.0, -1e9)
+        cands = [torch.nan_to_num(logits, nan=-1e9).argmax(-1)] + snaps
+        rot = self.take_rotations()
+        if rot is not None:
+            cands.append(rot)
+        p = torch.softmax(logits, -1).reshape(self.B * self.n, -1)
+        if not torch.isfinite(p).all():           # the relaxation overflowed: keep argmaxes only
+            self.stats["relax_nonfinite"] = True
+        elif self.cfg.hard_samples:
+            s = torch.multinomial(p, self.cfg.hard_samples, replacement=True, generator=self.gen)
+            cands.append(s.reshape(self.B, self.n, -1).permute(0, 2, 1).reshape(-1, self.n))
+        self.score_into_archive(torch.cat(cands))
+
+    # -- stage 4: gradient- and LM-guided swaps, scored exactly --
+    def refine(self, clock: "Clock", reserve: float, budgeted: bool):
+        cfg, tokens, target, archive = self.cfg, self.tokens, self.target, self.archive
+        lam, cap, dev, B, mask, gen = self.lam, self.cap, self.dev, self.B, self.mask, self.gen
+        autocast = self.autocast
+        pop = population(archive, lam, cap, dev, cfg.distinct)
+        pop_a = torch.tensor([archive.entries[tuple(k)][0] for k in pop.tolist()], device=dev)
+        pop_x = torch.tensor([archive.entries[tuple(k)][1] for k in pop.tolist()], device=dev)
+        t_swap = time.perf_counter()
+        depth = (target.max_layer + 1) / self.h.n_layers
+        two_stage = cfg.xe_share < 1 and depth < 0.5
+        sweep = cfg.sweep if cfg.sweep is not None else int(min(2048, max(192, 1500 / (B * depth))))
+        sweep = min(sweep, int(mask.sum()))
+        self.stats["sweep"] = sweep
+        self.stats["two_stage"] = two_stage
+        # rows that weigh fluency draw lm_share of their swaps from the model's own top
+        # tokens; a pure-activation row (lambda 0, no cap) only gradient swaps, as GCG
+        lm_rows = torch.where((lam == 0) & ~torch.isfinite(cap), 0.0, cfg.lm_share)
+        # seconds a full iteration takes: before the first one, guessed from the scoring
+        # rate measured at init (children, crossover and sweep rows scored, a gradient
+        # pass, with headroom); then the longest one measured
+        full_sweep = sweep
+        longest = self.row_seconds * (B * (cfg.children + 4) + cfg.crossover
+                                      + B * full_sweep * depth / 4) * 1.5
+        it, measured = 0, False
+        while it < (10 ** 9 if budgeted else cfg.swap_iters):
+            # the next iteration must fit the budget: when less than a full one is left, a
+            # smaller one runs (fewer children and sweep tokens, in proportion)
+            left = clock.left() - reserve
+            frac = 1.0 if not longest or left >= longest else left / longest
+            if left <= 0 or frac < 0.05:
+                break
+            children = max(1, int(cfg.children * frac))
+            sweep = max(1, int(full_sweep * frac)) if full_sweep else 0
+            t_it = time.perf_counter()
+            grad, lm = self.grads(pop)
+            kids = propose(pop, grad.float(), lm.float(), mask, children, cfg.k_grad,
+                           cfg.k_lm, lm_rows, gen)
+            if sweep and self.last_only and not tokens.suffix:
+                with autocast:
+                    sk, sa, sdx = sweep_last(tokens, target, pop, grad, lm, mask, sweep)
+                sa = torch.nan_to_num(sa.float(), nan=-math.inf)
+                sx = pop_x.repeat_interleave(sweep) + sdx
+                rows = scores_for_rows(sa, sx, lam, cap)                    # (B, B*sweep)
+                own = torch.arange(B, device=dev).repeat_interleave(sweep)
+                rows = torch.where(own[None] == torch.arange(B, device=dev)[:, None], rows,
+                                   -math.inf)
+                pick = rows.topk(min(cfg.sweep_keep, sweep), dim=1).indices.flatten()
+                pick = torch.unique(torch.cat([pick, sa.topk(min(cfg.sweep_keep,
+                                                                 len(sa))).indices]))
+                sk, sa, sx = sk[pick], sa[pick], sx[pick]
+                ok = [i for i, row in enumerate(sk.tolist()) if tuple(row) not in archive
+                      and tokens.stable(row)]
+                if ok:
+                    sk, sa, sx = sk[ok], sa[ok], sx[ok]
+                    archive.add(sk, sa, sx)
+                    pop_all = torch.cat([pop, sk])
+                    pa_all, px_all = torch.cat([pop_a, sa]), torch.cat([pop_x, sx])
+                    best = select_index(scores_for_rows(pa_all, px_all, lam, cap), pop_all,
+                                        cfg.distinct)
+                    pop, pop_a, pop_x = pop_all[best], pa_all[best], px_all[best]
+            rot = self.take_rotations()
+            if rot is not None:
+                kids = torch.cat([rot, kids])
+            if cfg.crossover:
+                kids = torch.cat([crossover(pop, pop_a, pop_x, max(1, int(cfg.crossover * frac)), 4, gen), kids])
+            kids = stable_unique(tokens, kids, archive)
+            floor = float(pop_a.max())
+            if len(kids) and two_stage:
+                ka, _, per = self.evaluate(kids, with_xe=False)
+                ka = ka.float()
+                self.note_rotations(kids, per.float(), floor)
+                m = max(1, math.ceil(cfg.xe_share * len(kids)))
+                order = torch.argsort(torch.nan_to_num(ka, nan=-math.inf), descending=True)
+                archive.add(kids[order[m:]], ka[order[m:]],
+                            torch.full_like(ka[order[m:]], math.inf))
+                kids = kids[order[:m]]
+            if len(kids):
+                ka, kx, per = self.evaluate(kids)
+                ka, kx = ka.float(), kx.float()
+                archive.add(kids, ka, kx)
+                if not two_stage:
+                    self.note_rotations(kids, per.float(), floor)
+                pool_ids = torch.cat([pop, kids])
+                pool_a = torch.nan_to_num(torch.cat([pop_a, ka]), nan=-math.inf)
+                pool_x = torch.cat([pop_x, kx])
+                best = select_index(scores_for_rows(pool_a, pool_x, lam, cap), pool_ids,
+                                    cfg.distinct)
+                pop, pop_a, pop_x = pool_ids[best], pool_a[best], pool_x[best]
+            it += 1
+            dt = (time.perf_counter() - t_it) / frac          # what a full one would take
+            longest = max(longest, dt) if measured else dt
+            measured = True
+            if frac < 1.0:
+                self.stats["last_iter_fraction"] = round(frac, 3)
+            self.tick()
+        self.stats["swap_iters"] = it
+        self.stats["seconds"]["swaps"] = time.perf_counter() - t_swap
+
+    # -- stage 5: report only what a fresh pass computes on re-encoded text --
+    def report(self, user_cfg: DreamConfig, backend: str, seconds: float) -> DreamResult:
+        cfg, archive, target, handle = self.cfg, self.archive, self.target, self.h
+        t_ver = time.perf_counter()
+        slack = 0.0 if cfg.precision == "fp32" else 0.25   # bf16 xe may differ a little from fp32
+        checked = {}
+
+        def verify(key):
+            if key not in checked:
+                checked[key] = verify_one(handle, target, self.tokens, key, self.n)
+            return checked[key]
+
+        def best_few(limit):
+            return sorted(((a, k) for k, (a, x) in archive.entries.items()
+                           if x <= limit + slack and a == a), reverse=True)[:8]
+
+        limits = [float(c) for c in tuple(cfg.caps) + (cfg.xe_cap, math.inf)]
+        checked.update(verify_many(handle, target, self.tokens,          # one batched pass
+                                    [k for k, _, _ in archive.frontier()] +
+                                    [k for lim in limits for _, k in best_few(lim)], self.n))
+
+        def best_under(limit):
+            """Highest fp32-verified activation with fp32 xe <= limit, from the best few."""
+            best = None
+            for a, k in best_few(limit):
+                c = verify(k)
+                if c is not None and c.xe <= limit and (best is None
+                                                        or c.activation > best.activation):
+                    best = c
+            return best
+
+        verified = [c for c in (verify(k) for k, _, _ in archive.frontier()) if c is not None]
+        extra = [best_under(lim) for lim in limits]
+        frontier, top = [], -math.inf
+        for c in sorted({tuple(c.token_ids): c for c in verified + [e for e in extra if e]}.values(),
+                        key=lambda c: (c.xe, -c.activation)):
+            if c.activation > top:
+                frontier.append(c)
+                top = c.activation
+
+        def best_in_frontier(limit):
+            ok = [c for c in frontier if c.xe <= limit]
+            return max(ok, key=lambda c: c.activation) if ok else None
+
+        stats = self.stats
+        stats["seconds"]["verify"] = time.perf_counter() - t_ver
+        stats["seconds"]["total"] = seconds + stats["seconds"]["verify"]
+        stats["evaluated"] = archive.evaluated
+        stats["soft_trace"] = self.soft_trace
+        stats["backend"] = backend
+        stats["precision"] = cfg.precision
+        stats["diverged"] = not any(math.isfinite(a) for a, _ in archive.entries.values())
+        stats["verified"] = len(checked)
+        stats["shape"] = {"length": self.n, "prefix": len(self.tokens.prefix),
+                          "suffix": len(self.tokens.suffix)}
+        cfg_json = asdict(user_cfg)
+        cfg_json.pop("corpus_init", None)
+        return DreamResult(target=str(target), target_description=target.describe(handle),
+                           model=handle.name, config=cfg_json, frontier=frontier,
+                           best=best_in_frontier(math.inf),
+                           best_fluent=best_in_frontier(cfg.xe_cap),
+                           best_at={float(c): best_in_frontier(float(c)) for c in cfg.caps},
+                           stats=stats)

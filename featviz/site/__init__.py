@@ -1,0 +1,1 @@
+"""Static galleries: the builder, the HTML pages and their helpers."""

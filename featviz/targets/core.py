@@ -1,0 +1,307 @@
+"""Target specs: what to read from the model, where, and how positions are reduced.
+
+Grammar (DESIGN.md):  ``mlp:L:N``, ``head:L:H``, ``attn:L:H:K``, ``resid:L:N``,
+``resid:L:FILE``, each with an optional ``@last`` (default), ``@max``, ``@mean`` or
+``@I`` suffix.  TransformerLens hook names are accepted as aliases.  Targets
+compose like Lucid objectives: ``a + 0.5 * b``, ``a - b``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from featviz.errors import FeatvizError
+from featviz.model.forward import MLP_POST, PATTERN, RESID_POST, Z
+from featviz.targets.directions import load_direction
+
+
+class Target:
+    """Base of the target algebra: anything with weighted atoms."""
+
+    def terms(self) -> list[tuple[float, "Atom"]]:
+        raise NotImplementedError
+
+    # -- algebra (Lucid-style objective composition) --
+    def __add__(self, other):
+        if isinstance(other, (int, float)) and other == 0:
+            return self
+        if not isinstance(other, Target):
+            return NotImplemented
+        return Sum(tuple(self.terms()) + tuple(other.terms()))
+
+    __radd__ = __add__
+
+    def __mul__(self, k):
+        if not isinstance(k, (int, float)):
+            return NotImplemented
+        return Sum(tuple((w * float(k), a) for w, a in self.terms()))
+
+    __rmul__ = __mul__
+
+    def __neg__(self):
+        return self * -1.0
+
+    def __sub__(self, other):
+        if not isinstance(other, Target):
+            return NotImplemented
+        return self + (-other)
+
+    # -- shared behaviour --
+    @property
+    def layers(self) -> list[int]:
+        return sorted({a.layer for _, a in self.terms()})
+
+    @property
+    def max_layer(self) -> int:
+        return max(a.layer for _, a in self.terms())
+
+    def sites(self) -> set[tuple[str, int]]:
+        return {a.site for _, a in self.terms()}
+
+    def validate(self, handle) -> "Target":
+        for _, a in self.terms():
+            a.validate(handle)
+        return self
+
+    def per_position(self, captures: dict, handle, length: int | None = None) -> torch.Tensor:
+        """Weighted per-position values, shape (batch, seq); ``length``: see Atom."""
+        return sum(w * a.per_position(captures, handle, length) for w, a in self.terms())
+
+    def evaluate(self, captures: dict, handle, span: tuple | None = None) -> torch.Tensor:
+        """Reduced value per sequence, shape (batch,).  ``span`` (lo, hi): the positions
+        @max and @mean range over (default: all but BOS); a dream passes its optimised
+        positions, so a fixed prefix or suffix never counts."""
+        return sum(w * a.reduce(a.per_position(captures, handle), span) for w, a in self.terms())
+
+    def evaluate_prefix(self, history: dict, length: int, span: tuple | None = None):
+        """The value the beam ranks a partial sequence by: ``history`` maps each atom to
+        its (batch, p) values at the first p positions of a sequence that will have
+        ``length`` tokens (see ``Atom.reduce_prefix``)."""
+        return sum(w * a.reduce_prefix(history[a], length, span) for w, a in self.terms())
+
+    def check_length(self, length: int, span: tuple | None = None) -> None:
+        """A one-line error, before any search, when a position or key this target reads
+        does not exist in a sequence of ``length`` tokens."""
+        for _, a in self.terms():
+            a.reduce_plan(length, span)
+            if a.kind == "attn":
+                a.key_index(length)
+
+    def describe(self, handle=None) -> str:
+        return " + ".join(f"{w:g}*({a.describe(handle)})" for w, a in self.terms())
+
+
+@dataclass(frozen=True)
+class Atom(Target):
+    """One readout: a neuron, head norm, attention probability or residual direction."""
+
+    kind: str                 # "mlp" | "head" | "attn" | "resid"
+    layer: int
+    index: int | None = None  # neuron, head, or basis dimension
+    key: int | None = None    # attn key position
+    file: str | None = None   # resid direction file
+    reduction: str = "last"   # "last" | "max" | "mean" | "<int>"
+
+    def terms(self):
+        return [(1.0, self)]
+
+    @property
+    def name(self) -> str:
+        body = {"mlp": f"mlp:{self.layer}:{self.index}",
+                "head": f"head:{self.layer}:{self.index}",
+                "attn": f"attn:{self.layer}:{self.index}:{self.key}",
+                "resid": f"resid:{self.layer}:{self.file if self.file else self.index}"}[self.kind]
+        return body + ("" if self.reduction == "last" else f"@{self.reduction}")
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def site(self) -> tuple[str, int]:
+        return ({"mlp": MLP_POST, "head": Z, "attn": PATTERN, "resid": RESID_POST}[self.kind],
+                self.layer)
+
+    def describe(self, handle=None) -> str:
+        red = {"last": "at the last position", "max": "max over positions (BOS excluded)",
+               "mean": "mean over positions (BOS excluded)"}.get(
+            self.reduction, f"at position {self.reduction}")
+        if self.kind == "mlp":
+            act = f" [{handle.mlp_activation}]" if handle is not None else ""
+            what = f"MLP neuron {self.index} of layer {self.layer}{act}"
+        elif self.kind == "head":
+            what = f"L2 norm of head {self.index}'s output z at layer {self.layer} (hook_z)"
+        elif self.kind == "attn":
+            what = (f"attention probability of head {self.index}, layer {self.layer}, "
+                    f"to key position {self.key}")
+        else:
+            if self.file:
+                norm = f", norm {self.direction_norm(handle):.6g}" if handle is not None else ""
+                d = (f"the unit direction in {self.file} (the file's vector divided by its "
+                     f"norm{norm})")
+            else:
+                d = f"basis dimension {self.index}"
+            what = f"residual stream after block {self.layer} projected on {d}"
+        return f"{what}, {red}"
+
+    # -- validation against a model --
+    def validate(self, handle) -> "Atom":
+        def bad(msg):
+            raise FeatvizError(f"target '{self.name}': {msg}")
+        if not 0 <= self.layer < handle.n_layers:
+            bad(f"layer {self.layer} is out of range; this model has layers 0-{handle.n_layers - 1}")
+        if self.kind == "mlp" and not 0 <= self.index < handle.d_mlp:
+            bad(f"neuron {self.index} is out of range; layer {self.layer} has neurons "
+                f"0-{handle.d_mlp - 1}")
+        if self.kind in ("head", "attn") and not 0 <= self.index < handle.n_heads:
+            bad(f"head {self.index} is out of range; this model has heads 0-{handle.n_heads - 1}")
+        if self.kind == "resid" and self.file is None and not 0 <= self.index < handle.d_model:
+            bad(f"dimension {self.index} is out of range; the residual stream has dimensions "
+                f"0-{handle.d_model - 1}")
+        if self.kind == "resid" and self.file is not None:
+            self.direction(handle)
+        return self
+
+    def direction(self, handle) -> torch.Tensor:
+        """The unit direction in ``file`` (the file's vector divided by its norm)."""
+        return self._direction(handle)[0]
+
+    def direction_norm(self, handle) -> float:
+        """The norm of the vector stored in ``file`` (recorded in every output)."""
+        return self._direction(handle)[1]
+
+    def _direction(self, handle):
+        key = ("direction", os.path.abspath(self.file))
+        if key not in handle.cache:
+            vec = load_direction(self.file, handle.d_model)
+            norm = float(vec.double().norm())
+            handle.cache[key] = ((vec.double() / norm).float(), norm)
+        return handle.cache[key]
+
+    # -- reading --
+    def per_position(self, captures: dict, handle, length: int | None = None) -> torch.Tensor:
+        """(batch, q) values at the query positions in ``captures``.  ``length``: the
+        sequence's full length when the captures hold only its first positions (a KV-cache
+        step): an attention key is then resolved against ``length``, and a key that lies
+        after the positions present reads 0, as the causal mask makes it in the full pass."""
+        x = captures[self.site]
+        if self.kind == "mlp":
+            return x[..., self.index]
+        if self.kind == "head":
+            b, t, _ = x.shape
+            return x.reshape(b, t, handle.n_heads, handle.head_dim)[:, :, self.index].norm(dim=-1)
+        if self.kind == "attn":
+            k = self.key_index(length if length is not None else x.shape[-1])
+            if k >= x.shape[-1]:
+                return x.new_zeros(x.shape[0], x.shape[2])
+            return x[:, self.index, :, k]
+        if self.file is not None:
+            return x @ self.direction(handle).to(x.device, x.dtype)
+        return x[..., self.index]
+
+    # index arithmetic shared by both backends (featviz.jaxfwd reads through these too)
+    def key_index(self, t: int) -> int:
+        """The attention key position this target reads in a sequence of t tokens."""
+        k = self.key if self.key >= 0 else t + self.key
+        if not 0 <= k < t:
+            raise FeatvizError(f"target '{self.name}': key position {self.key} is outside "
+                               f"a sequence of {t} tokens")
+        return k
+
+    def reduce_plan(self, t: int, span: tuple | None = None):
+        """How a (batch, t) reading is reduced: ("at", i) reads position i (0 <= i < t);
+        ("max" | "mean", (lo, hi)) reduces positions lo..hi-1, by default every position
+        but BOS (1..t-1; BOS alone when t is 1)."""
+        if self.reduction == "last":
+            return "at", t - 1
+        if self.reduction in ("max", "mean"):
+            lo, hi = span if span is not None else (1, t)
+            lo, hi = max(0, min(lo, t - 1)), min(hi, t)
+            return self.reduction, (lo, max(hi, lo + 1))
+        i = int(self.reduction)
+        if not -t <= i < t:
+            raise FeatvizError(f"target '{self.name}': position {i} is outside a sequence of "
+                               f"{t} tokens (BOS is position 0)")
+        return "at", i % t
+
+    def reduce(self, values: torch.Tensor, span: tuple | None = None) -> torch.Tensor:
+        """Reduce (batch, seq) values to (batch,); see ``reduce_plan``."""
+        how, i = self.reduce_plan(values.shape[-1], span)
+        if how == "at":
+            return values[:, i]
+        body = values[:, i[0]:i[1]]
+        return body.max(dim=-1).values if how == "max" else body.mean(dim=-1)
+
+    def reduce_prefix(self, values: torch.Tensor, length: int, span: tuple | None = None):
+        """Reduce the (batch, p) values of the first p positions of a sequence that will
+        have ``length`` tokens.  Exact once p == length; before that, what a left-to-right
+        search can rank by: the newest position for @last, the span so far for @max and
+        @mean, the value at I once position I exists (0 before)."""
+        p = values.shape[-1]
+        how, i = self.reduce_plan(length, span)
+        if self.reduction == "last":
+            return values[:, -1]
+        if how == "at":
+            return values[:, i] if i < p else values.new_zeros(values.shape[0])
+        lo, hi = i[0], min(i[1], p)
+        if hi <= lo:
+            return values.new_zeros(values.shape[0])
+        body = values[:, lo:hi]
+        return body.max(dim=-1).values if how == "max" else body.mean(dim=-1)
+
+
+@dataclass(frozen=True)
+class Sum(Target):
+    """A weighted sum of atoms, built by the target algebra."""
+
+    items: tuple
+
+    def terms(self):
+        return list(self.items)
+
+    @property
+    def name(self) -> str:
+        return " + ".join(f"{w:g}*{a.name}" for w, a in self.items)
+
+    def __str__(self):
+        return self.name
+
+
+@dataclass(frozen=True)
+class PerRow(Target):
+    """Several targets in one batch: batch row r reads ``targets[rows[r]]``.  This is how
+    one relaxation optimises many targets at once (each row its own target); every
+    sub-target is read on every row (a column read each), then each row keeps its own."""
+
+    targets: tuple
+    rows: tuple
+
+    def terms(self):
+        return [ta for t in self.targets for ta in t.terms()]
+
+    def _pick(self, vals: torch.Tensor) -> torch.Tensor:
+        r = torch.as_tensor(self.rows, device=vals.device)
+        return vals[r, torch.arange(len(r), device=vals.device)]
+
+    def per_position(self, captures: dict, handle, length: int | None = None) -> torch.Tensor:
+        return self._pick(torch.stack([t.per_position(captures, handle, length)
+                                       for t in self.targets]))
+
+    def evaluate(self, captures: dict, handle, span: tuple | None = None) -> torch.Tensor:
+        return self._pick(torch.stack([t.evaluate(captures, handle, span) for t in self.targets]))
+
+    @property
+    def name(self) -> str:
+        return "per-row(" + ", ".join(str(t) for t in self.targets) + ")"
+
+    def __str__(self):
+        return self.name
+
+
+def all_sites(targets: Iterable[Target]) -> set[tuple[str, int]]:
+    out: set = set()
+    for t in targets:
+        out |= t.sites()
+    return out

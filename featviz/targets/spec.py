@@ -1,0 +1,99 @@
+"""The target spec grammar: ``mlp:L:N``, ``head:L:H``, ``attn:L:H:K``, ``resid:L:N``,
+``resid:L:FILE``, each with an optional ``@last`` (default), ``@max``, ``@mean`` or ``@I``
+suffix; TransformerLens hook names as aliases; ranges (``mlp:6:0-63``) for galleries."""
+from __future__ import annotations
+
+import re
+
+from featviz.errors import FeatvizError
+from featviz.targets.core import Atom, Target
+
+_REDUCTIONS = ("last", "max", "mean")
+_TL_ALIASES = [  # (regex on the part before the reduction, kind)
+    (re.compile(r"^blocks\.(-?\d+)\.mlp\.hook_post:(.+)$"), "mlp"),
+    (re.compile(r"^blocks\.(-?\d+)\.attn\.hook_z:(.+)$"), "head"),
+    (re.compile(r"^blocks\.(-?\d+)\.attn\.hook_pattern:(.+)$"), "attn"),
+    (re.compile(r"^blocks\.(-?\d+)\.hook_resid_post:(.+)$"), "resid"),
+]
+_SYNTAX = ("expected mlp:L:N, head:L:H, attn:L:H:K, resid:L:N or resid:L:FILE, "
+           "optionally followed by @last, @max, @mean or @I")
+
+
+def _int(text: str, what: str, spec: str) -> int:
+    if not re.fullmatch(r"-?\d+", text or ""):
+        raise FeatvizError(f"bad target '{spec}': {what} '{text}' is not an integer; {_SYNTAX}")
+    return int(text)
+
+
+def _split_reduction(spec: str) -> tuple[str, str]:
+    if "@" not in spec:
+        return spec, "last"
+    body, red = spec.rsplit("@", 1)
+    red = red.strip()
+    if red in _REDUCTIONS:
+        return body, red
+    if re.fullmatch(r"-?\d+", red):
+        return body, str(int(red))
+    raise FeatvizError(f"bad target '{spec}': unknown reduction '@{red}'; use @last, @max, "
+                       "@mean or @I (an integer position)")
+
+
+def _expand(text: str, what: str, spec: str) -> list[int]:
+    """An integer or an inclusive range A-B (for galleries)."""
+    m = re.fullmatch(r"(\d+)-(\d+)", text)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2))
+        if b < a:
+            raise FeatvizError(f"bad target '{spec}': empty range {text}")
+        return list(range(a, b + 1))
+    return [_int(text, what, spec)]
+
+
+def parse_targets(spec: str, handle=None) -> list[Atom]:
+    """Parse one spec into atoms; ``mlp:6:0-63`` expands to 64 atoms."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise FeatvizError(f"empty target; {_SYNTAX}")
+    spec = spec.strip()
+    body, red = _split_reduction(spec)
+    for rx, kind in _TL_ALIASES:
+        m = rx.match(body)
+        if m:
+            body = f"{kind}:{m.group(1)}:{m.group(2)}"
+            break
+    parts = body.split(":")
+    kind = parts[0]
+    arity = {"mlp": 3, "head": 3, "attn": 4, "resid": 3}
+    if kind not in arity:
+        raise FeatvizError(f"bad target '{spec}': unknown kind '{kind}'; {_SYNTAX}")
+    if kind == "resid" and len(parts) > 3:      # a file path may itself contain ':'
+        parts = parts[:2] + [":".join(parts[2:])]
+    if len(parts) != arity[kind]:
+        raise FeatvizError(f"bad target '{spec}': {kind} takes {arity[kind] - 1} numbers; {_SYNTAX}")
+    layer = _int(parts[1], "layer", spec)
+    if kind == "resid" and not re.fullmatch(r"-?\d+|\d+-\d+", parts[2]):
+        atoms = [Atom("resid", layer, file=parts[2], reduction=red)]
+    elif kind == "attn":
+        atoms = [Atom("attn", layer, h, _int(parts[3], "key position", spec), reduction=red)
+                 for h in _expand(parts[2], "head", spec)]
+    else:
+        what = {"mlp": "neuron", "head": "head", "resid": "dimension"}[kind]
+        atoms = [Atom(kind, layer, i, reduction=red) for i in _expand(parts[2], what, spec)]
+    if handle is not None:
+        for a in atoms:
+            a.validate(handle)
+    return atoms
+
+
+def parse_target(spec: str, handle=None) -> Atom:
+    """Parse exactly one target (no ranges); validate it when a model handle is given."""
+    atoms = parse_targets(spec, handle)
+    if len(atoms) != 1:
+        raise FeatvizError(f"target '{spec}' names {len(atoms)} targets; give a single one here")
+    return atoms[0]
+
+
+def as_target(t, handle=None) -> Target:
+    """Accept a Target or a spec string."""
+    if isinstance(t, Target):
+        return t.validate(handle) if handle is not None else t
+    return parse_target(t, handle)

@@ -1,0 +1,255 @@
+"""Galleries end to end on a tiny model: files, schema, escaping, resumption, browser."""
+import glob
+import json
+import os
+import shutil
+
+import pytest
+from conftest import TEXT, make_tokenizer, tiny_llama, word_corpus
+
+import featviz
+import featviz.site.gallery as gallery_mod
+from featviz import FeatvizError
+from featviz.mining.miner import MineConfig
+from featviz.search.config import DreamConfig
+from featviz.site.gallery import SCHEMA_VERSION, GalleryConfig, build_gallery
+
+HOSTILE = "<script>window.__pwned=1</script>"
+QUOTE = '"><img src=x onerror="window.__pwned=2">'
+BIDI = "abc\u202edcba\u2066x"
+SPECS = ["mlp:1:0-2", "head:2:0"]
+FAST = dict(length=4, batch=4, steps=4, swap_iters=3, children=6, k_grad=8, k_lm=8,
+            hard_samples=2, caps=(5.0,), init_samples=8, beam_lams=())
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    """A tiny model whose vocabulary holds hostile tokens, and a corpus full of them."""
+    tok = make_tokenizer()
+    tok.add_tokens([HOSTILE, QUOTE, BIDI])
+    return featviz.wrap_model(tiny_llama(tok, seed=1), tok, name="tiny-hostile")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return word_corpus(tmp_path_factory.mktemp("corpus") / "c.txt", 0, 40, 30,
+                       words=TEXT.split() + [HOSTILE, QUOTE, BIDI], extra=["x" * 3000])
+
+
+def cfg_for(corpus, dream=True):
+    return GalleryConfig(mine=MineConfig(window=16, max_tokens=900, k=4, cells=8, per_band=2,
+                                         controls=3, hist_bins=16, batch_size=8),
+                         dream=DreamConfig(**FAST) if dream else None, corpus=corpus,
+                         cache_dir="", title="test <gallery>")
+
+
+def targets(handle):
+    return [t for s in SPECS for t in featviz.parse_targets(s, handle)]
+
+
+def records(out):
+    return {os.path.basename(f): json.load(open(f)) for f in sorted(glob.glob(f"{out}/targets/*.json"))}
+
+
+def strip_timing(recs):
+    return {k: {kk: vv for kk, vv in v.items() if kk != "timing"} for k, v in recs.items()}
+
+
+@pytest.fixture(scope="module")
+def built(hostile, corpus, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("gal") / "g")
+    res = build_gallery(hostile, targets(hostile), cfg_for(corpus), out_dir=out, progress=False)
+    return out, res
+
+
+def test_gallery_files_schema_and_escaping(built, hostile):
+    out, res = built
+    assert res.done == [str(t) for t in targets(hostile)] and not res.skipped and not res.failed
+    man = json.load(open(f"{out}/gallery.json"))
+    assert man["schema"] == "featviz.gallery" and man["version"] == SCHEMA_VERSION
+    assert [t["target"] for t in man["targets"]] == res.done
+    lines = open(f"{out}/gallery.jsonl").read().splitlines()
+    assert [json.loads(x)["target"] for x in lines] == res.done
+    for name, rec in records(out).items():
+        assert rec["version"] == SCHEMA_VERSION and rec["status"] == "ok"
+        for ex in rec["most_positive_activation_records"] + rec["random_sample"]:
+            assert len(ex["tokens"]) == len(ex["activations"]) == len(ex["token_ids"])
+            assert all(isinstance(v, float) for v in ex["activations"])
+        tops = [e["value"] for e in rec["most_positive_activation_records"]]
+        assert tops == sorted(tops, reverse=True) and tops[0] == pytest.approx(rec["stats"]["max"])
+        assert sum(rec["stats"]["histogram"]["counts"]) == rec["stats"]["n_tokens"]
+        syn = rec["synthetic"]
+        assert syn["frontier"] and all(len(c["tokens"]) == len(c["activations"]) for c in syn["frontier"])
+        assert set(rec["validation"]) >= {"ratio_fluent", "ratio_best", "peak_overlap"}
+        if rec["target"].startswith("mlp"):
+            assert len(rec["logit_effect"]["top"]) == 10
+    blob = "".join(open(f).read() for f in glob.glob(f"{out}/**/*.html", recursive=True))
+    assert HOSTILE not in blob and "<img" not in blob and "\u202e" not in blob
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in blob
+    assert "&lt;U+202E&gt;" in blob
+    assert not glob.glob(f"{out}/**/*.tmp*", recursive=True)
+
+
+def test_gallery_resumes_without_recomputing(hostile, corpus, tmp_path, monkeypatch):
+    real = gallery_mod.dream
+    calls = []
+
+    def dream_then_interrupt(handle, t, cfg, progress=False):
+        calls.append(str(t))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(handle, t, cfg, progress=progress)
+
+    monkeypatch.setattr(gallery_mod, "dream", dream_then_interrupt)
+    out = str(tmp_path / "g")
+    ts = targets(hostile)
+    with pytest.raises(KeyboardInterrupt):
+        build_gallery(hostile, ts, cfg_for(corpus), out_dir=out, progress=False)
+    first = records(out)
+    assert len(first) == 2 and not glob.glob(f"{out}/**/*.tmp*", recursive=True)
+    assert "pending" in open(f"{out}/index.html").read()
+    open(f"{out}/targets/leftover.json.tmp999", "w").write("{half")   # as a SIGKILL leaves it
+    calls.clear()
+    res = build_gallery(hostile, ts, cfg_for(corpus), out_dir=out, progress=False)
+    assert calls == [str(t) for t in ts[2:]]
+    assert res.skipped == [str(t) for t in ts[:2]] and res.done == calls
+    assert not glob.glob(f"{out}/**/*.tmp*", recursive=True)
+    resumed = records(out)
+    assert {k: resumed[k] for k in first} == first          # finished targets untouched
+    monkeypatch.setattr(gallery_mod, "dream", real)
+    ref = str(tmp_path / "ref")
+    build_gallery(hostile, ts, cfg_for(corpus), out_dir=ref, progress=False)
+    assert strip_timing(records(ref)) == strip_timing(resumed)
+    calls.clear()
+    again = build_gallery(hostile, ts, cfg_for(corpus), out_dir=out, progress=False)
+    assert again.done == [] and len(again.skipped) == len(ts)
+
+
+def test_gallery_dreams_targets_in_groups(hostile, corpus, tmp_path, monkeypatch):
+    calls = []
+    real = gallery_mod.dream_many
+
+    def spy(handle, group, cfg, progress=False):
+        calls.append([str(t) for t in group])
+        return real(handle, group, cfg, progress=progress)
+
+    monkeypatch.setattr(gallery_mod, "dream_many", spy)
+    cfg = cfg_for(corpus)
+    cfg.dream_group = 3
+    ts = targets(hostile)
+    res = build_gallery(hostile, ts, cfg, out_dir=str(tmp_path / "g"), progress=False)
+    assert calls == [[str(t) for t in ts[:3]]]          # the last group of one is dreamt alone
+    recs = records(str(tmp_path / "g"))
+    assert res.failed == [] and all(r["synthetic"]["frontier"] for r in recs.values())
+    assert json.load(open(tmp_path / "g" / "gallery.json"))["settings"]["dream_group"] == 3
+    with pytest.raises(FeatvizError, match="--dream-group"):
+        cfg.dream_group = 0
+        cfg.check()
+
+
+def test_changed_settings_recompute(built, hostile, corpus, tmp_path):
+    out = str(tmp_path / "g")
+    shutil.copytree(built[0], out)
+    res = build_gallery(hostile, targets(hostile)[:1], cfg_for(corpus, dream=False), out_dir=out, progress=False)
+    assert res.done == ["mlp:1:0"] and records(out)["mlp_1_0.json"]["synthetic"] is None
+
+
+def test_gallery_bad_input(hostile, corpus, tmp_path):
+    with pytest.raises(FeatvizError, match="no targets"):
+        build_gallery(hostile, [], cfg_for(corpus), out_dir=str(tmp_path / "g"))
+    t = targets(hostile)
+    with pytest.raises(FeatvizError, match="twice"):
+        build_gallery(hostile, [t[0], t[0]], cfg_for(corpus), out_dir=str(tmp_path / "g"))
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    with pytest.raises(FeatvizError, match="not a folder"):
+        build_gallery(hostile, t, cfg_for(corpus), out_dir=str(f))
+    assert f.read_text() == "keep me"
+    with pytest.raises(FeatvizError):
+        build_gallery(hostile, t, cfg_for(str(tmp_path / "missing.txt")), out_dir=str(tmp_path / "g2"))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt install chromium)")
+def test_gallery_in_a_browser(built, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+    out, res = built
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            "--disable-background-networking", "--no-first-run"])
+        page = browser.new_page()
+        errors, dialogs = [], []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto("file://" + os.path.abspath(f"{out}/index.html"))
+        rows = page.locator("#targets tbody tr")
+        assert rows.count() == len(res.done)
+        col = lambda: [r.get_attribute("data-v") for r in page.locator(  # noqa: E731
+            "#targets tbody tr td:nth-child(2)").all()]
+        page.locator("#targets th", has_text="corpus max").click()
+        asc = [float(v) for v in col()]
+        assert asc == sorted(asc)
+        page.locator("#targets th", has_text="corpus max").click()
+        assert [float(v) for v in col()] == sorted(asc, reverse=True)
+        page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
+
+        page.locator("#targets a", has_text="mlp:1:0").click()
+        page.wait_for_load_state()
+        assert page.title() == "featviz: mlp:1:0"
+        hostile_page = next(f for f in sorted(glob.glob(f"{out}/targets/*.html"))
+                            if "&lt;script&gt;window" in open(f).read())
+        page.goto("file://" + os.path.abspath(hostile_page))
+        toks = page.locator("span.tok")
+        assert toks.count() > 20
+        float(toks.first.get_attribute("title"))               # the value shows on hover
+        assert "rgba(" in toks.first.get_attribute("style")
+        assert page.locator("svg.hist rect").count() > 0
+        body = page.inner_text("body")
+        assert HOSTILE in body                                 # shown as text ...
+        assert page.evaluate("typeof window.__pwned") == "undefined"   # ... never run
+        assert page.locator("body img").count() == 0 and page.locator("body script").count() == 0
+        page.screenshot(path=str(tmp_path / "target.png"), full_page=True)
+        assert not errors and not dialogs
+        browser.close()
+    assert os.path.getsize(tmp_path / "index.png") > 1000
+
+
+def test_documented_neuron_record_converter(built, monkeypatch):
+    """The few-line converter in docs/gallery_schema.md runs on a real gallery."""
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "gallery_schema.md")).read()
+    code = doc.split("## Converting", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(built[0])
+    ns: dict = {}
+    exec(code, ns)
+    recs = ns["records"]
+    assert len(recs) == len(built[1].done)
+    r = recs[0]
+    assert r["neuron_id"] == {"layer_index": 1, "neuron_index": 0}
+    ex = r["most_positive_activation_records"][0]
+    assert len(ex["tokens"]) == len(ex["activations"]) and max(ex["activations"]) == pytest.approx(
+        r["max_activation"])
+
+
+def test_audit_embeds_into_gallery(built, hostile, corpus, tmp_path):
+    from featviz.analysis.audit import AuditConfig, audit
+    from featviz.site.gallery import attach_audit
+    out = str(tmp_path / "g")
+    shutil.copytree(built[0], out)
+    cfg = AuditConfig(mine=cfg_for(corpus).mine, dream=DreamConfig(**FAST), corpus=corpus,
+                      contexts=3, context_len=6, baseline=8, cache_dir="")
+    rep = audit(hostile, ["mlp:1:1"], cfg, progress=False)
+    before = records(out)
+    assert attach_audit(out, [t.to_json() for t in rep.targets]) == ["mlp:1:1"]
+    after = records(out)
+    assert after["mlp_1_1.json"]["audit"]["target"] == "mlp:1:1"
+    assert {k: v for k, v in after.items() if k != "mlp_1_1.json"} == \
+        {k: v for k, v in before.items() if k != "mlp_1_1.json"}
+    page = open(f"{out}/targets/mlp_1_1.html").read()
+    assert 'id="audit"' in page and "polysemantic" in page and HOSTILE not in page
+    lines = [json.loads(x) for x in open(f"{out}/gallery.jsonl")]
+    assert lines[1]["audit"]["target"] == "mlp:1:1"
+    with pytest.raises(FeatvizError):
+        attach_audit(str(tmp_path / "nothing"), [])
