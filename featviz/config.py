@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, fields
+from dataclasses import fields
 
 from featviz.analysis.query import QueryConfig
 from featviz.errors import FeatvizError

@@ -46,6 +46,7 @@ from featviz.search.api import dream
 from featviz.search.config import DreamConfig
 from featviz.search.result import DreamResult
 from featviz.targets.core import Target
+from featviz.targets.read import score_ids
 from featviz.targets.spec import as_target
 
 AUDIT_VERSION = 1
@@ -271,16 +272,14 @@ def values_batched(handle, target, rows: list[list[int]], span_start: int | None
                     position: int | None = None, batch: int = 32) -> np.ndarray:
     """Target values for equal-length full rows (BOS first): reduced over the span from
     ``span_start``, or the per-position value at ``position``."""
-    out = []
-    sites = target.sites()
-    for i in range(0, len(rows), batch):
-        ids = torch.tensor(rows[i:i + batch], dtype=torch.long)
-        caps, _ = _forward(handle, sites, ids)
-        if position is not None:
-            out.append(target.per_position(caps, handle)[:, position].float())
-        else:
-            out.append(span_value(target, caps, handle, span_start).float())
-    return torch.cat(out).cpu().numpy() if out else np.zeros(0)
+    if not rows:
+        return np.zeros(0)
+    if position is not None:
+        read = lambda t, caps: t.per_position(caps, handle)[:, position].float()  # noqa: E731
+    else:
+        read = lambda t, caps: span_value(t, caps, handle, span_start).float()  # noqa: E731
+    vals, _, _ = score_ids(handle, [target], rows, batch_size=batch, read=read)
+    return vals[0].cpu().numpy()
 
 
 def _hidden(handle, rows: list[list[int]], positions: list[int], layers: list[int]) -> np.ndarray:

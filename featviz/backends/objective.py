@@ -15,15 +15,21 @@ import torch
 CAP_PENALTY = 4.0   # mu: activation units per nat above the cap
 
 
-def combine(act: torch.Tensor, xe: torch.Tensor | None, lam: torch.Tensor,
-            cap: torch.Tensor) -> torch.Tensor:
-    """Per-row score from activation and fluency (xe None means lambda is 0 everywhere)."""
+def combine(act, xe, lam, cap):
+    """Per-row score from activation and fluency (xe None means lambda is 0 everywhere).
+    The one definition for both backends: torch tensors or JAX arrays (inside jit too)."""
     if xe is None:
         return act
-    capped = torch.isfinite(cap)
-    pen_lam = torch.where(lam > 0, lam * xe, torch.zeros_like(xe))   # 0 * inf -> 0
-    pen_cap = CAP_PENALTY * torch.relu(xe - torch.where(capped, cap, torch.zeros_like(cap)))
-    return act - torch.where(capped, pen_cap, pen_lam)
+    xp = torch if isinstance(act, torch.Tensor) else _jnp()
+    capped = xp.isfinite(cap)
+    pen_lam = xp.where(lam > 0, lam * xe, 0.0)                 # 0 * inf -> 0
+    pen_cap = CAP_PENALTY * (xe - xp.where(capped, cap, 0.0)).clip(min=0.0)
+    return act - xp.where(capped, pen_cap, pen_lam)
+
+
+def _jnp():
+    import jax.numpy as jnp
+    return jnp
 
 
 def needs_fluency(lam: torch.Tensor, cap: torch.Tensor) -> bool:

@@ -28,6 +28,7 @@ import featviz.mining.corpus as corpus_mod
 from featviz.errors import FeatvizError
 from featviz.model.forward import MLP_POST, RESID_POST, Z, run
 from featviz.targets.core import Atom, Target, all_sites
+from featviz.targets.kinds import head_norms
 
 
 @dataclass
@@ -289,8 +290,7 @@ def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
     for site, idx in groups.items():
         x = captures[site]
         if site[0] == Z:
-            b, s, _ = x.shape
-            x = x.reshape(b, s, handle.n_heads, handle.head_dim).norm(dim=-1)
+            x = head_norms(x, handle.n_heads, handle.head_dim)
         elif site[0] not in (MLP_POST, RESID_POST):  # pragma: no cover
             raise ValueError(site)
         sel = [targets[i].index for i in idx]

@@ -14,8 +14,8 @@ from typing import Iterable
 import torch
 
 from featviz.errors import FeatvizError
-from featviz.model.forward import MLP_POST, PATTERN, RESID_POST, Z
 from featviz.targets.directions import load_direction
+from featviz.targets.kinds import KINDS, TORCH_OPS, Read, reduce_with
 
 
 class Target:
@@ -121,8 +121,7 @@ class Atom(Target):
 
     @property
     def site(self) -> tuple[str, int]:
-        return ({"mlp": MLP_POST, "head": Z, "attn": PATTERN, "resid": RESID_POST}[self.kind],
-                self.layer)
+        return KINDS[self.kind].site, self.layer
 
     def describe(self, handle=None) -> str:
         red = {"last": "at the last position", "max": "max over positions (BOS excluded)",
@@ -187,19 +186,11 @@ class Atom(Target):
         step): an attention key is then resolved against ``length``, and a key that lies
         after the positions present reads 0, as the causal mask makes it in the full pass."""
         x = captures[self.site]
-        if self.kind == "mlp":
-            return x[..., self.index]
-        if self.kind == "head":
-            b, t, _ = x.shape
-            return x.reshape(b, t, handle.n_heads, handle.head_dim)[:, :, self.index].norm(dim=-1)
-        if self.kind == "attn":
-            k = self.key_index(length if length is not None else x.shape[-1])
-            if k >= x.shape[-1]:
-                return x.new_zeros(x.shape[0], x.shape[2])
-            return x[:, self.index, :, k]
-        if self.file is not None:
-            return x @ self.direction(handle).to(x.device, x.dtype)
-        return x[..., self.index]
+        key = self.key_index(length if length is not None else x.shape[-1]) \
+            if self.kind == "attn" else None
+        d = self.direction(handle).to(x.device, x.dtype) if self.file is not None else None
+        return KINDS[self.kind].read(x, Read(self.index, key, d, handle.n_heads, handle.head_dim),
+                                     TORCH_OPS)
 
     # index arithmetic shared by both backends (featviz.jaxfwd reads through these too)
     def key_index(self, t: int) -> int:
@@ -229,10 +220,7 @@ class Atom(Target):
     def reduce(self, values: torch.Tensor, span: tuple | None = None) -> torch.Tensor:
         """Reduce (batch, seq) values to (batch,); see ``reduce_plan``."""
         how, i = self.reduce_plan(values.shape[-1], span)
-        if how == "at":
-            return values[:, i]
-        body = values[:, i[0]:i[1]]
-        return body.max(dim=-1).values if how == "max" else body.mean(dim=-1)
+        return reduce_with(how, i, values)
 
     def reduce_prefix(self, values: torch.Tensor, length: int, span: tuple | None = None):
         """Reduce the (batch, p) values of the first p positions of a sequence that will
@@ -248,8 +236,7 @@ class Atom(Target):
         lo, hi = i[0], min(i[1], p)
         if hi <= lo:
             return values.new_zeros(values.shape[0])
-        body = values[:, lo:hi]
-        return body.max(dim=-1).values if how == "max" else body.mean(dim=-1)
+        return reduce_with(how, (lo, hi), values)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import numpy as np
 
 from featviz.errors import FeatvizError
 from featviz.model.forward import MLP_POST, PATTERN, RESID_POST, Z
+from featviz.targets.kinds import KINDS, Ops, Read, reduce_with
 
 JAX_TYPES = ("llama", "mistral", "qwen2", "gpt2")   # model_type values the JAX backend runs
 
@@ -428,31 +429,27 @@ def canonical(target):
     return Sum(canon), idx
 
 
-def _atom_values(a, caps, jm, direction, index=None):
+def jax_ops():
+    """The array operations of ``targets.kinds`` in JAX."""
     import jax.numpy as jnp
+    return Ops(norm=lambda v: jnp.linalg.norm(v, axis=-1),
+               zeros=lambda shape, like: jnp.zeros(shape, like.dtype),
+               max=lambda v: v.max(-1), mean=lambda v: v.mean(-1))
+
+
+def _atom_values(a, caps, jm, direction, index=None):
+    """An atom's (B, T) values, read through the kind table both backends share."""
     x = caps[a.site]
-    s = jm.spec
-    i = a.index if index is None else index          # a constant, or a traced index
-    if a.kind == "mlp":
-        return x[..., i]
-    if a.kind == "head":
-        B, T, _ = x.shape
-        return jnp.linalg.norm(x.reshape(B, T, s.n_heads, s.head_dim)[:, :, i], axis=-1)
-    if a.kind == "attn":
-        return x[:, i, :, a.key_index(x.shape[-1])]
-    if a.file is not None:
-        d = direction[a.file] if direction else None
-        return x @ d
-    return x[..., i]
+    key = a.key_index(x.shape[-1]) if a.kind == "attn" else None
+    d = direction[a.file] if a.file is not None and direction else None
+    r = Read(a.index if index is None else index, key, d, jm.spec.n_heads, jm.spec.head_dim)
+    return KINDS[a.kind].read(x, r, jax_ops())
 
 
 def reduce(a, values, span=None):
     """Atom.reduce on JAX arrays (the same plan, from ``Atom.reduce_plan``)."""
     how, i = a.reduce_plan(values.shape[-1], span)
-    if how == "at":
-        return values[:, i]
-    body = values[:, i[0]:i[1]]
-    return body.max(-1) if how == "max" else body.mean(-1)
+    return reduce_with(how, i, values, jax_ops())
 
 
 def evaluate(target, caps, jm, directions=None, span=None, indices=None):

@@ -26,7 +26,7 @@ from featviz.backends.jax.forward import (
     forward_after,
     mm,
 )
-from featviz.backends.objective import CAP_PENALTY
+from featviz.backends.objective import combine
 from featviz.backends.schedule import RelaxTrace, schedule
 
 
@@ -61,14 +61,6 @@ def hash_uniform(key, shape):
     x = _fmix32(idx ^ _fmix32(k))
     x = _fmix32(x + (k * jnp.uint32(0x9E3779B9) | jnp.uint32(1)))
     return ((x >> 8).astype(jnp.float32) + 0.5) * (1.0 / 2 ** 24)
-
-
-def combine(act, xe, lam, cap):
-    import jax.numpy as jnp
-    capped = jnp.isfinite(cap)
-    pen_lam = jnp.where(lam > 0, lam * xe, 0.0)
-    pen_cap = CAP_PENALTY * jnp.maximum(xe - jnp.where(capped, cap, 0.0), 0.0)
-    return act - jnp.where(capped, pen_cap, pen_lam)
 
 
 def _st_embed_impl(y, E, E_mm, idx):

@@ -23,7 +23,8 @@ from featviz.backends.jax.forward import (
     per_position,
     to_jax,
 )
-from featviz.backends.jax.relax import combine, shared, st_embed
+from featviz.backends.jax.relax import shared, st_embed
+from featviz.backends.objective import combine
 
 _MIN_BUCKET = 8
 

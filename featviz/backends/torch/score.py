@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from featviz.backends.objective import combine, needs_fluency
-from featviz.model.forward import run, xe_from_logits, xe_of
+from featviz.model.forward import run, xe_of
 from featviz.model.tokens import Tokens
+from featviz.targets.read import score_ids
 
 
 def evaluate(tokens: Tokens, target, ids: torch.Tensor, batch_size: int = 64,
@@ -16,19 +17,12 @@ def evaluate(tokens: Tokens, target, ids: torch.Tensor, batch_size: int = 64,
     Returns (activation (batch,), xe (batch,) or None, per-position target values over the
     optimised positions (batch, n)).  Without xe the forward stops after the target's layer.
     """
-    h = tokens.handle
     n, s = ids.shape[1], tokens.start
-    acts, xes, pers = [], [], []
-    with torch.no_grad():
-        for i in range(0, ids.shape[0], batch_size):
-            full = tokens.full(ids[i:i + batch_size])
-            caps, logits = run(h, target.sites(), input_ids=full,
-                               need_logits=(s - 1, s - 1 + n) if with_xe else False)
-            acts.append(target.evaluate(caps, h, (s, s + n)))
-            pers.append(target.per_position(caps, h)[:, s:s + n])
-            if with_xe:
-                xes.append(xe_of(logits, full[:, s:s + n]))
-    return torch.cat(acts), (torch.cat(xes) if with_xe else None), torch.cat(pers)
+    span = (s, s + n)
+    act, xe, per = score_ids(tokens.handle, [target], tokens.full(ids), span=span,
+                             xe_span=span if with_xe else None, per_span=span,
+                             batch_size=batch_size)
+    return act[0], xe, per[0]
 
 
 def onehot_grads(tokens: Tokens, target, ids: torch.Tensor, lam, cap):
@@ -78,8 +72,6 @@ def forward_scores(handle, target, embeds: torch.Tensor, probs: torch.Tensor, st
 
 def exact_scores(handle, target, ids_full: torch.Tensor, start: int, n: int):
     """Exact activation and xe of hard sequences (no grad).  ids_full includes BOS."""
-    with torch.no_grad():
-        caps, logits = run(handle, target.sites(), input_ids=ids_full, need_logits=True)
-        act = target.evaluate(caps, handle, (start, start + n))
-        xe = xe_from_logits(logits[:, :start + n], ids_full[:, :start + n], start)
-    return act, xe
+    act, xe, _ = score_ids(handle, [target], ids_full, span=(start, start + n),
+                           xe_span=(start, start + n), batch_size=max(1, len(ids_full)))
+    return act[0], xe

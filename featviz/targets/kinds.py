@@ -1,0 +1,88 @@
+"""What each target kind reads: one table that the torch reader (``Atom.per_position``), the
+miner and the JAX reader (``backends.jax.forward``) all use, so a kind is defined once.
+
+To add a kind (an SAE feature, say), add its hook site and reader here and its spec to
+``targets.spec``; see docs/design.md.  A reader takes the captured hook tensor and the
+atom's resolved arguments and returns (batch, positions) values.  ``Ops`` holds the few
+array operations torch and JAX spell differently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from featviz.model.forward import MLP_POST, PATTERN, RESID_POST, Z
+
+
+@dataclass(frozen=True)
+class Ops:
+    """Array operations a reading needs that the frameworks spell differently."""
+
+    norm: Callable        # L2 norm over the last axis
+    zeros: Callable       # zeros(shape, like)
+    max: Callable         # max over the last axis
+    mean: Callable        # mean over the last axis
+
+
+TORCH_OPS = Ops(norm=lambda v: v.norm(dim=-1), zeros=lambda shape, like: like.new_zeros(shape),
+                max=lambda v: v.max(dim=-1).values, mean=lambda v: v.mean(dim=-1))
+
+
+@dataclass(frozen=True)
+class Read:
+    """An atom's arguments, resolved for one capture: ``index`` (neuron, head or dimension;
+    a constant or a traced JAX index), ``key`` (attention key position), ``direction``
+    (a unit vector on the capture's device), ``n_heads`` and ``head_dim``."""
+
+    index: object = None
+    key: int | None = None
+    direction: object = None
+    n_heads: int = 0
+    head_dim: int = 0
+
+
+def head_norms(x, n_heads: int, head_dim: int, ops: Ops = TORCH_OPS):
+    """L2 norm of every head's output z: (batch, seq, n_heads * head_dim) -> (batch, seq,
+    n_heads).  The one definition of a head's value."""
+    b, t, _ = x.shape
+    return ops.norm(x.reshape(b, t, n_heads, head_dim))
+
+
+def _unit(x, r: Read, ops: Ops):
+    return x[..., r.index]
+
+
+def _head(x, r: Read, ops: Ops):
+    return head_norms(x, r.n_heads, r.head_dim, ops)[..., r.index]
+
+
+def _attn(x, r: Read, ops: Ops):
+    if r.key >= x.shape[-1]:          # a key the causal mask hides (a KV-cache step): 0
+        return ops.zeros((x.shape[0], x.shape[2]), x)
+    return x[:, r.index, :, r.key]
+
+
+def _resid(x, r: Read, ops: Ops):
+    return x @ r.direction if r.direction is not None else x[..., r.index]
+
+
+@dataclass(frozen=True)
+class Kind:
+    site: str             # the TransformerLens hook site it reads
+    read: Callable        # (x, Read, Ops) -> (batch, positions)
+
+
+KINDS = {
+    "mlp": Kind(MLP_POST, _unit),     # blocks.L.mlp.hook_post[..., N]
+    "head": Kind(Z, _head),           # |blocks.L.attn.hook_z[..., H, :]|
+    "attn": Kind(PATTERN, _attn),     # blocks.L.attn.hook_pattern[:, H, :, K]
+    "resid": Kind(RESID_POST, _resid),  # blocks.L.hook_resid_post @ unit direction (or [..., N])
+}
+
+
+def reduce_with(how: str, i, values, ops: Ops = TORCH_OPS):
+    """Apply a reduction plan (``Atom.reduce_plan``) to (batch, seq) values."""
+    if how == "at":
+        return values[:, i]
+    body = values[:, i[0]:i[1]]
+    return ops.max(body) if how == "max" else ops.mean(body)
