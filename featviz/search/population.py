@@ -3,6 +3,7 @@ and the round-trip filter every candidate passes before it is scored."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -10,7 +11,7 @@ from featviz.backends.objective import combine, lambdas
 from featviz.model.tokens import Tokens
 from featviz.search.archive import Archive
 from featviz.search.config import DreamConfig
-from featviz.search.moves import select
+from featviz.search.moves import select, select_index
 
 
 def row_params(cfg: DreamConfig, device):
@@ -47,3 +48,27 @@ def population(archive: Archive, lam, cap, dev, distance: int = 0):
     px = torch.tensor([archive.entries[k][1] for k in keys], device=dev)
     return select(scores_for_rows(torch.nan_to_num(pa, nan=-math.inf), px, lam, cap), pool,
                   distance)
+
+
+@dataclass
+class Population:
+    """The current rows: token ids (B, n) with their exact activation and xe."""
+
+    ids: torch.Tensor
+    act: torch.Tensor
+    xe: torch.Tensor
+
+    @classmethod
+    def from_archive(cls, archive: Archive, lam, cap, dev, distance: int = 0) -> "Population":
+        ids = population(archive, lam, cap, dev, distance)
+        rows = [archive.entries[tuple(k)] for k in ids.tolist()]
+        return cls(ids, torch.tensor([a for a, _ in rows], device=dev),
+                   torch.tensor([x for _, x in rows], device=dev))
+
+    def merge(self, ids, act, xe, lam, cap, distance: int = 0) -> "Population":
+        """Each row's best of itself and the newly scored candidates (the one pool merge)."""
+        pool = torch.cat([self.ids, ids])
+        pa = torch.nan_to_num(torch.cat([self.act, act]), nan=-math.inf)
+        px = torch.cat([self.xe, xe])
+        best = select_index(scores_for_rows(pa, px, lam, cap), pool, distance)
+        return Population(pool[best], pa[best], px[best])

@@ -16,15 +16,16 @@ from featviz.search.beam import beam_search
 from featviz.search.budget import Clock
 from featviz.search.config import DreamConfig
 from featviz.search.init import init_ids
-from featviz.search.moves import crossover, propose, rotations, select_index, sweep_last
+from featviz.search.moves import crossover, propose, rotations, sweep_last
 from featviz.search.population import (
+    Population,
     population,
     row_params,
     scores_for_rows,
     stable_unique,
 )
 from featviz.search.result import DreamResult
-from featviz.search.verify import verify_many, verify_one
+from featviz.search.verify import verified_frontier
 from featviz.targets.core import Target
 
 
@@ -148,164 +149,140 @@ class TargetSearch:
         self.score_into_archive(torch.cat(cands))
 
     # -- stage 4: gradient- and LM-guided swaps, scored exactly --
-    def refine(self, clock: "Clock", reserve: float, budgeted: bool):
-        cfg, tokens, target, archive = self.cfg, self.tokens, self.target, self.archive
-        lam, cap, dev, B, mask, gen = self.lam, self.cap, self.dev, self.B, self.mask, self.gen
-        autocast = self.autocast
-        pop = population(archive, lam, cap, dev, cfg.distinct)
-        pop_a = torch.tensor([archive.entries[tuple(k)][0] for k in pop.tolist()], device=dev)
-        pop_x = torch.tensor([archive.entries[tuple(k)][1] for k in pop.tolist()], device=dev)
-        t_swap = time.perf_counter()
-        depth = (target.max_layer + 1) / self.h.n_layers
-        two_stage = cfg.xe_share < 1 and depth < 0.5
+    def swap_plan(self) -> dict:
+        """What each swap iteration does: the last-position sweep's size, whether children
+        are scored in two stages, each row's share of LM-guided swaps, and a first guess of
+        a full iteration's seconds (from the scoring rate measured at init, with headroom)."""
+        cfg, B = self.cfg, self.B
+        depth = (self.target.max_layer + 1) / self.h.n_layers
         sweep = cfg.sweep if cfg.sweep is not None else int(min(2048, max(192, 1500 / (B * depth))))
-        sweep = min(sweep, int(mask.sum()))
-        self.stats["sweep"] = sweep
-        self.stats["two_stage"] = two_stage
+        sweep = min(sweep, int(self.mask.sum()))
         # rows that weigh fluency draw lm_share of their swaps from the model's own top
         # tokens; a pure-activation row (lambda 0, no cap) only gradient swaps, as GCG
-        lm_rows = torch.where((lam == 0) & ~torch.isfinite(cap), 0.0, cfg.lm_share)
-        # seconds a full iteration takes: before the first one, guessed from the scoring
-        # rate measured at init (children, crossover and sweep rows scored, a gradient
-        # pass, with headroom); then the longest one measured
-        full_sweep = sweep
-        longest = self.row_seconds * (B * (cfg.children + 4) + cfg.crossover
-                                      + B * full_sweep * depth / 4) * 1.5
-        it, measured = 0, False
-        while it < (10 ** 9 if budgeted else cfg.swap_iters):
-            # the next iteration must fit the budget: when less than a full one is left, a
-            # smaller one runs (fewer children and sweep tokens, in proportion)
+        lm_rows = torch.where((self.lam == 0) & ~torch.isfinite(self.cap), 0.0, cfg.lm_share)
+        guess = self.row_seconds * (B * (cfg.children + 4) + cfg.crossover
+                                    + B * sweep * depth / 4) * 1.5
+        return {"sweep": sweep, "two_stage": cfg.xe_share < 1 and depth < 0.5,
+                "lm_rows": lm_rows, "guess": guess}
+
+    def refine(self, clock: "Clock", reserve: float, budgeted: bool):
+        """Swap iterations until the step count or the clock says stop.  The next iteration
+        must fit the budget: when less than a full one is left, a smaller one runs (fewer
+        children and sweep tokens, in proportion)."""
+        plan = self.swap_plan()
+        self.stats["sweep"], self.stats["two_stage"] = plan["sweep"], plan["two_stage"]
+        pop = Population.from_archive(self.archive, self.lam, self.cap, self.dev,
+                                      self.cfg.distinct)
+        t_swap = time.perf_counter()
+        longest, it = plan["guess"], 0          # seconds of the longest full iteration
+        while budgeted or it < self.cfg.swap_iters:
             left = clock.left() - reserve
             frac = 1.0 if not longest or left >= longest else left / longest
             if left <= 0 or frac < 0.05:
                 break
-            children = max(1, int(cfg.children * frac))
-            sweep = max(1, int(full_sweep * frac)) if full_sweep else 0
             t_it = time.perf_counter()
-            grad, lm = self.grads(pop)
-            kids = propose(pop, grad.float(), lm.float(), mask, children, cfg.k_grad,
-                           cfg.k_lm, lm_rows, gen)
-            if sweep and self.last_only and not tokens.suffix:
-                with autocast:
-                    sk, sa, sdx = sweep_last(tokens, target, pop, grad, lm, mask, sweep)
-                sa = torch.nan_to_num(sa.float(), nan=-math.inf)
-                sx = pop_x.repeat_interleave(sweep) + sdx
-                rows = scores_for_rows(sa, sx, lam, cap)                    # (B, B*sweep)
-                own = torch.arange(B, device=dev).repeat_interleave(sweep)
-                rows = torch.where(own[None] == torch.arange(B, device=dev)[:, None], rows,
-                                   -math.inf)
-                pick = rows.topk(min(cfg.sweep_keep, sweep), dim=1).indices.flatten()
-                pick = torch.unique(torch.cat([pick, sa.topk(min(cfg.sweep_keep,
-                                                                 len(sa))).indices]))
-                sk, sa, sx = sk[pick], sa[pick], sx[pick]
-                ok = [i for i, row in enumerate(sk.tolist()) if tuple(row) not in archive
-                      and tokens.stable(row)]
-                if ok:
-                    sk, sa, sx = sk[ok], sa[ok], sx[ok]
-                    archive.add(sk, sa, sx)
-                    pop_all = torch.cat([pop, sk])
-                    pa_all, px_all = torch.cat([pop_a, sa]), torch.cat([pop_x, sx])
-                    best = select_index(scores_for_rows(pa_all, px_all, lam, cap), pop_all,
-                                        cfg.distinct)
-                    pop, pop_a, pop_x = pop_all[best], pa_all[best], px_all[best]
-            rot = self.take_rotations()
-            if rot is not None:
-                kids = torch.cat([rot, kids])
-            if cfg.crossover:
-                kids = torch.cat([crossover(pop, pop_a, pop_x, max(1, int(cfg.crossover * frac)), 4, gen), kids])
-            kids = stable_unique(tokens, kids, archive)
-            floor = float(pop_a.max())
-            if len(kids) and two_stage:
-                ka, _, per = self.evaluate(kids, with_xe=False)
-                ka = ka.float()
-                self.note_rotations(kids, per.float(), floor)
-                m = max(1, math.ceil(cfg.xe_share * len(kids)))
-                order = torch.argsort(torch.nan_to_num(ka, nan=-math.inf), descending=True)
-                archive.add(kids[order[m:]], ka[order[m:]],
-                            torch.full_like(ka[order[m:]], math.inf))
-                kids = kids[order[:m]]
-            if len(kids):
-                ka, kx, per = self.evaluate(kids)
-                ka, kx = ka.float(), kx.float()
-                archive.add(kids, ka, kx)
-                if not two_stage:
-                    self.note_rotations(kids, per.float(), floor)
-                pool_ids = torch.cat([pop, kids])
-                pool_a = torch.nan_to_num(torch.cat([pop_a, ka]), nan=-math.inf)
-                pool_x = torch.cat([pop_x, kx])
-                best = select_index(scores_for_rows(pool_a, pool_x, lam, cap), pool_ids,
-                                    cfg.distinct)
-                pop, pop_a, pop_x = pool_ids[best], pool_a[best], pool_x[best]
-            it += 1
+            pop = self.iterate(pop, plan, frac)
             dt = (time.perf_counter() - t_it) / frac          # what a full one would take
-            longest = max(longest, dt) if measured else dt
-            measured = True
+            longest = max(longest, dt) if it else dt
+            it += 1
             if frac < 1.0:
                 self.stats["last_iter_fraction"] = round(frac, 3)
             self.tick()
         self.stats["swap_iters"] = it
         self.stats["seconds"]["swaps"] = time.perf_counter() - t_swap
 
+    def iterate(self, pop: Population, plan: dict, frac: float) -> Population:
+        """One swap iteration at ``frac`` of its full size: propose children from the
+        gradient and the model's top tokens, sweep the last position, add rotations and
+        crossovers, score them all exactly and keep each row's best."""
+        cfg = self.cfg
+        sweep = max(1, int(plan["sweep"] * frac)) if plan["sweep"] else 0
+        grad, lm = self.grads(pop.ids)
+        kids = propose(pop.ids, grad.float(), lm.float(), self.mask,
+                       max(1, int(cfg.children * frac)), cfg.k_grad, cfg.k_lm, plan["lm_rows"],
+                       self.gen)
+        if sweep and self.last_only and not self.tokens.suffix:
+            pop = self.sweep(pop, grad, lm, sweep)
+        rot = self.take_rotations()
+        if rot is not None:
+            kids = torch.cat([rot, kids])
+        if cfg.crossover:
+            kids = torch.cat([crossover(pop.ids, pop.act, pop.xe,
+                                        max(1, int(cfg.crossover * frac)), 4, self.gen), kids])
+        kids = stable_unique(self.tokens, kids, self.archive)
+        return self.score_children(pop, kids, plan["two_stage"])
+
+    def sweep(self, pop: Population, grad, lm, sweep: int) -> Population:
+        """Every row tries ``sweep`` tokens at its last position (one KV-cache pass); the
+        best few per row, and overall, are archived and merged."""
+        cfg, lam, cap, dev, B = self.cfg, self.lam, self.cap, self.dev, self.B
+        with self.autocast:
+            sk, sa, sdx = sweep_last(self.tokens, self.target, pop.ids, grad, lm, self.mask,
+                                     sweep)
+        sa = torch.nan_to_num(sa.float(), nan=-math.inf)
+        sx = pop.xe.repeat_interleave(sweep) + sdx
+        rows = scores_for_rows(sa, sx, lam, cap)                    # (B, B*sweep)
+        own = torch.arange(B, device=dev).repeat_interleave(sweep)
+        rows = torch.where(own[None] == torch.arange(B, device=dev)[:, None], rows, -math.inf)
+        pick = rows.topk(min(cfg.sweep_keep, sweep), dim=1).indices.flatten()
+        pick = torch.unique(torch.cat([pick, sa.topk(min(cfg.sweep_keep, len(sa))).indices]))
+        sk, sa, sx = sk[pick], sa[pick], sx[pick]
+        ok = [i for i, row in enumerate(sk.tolist())
+              if tuple(row) not in self.archive and self.tokens.stable(row)]
+        if not ok:
+            return pop
+        sk, sa, sx = sk[ok], sa[ok], sx[ok]
+        self.archive.add(sk, sa, sx)
+        return pop.merge(sk, sa, sx, lam, cap, cfg.distinct)
+
+    def score_children(self, pop: Population, kids, two_stage: bool) -> Population:
+        """Score children exactly and merge them.  Two stages (shallow targets): activation
+        for all, fluency only for the best ``xe_share`` of them."""
+        cfg, archive = self.cfg, self.archive
+        floor = float(pop.act.max())
+        if len(kids) and two_stage:
+            ka, _, per = self.evaluate(kids, with_xe=False)
+            ka = ka.float()
+            self.note_rotations(kids, per.float(), floor)
+            m = max(1, math.ceil(cfg.xe_share * len(kids)))
+            order = torch.argsort(torch.nan_to_num(ka, nan=-math.inf), descending=True)
+            archive.add(kids[order[m:]], ka[order[m:]], torch.full_like(ka[order[m:]], math.inf))
+            kids = kids[order[:m]]
+        if not len(kids):
+            return pop
+        ka, kx, per = self.evaluate(kids)
+        ka, kx = ka.float(), kx.float()
+        archive.add(kids, ka, kx)
+        if not two_stage:
+            self.note_rotations(kids, per.float(), floor)
+        return pop.merge(kids, ka, kx, self.lam, self.cap, cfg.distinct)
+
     # -- stage 5: report only what a fresh pass computes on re-encoded text --
     def report(self, user_cfg: DreamConfig, backend: str, seconds: float) -> DreamResult:
-        cfg, archive, target, handle = self.cfg, self.archive, self.target, self.h
+        cfg, target, handle = self.cfg, self.target, self.h
         t_ver = time.perf_counter()
-        slack = 0.0 if cfg.precision == "fp32" else 0.25   # bf16 xe may differ a little from fp32
-        checked = {}
-
-        def verify(key):
-            if key not in checked:
-                checked[key] = verify_one(handle, target, self.tokens, key, self.n)
-            return checked[key]
-
-        def best_few(limit):
-            return sorted(((a, k) for k, (a, x) in archive.entries.items()
-                           if x <= limit + slack and a == a), reverse=True)[:8]
-
         limits = [float(c) for c in tuple(cfg.caps) + (cfg.xe_cap, math.inf)]
-        checked.update(verify_many(handle, target, self.tokens,          # one batched pass
-                                    [k for k, _, _ in archive.frontier()] +
-                                    [k for lim in limits for _, k in best_few(lim)], self.n))
+        frontier, n_verified = verified_frontier(
+            handle, target, self.tokens, self.archive, self.n, limits,
+            slack=0.0 if cfg.precision == "fp32" else 0.25)  # bf16 xe may differ a little
 
         def best_under(limit):
-            """Highest fp32-verified activation with fp32 xe <= limit, from the best few."""
-            best = None
-            for a, k in best_few(limit):
-                c = verify(k)
-                if c is not None and c.xe <= limit and (best is None
-                                                        or c.activation > best.activation):
-                    best = c
-            return best
-
-        verified = [c for c in (verify(k) for k, _, _ in archive.frontier()) if c is not None]
-        extra = [best_under(lim) for lim in limits]
-        frontier, top = [], -math.inf
-        for c in sorted({tuple(c.token_ids): c for c in verified + [e for e in extra if e]}.values(),
-                        key=lambda c: (c.xe, -c.activation)):
-            if c.activation > top:
-                frontier.append(c)
-                top = c.activation
-
-        def best_in_frontier(limit):
             ok = [c for c in frontier if c.xe <= limit]
             return max(ok, key=lambda c: c.activation) if ok else None
 
         stats = self.stats
         stats["seconds"]["verify"] = time.perf_counter() - t_ver
         stats["seconds"]["total"] = seconds + stats["seconds"]["verify"]
-        stats["evaluated"] = archive.evaluated
-        stats["soft_trace"] = self.soft_trace
-        stats["backend"] = backend
-        stats["precision"] = cfg.precision
-        stats["diverged"] = not any(math.isfinite(a) for a, _ in archive.entries.values())
-        stats["verified"] = len(checked)
-        stats["shape"] = {"length": self.n, "prefix": len(self.tokens.prefix),
-                          "suffix": len(self.tokens.suffix)}
+        stats.update(evaluated=self.archive.evaluated, soft_trace=self.soft_trace,
+                     backend=backend, precision=cfg.precision,
+                     diverged=not any(math.isfinite(a) for a, _ in self.archive.entries.values()),
+                     verified=n_verified,
+                     shape={"length": self.n, "prefix": len(self.tokens.prefix),
+                            "suffix": len(self.tokens.suffix)})
         cfg_json = asdict(user_cfg)
         cfg_json.pop("corpus_init", None)
         return DreamResult(target=str(target), target_description=target.describe(handle),
                            model=handle.name, config=cfg_json, frontier=frontier,
-                           best=best_in_frontier(math.inf),
-                           best_fluent=best_in_frontier(cfg.xe_cap),
-                           best_at={float(c): best_in_frontier(float(c)) for c in cfg.caps},
+                           best=best_under(math.inf), best_fluent=best_under(cfg.xe_cap),
+                           best_at={float(c): best_under(float(c)) for c in cfg.caps},
                            stats=stats)
