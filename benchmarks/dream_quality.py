@@ -59,7 +59,7 @@ def run_one(handle, spec, method, budget, seed):
     t0 = time.perf_counter()
     how = METHODS[method]
     if isinstance(how, dict):
-        kw = {"budget_seconds": budget, "steps": 10 ** 6, "swap_iters": 10 ** 6, "seed": seed}
+        kw = {"budget_seconds": budget, "steps": None, "swap_iters": None, "seed": seed}
         if how.get("init") == "corpus":     # the 12 tokens ending at each top window's peak
             kw["corpus_init"] = [ids[-12:] for ids in map(handle.encode, CORPUS_TOP[spec])
                                  if len(ids) >= 12]

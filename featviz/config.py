@@ -57,7 +57,7 @@ def load_config(path: str | None, overrides: dict) -> QueryConfig:
     return qc.check()
 
 
-_OPTIONAL_NUMBERS = {"budget_seconds", "sweep", "memory_gb"}
+_OPTIONAL_NUMBERS = {"budget_seconds", "sweep", "memory_gb", "steps", "swap_iters"}
 
 
 def typed_value(name: str, v, default):

@@ -54,3 +54,27 @@ def resolve_backend(handle, choice: str) -> str:
                   file=sys.stderr)
         return pick
     return "jax"
+
+
+# ---------------------------------------------------------------- the two interfaces
+# A Scorer has evaluate(ids, with_xe=True) -> (activation, xe or None, per-position values)
+# and onehot_grads(ids, lam, cap) -> (gradient, next-token logits), on hard optimised tokens.
+# A Relaxer is called as relaxer(theta, lam, cap, *, seconds, restart, on_step) and returns
+# (theta, RelaxTrace).  The search uses nothing else of a backend.
+
+def scorer(backend: str, handle, target, tokens, n: int, precision: str, autocast):
+    """The exact scorer of ``backend`` for one target."""
+    if backend == "jax":
+        from featviz.backends.jax.score import JaxScorer
+        return JaxScorer(handle, target, tokens, n, precision=precision)
+    from featviz.backends.torch.score import TorchScorer
+    return TorchScorer(tokens, target, autocast)
+
+
+def relaxer(backend: str, handle, target, mask, tokens, settings, generator, autocast):
+    """The relaxation of ``backend`` for ``target`` (a ``PerRow`` for several at once)."""
+    if backend == "jax":
+        from featviz.backends.jax.relax import JaxRelaxer
+        return JaxRelaxer(handle, target, mask, tokens, settings)
+    from featviz.backends.torch.relax import TorchRelaxer
+    return TorchRelaxer(handle, target, mask, tokens, settings, generator, autocast)

@@ -34,5 +34,5 @@ def budget_dream_config(args):
         dream.steps = args.steps if args.steps is not None else dream.steps
         dream.swap_iters = args.swap_iters if args.swap_iters is not None else dream.swap_iters
     else:
-        dream.steps, dream.swap_iters = max(dream.steps, 10 ** 6), max(dream.swap_iters, 10 ** 6)
+        dream.steps = dream.swap_iters = None            # no limit: the budget bounds them
     return dream.check()

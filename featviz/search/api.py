@@ -16,19 +16,18 @@ searches with the relaxation shared (each batch row reading its own target).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
 
-from featviz.backends.choose import resolve_backend, resolve_precision
-from featviz.backends.torch.relax import relax
+from featviz.backends.choose import relaxer, resolve_backend, resolve_precision
+from featviz.backends.schedule import RelaxSettings
 from featviz.errors import FeatvizError
 from featviz.model.tokens import Tokens
 from featviz.model.vocab import readable_mask
 from featviz.search.budget import Clock, check_memory, fit_budget
 from featviz.search.config import DreamConfig
-from featviz.search.population import row_params
 from featviz.search.result import DreamResult
 from featviz.search.target_search import TargetSearch
 from featviz.targets.core import PerRow, Target
@@ -48,116 +47,135 @@ def dream_many(handle, targets, config: DreamConfig | None = None, *,
     compiled step serves them all; init, swaps and the verified report stay per target,
     and each target's result is what ``dream`` would compute from the same relaxed logits.
     ``budget_seconds`` is per target (the run takes about len(targets) times it)."""
-    cfg = (config or DreamConfig()).check()
-    targets = [as_target(t, handle) for t in targets]
-    if not targets:
-        raise FeatvizError("dream_many needs at least one target")
-    K = len(targets)
-    total = None if cfg.budget_seconds is None else cfg.budget_seconds * K
-    clock = Clock(total)
-    torch.manual_seed(cfg.seed)
-    dev = handle.device
-    mask = readable_mask(handle, cfg.vocab)
-    prefix = handle.encode(cfg.prefix) if cfg.prefix else []
-    suffix = handle.encode(cfg.suffix) if cfg.suffix else []
-    tokens = Tokens(handle, prefix, suffix)
-    for t in targets:         # a position or key the dream's sequences lack: say so now
-        t.check_length(tokens.start + cfg.length + len(suffix),
-                       (tokens.start, tokens.start + cfg.length))
-    lam1, cap1 = row_params(cfg, dev)
-    B, n = len(lam1), cfg.length
-    rows = PerRow(tuple(targets), tuple(i for i in range(K) for _ in range(B)))
-    joint = targets[0] if K == 1 else rows
-    check_memory(handle, joint, cfg, K * B)
-    backend = resolve_backend(handle, cfg.backend)
-    user_cfg = cfg
-    cfg = fit_budget(replace(cfg, precision=resolve_precision(handle, cfg.precision)), B)
-    bar = tqdm(total=total or (cfg.steps * cfg.restarts + cfg.swap_iters * K),
-               desc=f"dreaming {targets[0]}" if K == 1 else f"dreaming {K} targets",
-               disable=not progress, leave=False, unit="s" if total else "step")
+    run = _Run.prepare(handle, targets, config, progress)
+    searches = [TargetSearch(handle, t, run.cfg, run.tokens, run.mask, run.tick, run.backend)
+                for t in run.targets]
+    try:
+        run.init_relax_harden(searches)                  # stages 1-3
+        return [run.refine_and_report(i, s) for i, s in enumerate(searches)]   # stages 4-5
+    finally:
+        run.bar.close()
 
-    def tick(k=1):
-        if total:
-            bar.n = min(round(clock.elapsed(), 1), total)
-            bar.refresh()
+
+@dataclass
+class _Run:
+    """What one ``dream_many`` call shares across its targets: the resolved config, the
+    sequence layout, the readable vocabulary, the backend, the clock and the progress bar."""
+
+    handle: object
+    targets: list
+    cfg: DreamConfig           # resolved: precision chosen, init shrunk for short budgets
+    user_cfg: DreamConfig      # as given (what results record)
+    tokens: Tokens
+    mask: torch.Tensor
+    backend: str
+    total: float | None        # the whole run's budget (per target x targets)
+    clock: Clock
+    bar: object
+    joint_seconds: float = 0.0
+
+    @classmethod
+    def prepare(cls, handle, targets, config, progress) -> "_Run":
+        cfg = (config or DreamConfig()).check()
+        targets = [as_target(t, handle) for t in targets]
+        if not targets:
+            raise FeatvizError("dream_many needs at least one target")
+        K, B = len(targets), cfg.batch
+        total = None if cfg.budget_seconds is None else cfg.budget_seconds * K
+        torch.manual_seed(cfg.seed)
+        mask = readable_mask(handle, cfg.vocab)
+        tokens = Tokens(handle, handle.encode(cfg.prefix) if cfg.prefix else [],
+                        handle.encode(cfg.suffix) if cfg.suffix else [])
+        for t in targets:         # a position or key the dream's sequences lack: say so now
+            t.check_length(tokens.start + cfg.length + len(tokens.suffix),
+                           (tokens.start, tokens.start + cfg.length))
+        check_memory(handle, targets[0] if K == 1 else cls.joint_of(targets, B), cfg, K * B)
+        backend = resolve_backend(handle, cfg.backend)
+        resolved = fit_budget(replace(cfg, precision=resolve_precision(handle, cfg.precision)),
+                              B)
+        bar = tqdm(total=total or (resolved.steps * resolved.restarts + resolved.swap_iters * K),
+                   desc=f"dreaming {targets[0]}" if K == 1 else f"dreaming {K} targets",
+                   disable=not progress, leave=False, unit="s" if total else "step")
+        return cls(handle, targets, resolved, cfg, tokens, mask, backend, total, Clock(total), bar)
+
+    @staticmethod
+    def joint_of(targets, B: int):
+        """One target for the whole relaxation batch: row r reads targets[r // B]."""
+        if len(targets) == 1:
+            return targets[0]
+        return PerRow(tuple(targets), tuple(i for i in range(len(targets)) for _ in range(B)))
+
+    def tick(self, k: int = 1) -> None:
+        if self.total:
+            self.bar.n = min(round(self.clock.elapsed(), 1), self.total)
+            self.bar.refresh()
         else:
-            bar.update(k)
-
-    searches = [TargetSearch(handle, t, cfg, tokens, mask, tick, backend) for t in targets]
-    lam, cap = lam1.repeat(K), cap1.repeat(K)
+            self.bar.update(k)
 
     # ---- stages 1-3: per-target init, one shared relaxation, per-target discretization ----
-    relax_budget = None if total is None else total * cfg.relax_fraction
-    t_relax = time.perf_counter()
-    t_init = 0.0
-    for r in range(cfg.restarts):
-        if r > 0 and relax_budget is not None and clock.elapsed() >= relax_budget:
-            break
-        t = time.perf_counter()
-        inits = []
-        for s in searches:                      # each target's init keeps to its share
-            end = None if total is None else (
-                time.perf_counter() + cfg.budget_seconds * cfg.init_fraction / cfg.restarts)
-            inits.append(s.start(r, end))
-        t_init += time.perf_counter() - t
-        if all(i is None for i in inits) or cfg.steps == 0 or cfg.relax_fraction == 0 or (
-                relax_budget is not None and clock.elapsed() >= relax_budget):
-            continue
-        theta = torch.zeros(K * B, n, handle.vocab_size, device=dev)
-        for i, init in enumerate(inits):
-            if init is not None:
-                theta[i * B:(i + 1) * B].scatter_(-1, init[..., None], cfg.init_scale)
-        snaps = []
+    def init_relax_harden(self, searches) -> None:
+        cfg, K = self.cfg, len(searches)
+        B = searches[0].B
+        relax_budget = None if self.total is None else self.total * cfg.relax_fraction
+        settings = RelaxSettings(cfg.steps, cfg.lr, cfg.tau0, cfg.tau1, cfg.straight_through,
+                                 cfg.seed, cfg.precision)
+        relax = relaxer(self.backend, self.handle, self.joint_of(self.targets, B), self.mask,
+                        self.tokens, settings, searches[0].gen, searches[0].autocast)
+        lam = torch.cat([s.lam for s in searches])
+        cap = torch.cat([s.cap for s in searches])
+        t_relax, t_init = time.perf_counter(), 0.0
+        for r in range(cfg.restarts):
+            if r > 0 and relax_budget is not None and self.clock.elapsed() >= relax_budget:
+                break
+            t = time.perf_counter()
+            inits = [s.start(r, self.init_deadline()) for s in searches]  # each keeps its share
+            t_init += time.perf_counter() - t
+            if all(i is None for i in inits) or cfg.steps == 0 or cfg.relax_fraction == 0 or (
+                    relax_budget is not None and self.clock.elapsed() >= relax_budget):
+                continue
+            theta = torch.zeros(K * B, cfg.length, self.handle.vocab_size,
+                                device=self.handle.device)
+            for i, init in enumerate(inits):
+                if init is not None:
+                    theta[i * B:(i + 1) * B].scatter_(-1, init[..., None], cfg.init_scale)
+            snaps = []
 
-        def embeds(soft_emb):
-            full = tokens.full(torch.zeros(K * B, n, dtype=torch.long, device=dev))
-            e = handle.model.get_input_embeddings()(full)
-            s = tokens.start
-            return torch.cat([e[:, :s], soft_emb, e[:, s + n:]], 1)
+            def on_step(step, th):
+                self.tick()
+                if step % 10 == 9 and th is not None:       # argmax snapshots to harden
+                    snaps.append((th.detach() + torch.where(self.mask, 0.0, -1e9)).argmax(-1))
 
-        def on_step(step, th):
-            tick()
-            if step % 10 == 9 and th is not None:
-                snaps.append((th.detach() + torch.where(mask, 0.0, -1e9)).argmax(-1))
+            secs = None if relax_budget is None else \
+                (relax_budget - self.clock.elapsed()) / (cfg.restarts - r)
+            theta, trace = relax(theta, lam, cap, seconds=secs, restart=r, on_step=on_step)
+            for i, s in enumerate(searches):
+                part = slice(i * B, (i + 1) * B)
+                s.discretize(theta[part], [sn[part] for sn in snaps], trace)
+        self.joint_seconds = time.perf_counter() - t_relax
+        for s in searches:
+            s.stats["seconds"]["init"] = t_init / K
+            s.stats["seconds"]["relax"] = (self.joint_seconds - t_init) / K  # + discretization
+            if K > 1:
+                s.stats["batched_targets"] = K
+        if any(not s.archive.entries for s in searches):
+            raise FeatvizError("no round-trip-stable candidate was found; try --vocab ascii "
+                               "or a longer budget")
 
-        secs = None if relax_budget is None else (relax_budget - clock.elapsed()) / (cfg.restarts - r)
-        if backend == "jax":
-            from featviz.backends.jax.relax import relax_jax
-            theta, trace, _ = relax_jax(
-                handle, joint, theta, mask, lam, cap, steps=cfg.steps, seconds=secs, lr=cfg.lr,
-                tau0=cfg.tau0, tau1=cfg.tau1, hard=cfg.straight_through, seed=cfg.seed * 1009 + r,
-                prefix_ids=[handle.bos_id] + list(tokens.prefix), suffix_ids=list(tokens.suffix),
-                on_step=on_step, precision=cfg.precision)
-            theta = theta.to(dev)
-        else:
-            with searches[0].autocast:
-                trace = relax(handle, joint, theta, mask, lam, cap, steps=cfg.steps, seconds=secs,
-                              lr=cfg.lr, tau0=cfg.tau0, tau1=cfg.tau1, hard=cfg.straight_through,
-                              generator=searches[0].gen, make_embeds=embeds, start=tokens.start,
-                              on_step=on_step)
-        for i, s in enumerate(searches):
-            part = slice(i * B, (i + 1) * B)
-            s.discretize(theta[part], [sn[part] for sn in snaps], trace)
-    joint_seconds = time.perf_counter() - t_relax
-    for s in searches:
-        s.stats["seconds"]["init"] = t_init / K
-        s.stats["seconds"]["relax"] = (joint_seconds - t_init) / K     # + discretization
-        if K > 1:
-            s.stats["batched_targets"] = K
-    if any(not s.archive.entries for s in searches):
-        bar.close()
-        raise FeatvizError("no round-trip-stable candidate was found; try --vocab ascii or a "
-                           "longer budget")
+    def init_deadline(self) -> float | None:
+        """When this target's init must end (perf_counter), or None without a budget."""
+        cfg = self.cfg
+        if self.total is None:
+            return None
+        return time.perf_counter() + cfg.budget_seconds * cfg.init_fraction / cfg.restarts
 
     # ---- stages 4-5 per target, each with an equal share of what is left ----
-    results = []
-    for i, s in enumerate(searches):
+    def refine_and_report(self, i: int, s: TargetSearch) -> DreamResult:
+        K, total, cfg = len(self.targets), self.total, self.cfg
         t_own = time.perf_counter()
-        share = Clock(None if total is None else (total - clock.elapsed()) / (K - i))
-        # kept for verification: ~32 rows scored in float32 (with headroom), at the rate measured at init
+        share = Clock(None if total is None else (total - self.clock.elapsed()) / (K - i))
+        # kept for verification: ~32 rows scored in float32 (with headroom), at the rate
+        # measured at init
         reserve = 0.0 if total is None else max(0.02 * cfg.budget_seconds, 48 * s.row_seconds)
         s.refine(share, reserve, budgeted=total is not None)
-        results.append(s.report(user_cfg, backend,
-                                joint_seconds / K + time.perf_counter() - t_own))
-    bar.close()
-    return results
+        return s.report(self.user_cfg, self.backend,
+                        self.joint_seconds / K + time.perf_counter() - t_own)

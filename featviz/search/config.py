@@ -12,8 +12,9 @@ class DreamConfig:
     batch: int = 8                  # population rows, one lambda or xe cap each
     seed: int = 0
     budget_seconds: float | None = None   # wall clock for everything; None: use step counts
-    steps: int = 60                 # relaxation steps (upper bound when a budget is set)
-    swap_iters: int = 40            # swap iterations (upper bound when a budget is set)
+    steps: int | None = 60          # relaxation steps (upper bound when a budget is set;
+                                    # None: no limit, the budget bounds it)
+    swap_iters: int | None = 40     # swap iterations (None: no limit, the budget bounds it)
     relax_fraction: float = 0.2     # share of the budget for the relaxation
     init_fraction: float = 0.25     # the init (model samples, beams) ends by this share of
                                     # the budget: later beams are skipped, a late one completed
@@ -66,8 +67,10 @@ class DreamConfig:
             bad(f"--length must be at least 1, got {self.length}")
         if self.batch < 1:
             bad(f"--batch must be at least 1, got {self.batch}")
-        if self.steps < 0 or self.swap_iters < 0:
+        if any(v is not None and v < 0 for v in (self.steps, self.swap_iters)):
             bad("--steps and --swap-iters must not be negative")
+        if self.budget_seconds is None and (self.steps is None or self.swap_iters is None):
+            bad("steps or swap_iters without a limit need --budget-seconds")
         if self.budget_seconds is not None and not self.budget_seconds > 0:
             bad(f"--budget-seconds must be positive, got {self.budget_seconds}")
         if self.init not in ("model", "random", "corpus"):

@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 import torch
 
-from featviz.backends.torch.score import evaluate, onehot_grads
+from featviz.backends.choose import scorer
 from featviz.model.tokens import Tokens
 from featviz.search.archive import Archive
 from featviz.search.beam import beam_search
@@ -38,11 +38,6 @@ class TargetSearch:
                  backend: str = "torch"):
         self.h, self.target, self.cfg, self.tokens, self.mask, self.tick = (
             handle, target, cfg, tokens, mask, tick)
-        self.scorer = None                # JAX: jitted swap scoring; torch: discretize's
-        if backend == "jax":
-            from featviz.backends.jax.score import JaxScorer
-            self.scorer = JaxScorer(handle, target, tokens, cfg.length,
-                                    precision=cfg.precision)
         self.dev = handle.device
         self.gen = torch.Generator(device=self.dev).manual_seed(cfg.seed)   # draws on the model's device
         self.lam, self.cap = row_params(cfg, self.dev)
@@ -52,6 +47,8 @@ class TargetSearch:
         self.soft_trace = []
         self.autocast = torch.autocast(self.dev.type, dtype=torch.bfloat16,
                                        enabled=cfg.precision == "bf16")
+        self.scorer = scorer(backend, handle, target, tokens, cfg.length, cfg.precision,
+                             self.autocast)        # the backend's exact scoring
         self.pending_rot = []   # rotation candidates waiting for the next scoring round
         self.row_seconds = 0.0  # measured seconds per exactly scored row
         self.scored_seconds, self.scored_rows = 0.0, 0
@@ -61,16 +58,10 @@ class TargetSearch:
 
     # -- exact scores and one-hot gradients, on the search's backend --
     def evaluate(self, ids, with_xe: bool = True):
-        if self.scorer is not None:
-            return self.scorer.evaluate(ids, with_xe)
-        with self.autocast:
-            return evaluate(self.tokens, self.target, ids, with_xe=with_xe)
+        return self.scorer.evaluate(ids, with_xe)
 
     def grads(self, pop):
-        if self.scorer is not None:
-            return self.scorer.onehot_grads(pop, self.lam, self.cap)
-        with self.autocast:
-            return onehot_grads(self.tokens, self.target, pop, self.lam, self.cap)
+        return self.scorer.onehot_grads(pop, self.lam, self.cap)
 
     # -- archive bookkeeping --
     def note_rotations(self, ids, per, floor):

@@ -27,7 +27,7 @@ from featviz.backends.jax.forward import (
     mm,
 )
 from featviz.backends.objective import combine
-from featviz.backends.schedule import RelaxTrace, schedule
+from featviz.backends.schedule import RelaxSettings, RelaxTrace, schedule
 
 
 def step_key(seed: int, step: int) -> int:
@@ -231,3 +231,21 @@ def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: fl
             on_step(i, torch.from_numpy(np.array(theta)) if i % 10 == 9 else None)
     trace.seconds = time.perf_counter() - t0
     return torch.from_numpy(np.array(theta)), trace, step
+
+
+class JaxRelaxer:
+    """The Relaxer interface on JAX (see ``backends.choose.relaxer``): one jitted step per
+    canonical target, Gumbel noise drawn inside it from (seed, restart, step)."""
+
+    def __init__(self, handle, target, mask, tokens, settings: RelaxSettings):
+        self.handle, self.target, self.mask, self.tokens = handle, target, mask, tokens
+        self.settings = settings
+
+    def __call__(self, theta, lam, cap, *, seconds, restart: int, on_step):
+        h, st = self.handle, self.settings
+        theta, trace, _ = relax_jax(
+            h, self.target, theta, self.mask, lam, cap, steps=st.steps, seconds=seconds,
+            lr=st.lr, tau0=st.tau0, tau1=st.tau1, hard=st.hard, seed=st.seed * 1009 + restart,
+            prefix_ids=[h.bos_id] + list(self.tokens.prefix),
+            suffix_ids=list(self.tokens.suffix), on_step=on_step, precision=st.precision)
+        return theta.to(h.device), trace

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from featviz.backends.schedule import RelaxTrace, schedule
+from featviz.backends.schedule import RelaxSettings, RelaxTrace, schedule
 from featviz.backends.torch.score import forward_scores
 
 
@@ -53,3 +53,31 @@ def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Te
     theta.requires_grad_(False)
     trace.seconds = time.perf_counter() - t0
     return trace
+
+
+class TorchRelaxer:
+    """The Relaxer interface on torch (see ``backends.choose.relaxer``): Adam on theta
+    (rows, n, V), the soft tokens fed as ``inputs_embeds`` between BOS + prefix and the
+    suffix of ``tokens``."""
+
+    def __init__(self, handle, target, mask, tokens, settings: RelaxSettings, generator,
+                 autocast):
+        self.handle, self.target, self.mask, self.tokens = handle, target, mask, tokens
+        self.settings, self.generator, self.autocast = settings, generator, autocast
+
+    def __call__(self, theta, lam, cap, *, seconds, restart: int, on_step):
+        h, tokens, st = self.handle, self.tokens, self.settings
+        rows, n = theta.shape[:2]
+
+        def embeds(soft_emb):
+            full = tokens.full(torch.zeros(rows, n, dtype=torch.long, device=h.device))
+            e = h.model.get_input_embeddings()(full)
+            s = tokens.start
+            return torch.cat([e[:, :s], soft_emb, e[:, s + n:]], 1)
+
+        with self.autocast:
+            trace = relax(h, self.target, theta, self.mask, lam, cap, steps=st.steps,
+                          seconds=seconds, lr=st.lr, tau0=st.tau0, tau1=st.tau1, hard=st.hard,
+                          generator=self.generator, make_embeds=embeds, start=tokens.start,
+                          on_step=on_step)
+        return theta, trace

@@ -75,3 +75,19 @@ def exact_scores(handle, target, ids_full: torch.Tensor, start: int, n: int):
     act, xe, _ = score_ids(handle, [target], ids_full, span=(start, start + n),
                            xe_span=(start, start + n), batch_size=max(1, len(ids_full)))
     return act[0], xe
+
+
+class TorchScorer:
+    """The Scorer interface on torch (see ``backends.choose.scorer``): exact scores and
+    one-hot gradients of hard optimised tokens, in the search's precision."""
+
+    def __init__(self, tokens: Tokens, target, autocast):
+        self.tokens, self.target, self.autocast = tokens, target, autocast
+
+    def evaluate(self, ids, with_xe: bool = True):
+        with self.autocast:
+            return evaluate(self.tokens, self.target, ids, with_xe=with_xe)
+
+    def onehot_grads(self, ids, lam, cap):
+        with self.autocast:
+            return onehot_grads(self.tokens, self.target, ids, lam, cap)
