@@ -64,7 +64,7 @@ def mined(handle, targets, wins, cfg):
 
 
 def rss_child(tokens):
-    code = ("import featviz, resource; from featviz.exemplars import Miner, MineConfig, mine; "
+    code = ("import featviz, resource; from featviz.mining.miner import Miner, MineConfig, mine; "
             "m = featviz.load_model(); ts = featviz.parse_targets('mlp:6:0-1535', m); "
             f"mine(m, ts, MineConfig(max_tokens={tokens}), progress=False); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")

@@ -39,7 +39,9 @@ from featviz.analysis.flags import (
 from featviz.errors import FeatvizError
 from featviz.mining.cache import mine_cached
 from featviz.mining.corpus import windows
-from featviz.mining.miner import MineConfig, TargetExemplars, corpus_reference
+from featviz.mining.miner import MineConfig
+from featviz.mining.records import TargetExemplars
+from featviz.mining.reference import corpus_reference
 from featviz.model.forward import RESID_POST, run
 from featviz.model.vocab import readable_mask
 from featviz.search.api import dream

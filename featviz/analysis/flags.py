@@ -53,7 +53,7 @@ def quick_flags(*, corpus_max, density, best, fluent, nonfinite: int = 0,
                 th: Thresholds | None = None, reference: float | None = None) -> list[str]:
     """``corpus_max``: the max over corpus tokens (for "dead"); ``reference``: the
     like-for-like corpus figure the synthetic values compare with
-    (``exemplars.corpus_reference``; None when there is none, which raises no
+    (``mining.reference.corpus_reference``; None when there is none, which raises no
     superstimulus or hidden-trigger flag)."""
     th = th or Thresholds()
     out = []

@@ -8,12 +8,9 @@ import math
 from dataclasses import dataclass, field, replace
 
 from featviz.errors import FeatvizError
-from featviz.mining.miner import (
-    CorpusReference,
-    TargetExemplars,
-    corpus_reference,
-    scan,
-)
+from featviz.mining.miner import scan
+from featviz.mining.records import TargetExemplars
+from featviz.mining.reference import CorpusReference, corpus_reference
 from featviz.model.loading import load_model
 from featviz.search.api import dream
 from featviz.search.config import DreamConfig

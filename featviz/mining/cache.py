@@ -14,7 +14,8 @@ import re
 import torch
 
 from featviz.fileio import read_json, write_atomic
-from featviz.mining.miner import MineConfig, TargetExemplars, mine
+from featviz.mining.miner import MineConfig, mine
+from featviz.mining.records import TargetExemplars
 
 CACHE_VERSION = 2   # 2: per-position and prefix-mean maxima
 

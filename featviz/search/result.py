@@ -33,7 +33,7 @@ class DreamResult:
     @property
     def shape(self) -> dict:
         """The scored sequences' shape: optimised tokens and the fixed prefix / suffix
-        tokens around them (BOS aside), as ``exemplars.corpus_reference`` takes it."""
+        tokens around them (BOS aside), as ``mining.reference.corpus_reference`` takes it."""
         if "shape" not in self.stats:            # a result built by hand (no search stats)
             if self.config.get("prefix") or self.config.get("suffix"):
                 raise FeatvizError("this DreamResult has no stats['shape']; the prefix and "

@@ -29,7 +29,9 @@ from featviz.analysis.flags import Thresholds, quick_flags
 from featviz.errors import FeatvizError
 from featviz.fileio import dump_json, read_json, write_atomic
 from featviz.mining.cache import corpus_identity, mine_cached, model_fingerprint, slug
-from featviz.mining.miner import MineConfig, TargetExemplars, corpus_reference
+from featviz.mining.miner import MineConfig
+from featviz.mining.records import TargetExemplars
+from featviz.mining.reference import corpus_reference
 from featviz.search.api import dream, dream_many
 from featviz.search.config import DreamConfig
 from featviz.search.result import DreamResult

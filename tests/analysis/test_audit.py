@@ -24,7 +24,8 @@ from featviz.analysis.audit import (
 from featviz.analysis.flags import Thresholds
 from featviz.cli.main import main
 from featviz.fileio import clean
-from featviz.mining.miner import MineConfig, TargetExemplars
+from featviz.mining.miner import MineConfig
+from featviz.mining.records import TargetExemplars
 from featviz.model.forward import run, with_bos
 from featviz.model.vocab import readable_mask
 from featviz.search.config import DreamConfig
@@ -270,7 +271,7 @@ def test_audit_cli_bad_input(argv, msg, capsys):
 
 def _windows_peaking_on(h, tok_ids, n=10):
     """Exemplars whose peak is a chosen token (position 3 of 6 tokens after BOS)."""
-    from featviz.mining.miner import Exemplar
+    from featviz.mining.records import Exemplar
     rng = np.random.default_rng(0)
     fill = h.encode(TEXT)
     out = []

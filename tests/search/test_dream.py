@@ -50,7 +50,7 @@ def test_temperature_and_gumbel():
 # the round-trip filter is load-bearing (with "ascii" this tokenizer is nearly always stable)
 @pytest.mark.parametrize("vocab", ["ascii", "all"])
 def test_dream_mechanics(tiny, monkeypatch, vocab):
-    import featviz.search.target_search as dm
+    import featviz.search.verify as dm
     scored = set()                       # the token rows the search handed to verification
     real = dm.verify_many
 
@@ -172,7 +172,7 @@ def test_query_python_api(llama, tmp_path):
 def test_query_corpus_warm_start(llama, tmp_path):
     """--init corpus dreams from the scanned exemplars: the tokens ending at each peak."""
     from featviz.analysis.query import QueryConfig, corpus_starts, query
-    from featviz.mining.miner import Exemplar
+    from featviz.mining.records import Exemplar
     ex = [Exemplar(1.0, 4, 0, [0, 11, 12, 13, 14, 15, 16], []),     # peak at token 14
           Exemplar(0.5, 1, 1, [0, 21, 22, 23, 24], []),             # peak before `length`
           Exemplar(0.2, 2, 2, [0, 31, 32], [])]                     # too short: skipped

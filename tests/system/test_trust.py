@@ -9,7 +9,8 @@ from conftest import word_corpus
 import featviz
 from featviz import FeatvizError
 from featviz.cli.main import build_parser, main
-from featviz.mining.miner import MineConfig, corpus_reference, mine
+from featviz.mining.miner import MineConfig, mine
+from featviz.mining.reference import corpus_reference
 from featviz.model.forward import run
 from featviz.search.api import dream
 from featviz.search.config import DreamConfig
@@ -44,7 +45,7 @@ def test_presets_keep_budget_and_seed(tmp_path, cmd, default):
 
 # ---------------------------------------------------------------- peak-token overlap
 def test_peak_overlap_counts_the_first_synthetic_token(llama):
-    from featviz.mining.miner import Exemplar
+    from featviz.mining.records import Exemplar
     from featviz.site.gallery import peak_overlap
     a, b = llama.encode(" cat")[0], llama.encode(" moon")[0]
     ex = [Exemplar(1.0, 1, 0, [llama.bos_id, a], [0.0, 1.0])]

@@ -1,0 +1,420 @@
+"""The miner's accumulators: each keeps one kind of streaming summary for many targets
+at once, fed one window batch at a time (``update``), read once at the end.
+
+* ``TopK``: each target's k best windows by their max, with ids and per-token values;
+* ``Moments``: extremes, mean and variance, density and an exact histogram on a grid
+  anchored at 0 whose bin width doubles (merging neighbours) when a value falls outside;
+* ``BandReservoir``: per-cell reservoirs on a grid of window maxima, from which the
+  interval bands below the top are sampled (as SAE dashboards show them);
+* ``Controls``: a small random control group of windows shared by all targets;
+* ``PositionMaxima``: maxima over windows of each position's value and of the mean over
+  the first m tokens (the like-for-like corpus figures of ``@I`` and ``@mean`` targets).
+
+Memory is O(targets x (k + cells x slots + controls) x window), whatever the corpus length.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import torch
+
+from featviz.mining.records import Band, Exemplar
+
+
+# ---------------------------------------------------------------- pure helpers
+def fit_width(width: np.ndarray, need: np.ndarray, n_bins: int) -> np.ndarray:
+    """Doublings per target so that ``need`` < n_bins * width (0 where it already fits)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = need / (n_bins * width)
+    d = np.zeros(len(width), dtype=np.int64)
+    big = np.isfinite(ratio) & (ratio >= 1)
+    d[big] = np.floor(np.log2(ratio[big])).astype(np.int64) + 1
+    return d
+
+
+def merge_pairs(a: np.ndarray, times: int, axis_from_zero: bool) -> np.ndarray:
+    """Merge neighbouring bins ``times`` times along the last axis.
+
+    ``axis_from_zero``: bins count outward from zero (positive side); otherwise they
+    count inward to zero (negative side, bin -1 is the one next to zero).
+    """
+    n = a.shape[-1]
+    f = 2 ** min(times, 62)
+    if f >= n:
+        merged = a.sum(axis=-1, keepdims=True)
+        pad = np.zeros(a.shape[:-1] + (n - 1,), dtype=a.dtype)
+        return np.concatenate([merged, pad] if axis_from_zero else [pad, merged], axis=-1)
+    if axis_from_zero:
+        m = a.reshape(a.shape[:-1] + (n // f, f)).sum(-1)
+        return np.concatenate([m, np.zeros(a.shape[:-1] + (n - n // f,), dtype=a.dtype)], -1)
+    m = a[..., ::-1].reshape(a.shape[:-1] + (n // f, f)).sum(-1)[..., ::-1]
+    return np.concatenate([np.zeros(a.shape[:-1] + (n - n // f,), dtype=a.dtype), m], -1)
+
+
+def mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: uint64 -> well-mixed uint64 (vectorised, wraps on overflow)."""
+    x = x.astype(np.uint64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def target_keys(targets, seed: int) -> np.ndarray:
+    """One 64-bit key per target, from its name and the seed, so each target's random
+    samples do not depend on which other targets are mined in the same pass."""
+    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{t}".encode()).digest()[:8], "little")
+                     for t in targets], dtype=np.uint64)
+
+
+def uniform(keys, counters) -> np.ndarray:
+    """Uniform (0, 1) draws, a pure function of (key, counter) (arrays broadcast)."""
+    with np.errstate(over="ignore"):
+        x = mix(np.asarray(keys, dtype=np.uint64)
+                ^ mix(np.asarray(counters, dtype=np.int64).astype(np.uint64)))
+    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def weighted_pick(weights: np.ndarray, u: np.ndarray, n: int) -> np.ndarray:
+    """Indices of ``n`` draws without replacement, probability proportional to weight,
+    along the last axis (Efraimidis-Spirakis keys; weight 0 is never picked first)."""
+    with np.errstate(divide="ignore"):
+        key = np.where(weights > 0, np.log(u) / np.where(weights > 0, weights, 1.0), -np.inf)
+    return np.argsort(-key, axis=-1, kind="stable")[..., :n], key
+
+
+# ---------------------------------------------------------------- accumulators
+class TopK:
+    """Each target's k best windows in k unordered slots: a newcomer overwrites an evicted
+    slot, so only entering windows are copied; ``ranked`` sorts them once at the end."""
+
+    def __init__(self, n_targets: int, k: int, width: int):
+        self.k = k
+        self.v = np.full((n_targets, k), -np.inf)
+        self.win = np.full((n_targets, k), -1, dtype=np.int64)
+        self.peak = np.zeros((n_targets, k), dtype=np.int64)
+        self.ids = np.zeros((n_targets, k, width), dtype=np.int32)
+        self.acts = np.zeros((n_targets, k, width), dtype=np.float32)
+
+    def update(self, wmax, peak, per, ids, win) -> None:
+        k, B = self.k, wmax.shape[1]
+        rows = np.nonzero((wmax > self.v.min(1, keepdims=True)).any(1))[0]
+        if not len(rows):
+            return
+        cand = np.concatenate([self.v[rows], wmax[rows]], axis=1)               # (R, k+B)
+        cwin = np.concatenate([np.where(self.win[rows] < 0, np.iinfo(np.int64).max,
+                                        self.win[rows]), np.broadcast_to(win, (len(rows), B))], 1)
+        keep = np.zeros(cand.shape, dtype=bool)        # best k; ties go to the earlier window
+        np.put_along_axis(keep, np.lexsort((cwin, -cand), axis=-1)[:, :k], True, axis=1)
+        # evicted slots (old, not kept) first; entering newcomers (new, kept) first
+        evicted = np.argsort(keep[:, :k], axis=1, kind="stable")                 # (R, k)
+        entering = np.argsort(~keep[:, k:], axis=1, kind="stable")               # (R, B)
+        m = keep[:, k:].sum(1)
+        for j in range(int(m.max())):
+            sel = m > j
+            r, slot, b = rows[sel], evicted[sel, j], entering[sel, j]
+            self.v[r, slot] = wmax[r, b]
+            self.win[r, slot] = win[b]
+            self.peak[r, slot] = peak[r, b]
+            self.ids[r, slot] = ids[b]
+            self.acts[r, slot] = per[r, b]
+
+    def ranked(self) -> list[list[Exemplar]]:
+        """Per target, its windows best first (ties: the earlier window)."""
+        unused = self.win < 0
+        order = np.lexsort((np.where(unused, np.iinfo(np.int64).max, self.win), -self.v),
+                           axis=-1)                      # slots -> ranks
+        for name in ("v", "win", "peak"):
+            setattr(self, name, np.take_along_axis(getattr(self, name), order, 1))
+        self.ids = np.take_along_axis(self.ids, order[:, :, None], 1)
+        self.acts = np.take_along_axis(self.acts, order[:, :, None], 1)
+        v, peak, win = self.v.tolist(), self.peak.tolist(), self.win.tolist()
+        out = []
+        for t in range(len(v)):
+            rows_i, rows_a = list(self.ids[t]), list(self.acts[t])           # row views
+            out.append([Exemplar(a, p, w, rows_i[i], rows_a[i])
+                        for i, (a, p, w) in enumerate(zip(v[t], peak[t], win[t])) if w >= 0])
+        return out
+
+
+class Moments:
+    """Extremes, sums for mean and variance, density above a threshold, non-finite count
+    and the exact histogram, for every target."""
+
+    def __init__(self, n_targets: int, bins: int, threshold: float):
+        self.G, self.threshold = bins, threshold
+        self.hist = np.zeros((n_targets, 2 * bins), dtype=np.int64)
+        self.hist_w = np.full(n_targets, np.nan)
+        self.n_above = np.zeros(n_targets, dtype=np.int64)
+        self.total = np.zeros(n_targets)
+        self.total2 = np.zeros(n_targets)
+        self.vmin = np.full(n_targets, np.inf)
+        self.vmax = np.full(n_targets, -np.inf)
+        self.nonfinite = np.zeros(n_targets, dtype=np.int64)
+
+    def update(self, flat: torch.Tensor, valid: torch.Tensor | None, vmax: torch.Tensor):
+        """flat: (T, N) torch values; valid: finite mask, or None when all are finite;
+        vmax: (T,) the batch's max over finite values (from the window maxima)."""
+        G = self.G
+        T = flat.shape[0]
+        if valid is not None:
+            self.nonfinite += (~valid).sum(1).numpy()
+            lo_f = torch.where(valid, flat, torch.inf)
+            flat = torch.where(valid, flat, 0.0)
+        else:
+            lo_f = flat
+        vmax, vmin = vmax.double().numpy(), lo_f.amin(dim=1).double().numpy()
+        self.vmax = np.fmax(self.vmax, vmax)
+        self.vmin = np.fmin(self.vmin, vmin)
+        absmax = np.maximum(np.abs(np.where(np.isfinite(vmax), vmax, 0.0)),
+                            np.abs(np.where(np.isfinite(vmin), vmin, 0.0)))
+        new = np.isnan(self.hist_w)
+        self.hist_w[new] = np.where(absmax[new] > 0, absmax[new] / G * 3.0, 1e-6)
+        d = fit_width(self.hist_w, absmax, G)
+        for t in np.nonzero(d)[0]:
+            self.hist[t, G:] = merge_pairs(self.hist[t, G:], int(d[t]), True)
+            self.hist[t, :G] = merge_pairs(self.hist[t, :G], int(d[t]), False)
+            self.hist_w[t] *= 2.0 ** int(d[t])
+        inv = torch.from_numpy((1.0 / self.hist_w).astype(np.float32))[:, None]
+        b = (flat * inv).floor_().clamp_(-G, G - 1)        # bin, then the target's offset
+        if T * 2 * G < 2 ** 24:                             # (exact in float32: one pass fewer)
+            b += torch.arange(G, T * 2 * G, 2 * G, dtype=torch.float32)[:, None]
+            b = b.long()
+        else:
+            b = b.long() + torch.arange(G, T * 2 * G, 2 * G)[:, None]
+        b = b[valid] if valid is not None else b.reshape(-1)
+        self.hist += torch.bincount(b, minlength=T * 2 * G).reshape(T, 2 * G).numpy()
+        above = flat > self.threshold
+        if valid is not None:
+            above &= valid
+        self.n_above += above.sum(1).numpy()
+        self.total += flat.sum(1).double().numpy()        # per batch in float32, then float64
+        self.total2 += torch.linalg.vecdot(flat, flat, dim=1).double().numpy()
+
+    def fill(self, r, t: int, n_tokens: int) -> None:
+        """Write target t's figures into its ``TargetExemplars``."""
+        r.nonfinite = int(self.nonfinite[t])
+        n_ok = n_tokens - r.nonfinite
+        if n_ok <= 0:
+            r.max = r.min = r.mean = r.std = r.density = float("nan")
+            return
+        r.max, r.min = float(self.vmax[t]), float(self.vmin[t])
+        r.mean = float(self.total[t] / n_ok)
+        r.std = float(math.sqrt(max(self.total2[t] / n_ok - r.mean ** 2, 0.0)))
+        r.density = float(self.n_above[t] / n_ok)
+        w = float(self.hist_w[t])
+        r.hist_edges = [float(w * i) for i in range(-self.G, self.G + 1)]
+        r.hist_counts = self.hist[t].tolist()
+
+
+class BandReservoir:
+    """Reservoirs of windows on a grid of cells over [0, max) of window maxima (cells
+    double in width, merging pairwise, as the max grows).  ``bands`` draws each interval
+    band's samples from them at the end."""
+
+    def __init__(self, keys: np.ndarray, cells: int, slots: int, width: int):
+        T, C, S = len(keys), cells, slots
+        self.keys, self.C, self.S = keys, C, S
+        self.cell_w = np.full(T, np.nan)
+        self.seen = np.zeros((T, C), dtype=np.int64)
+        self.v = np.full((T, C, S), np.nan, dtype=np.float32)
+        self.win = np.full((T, C, S), -1, dtype=np.int64)
+        self.peak = np.zeros((T, C, S), dtype=np.int64)
+        self.ids = np.zeros((T, C, S, width), dtype=np.int32)
+        self.acts = np.zeros((T, C, S, width), dtype=np.float32)
+
+    def update(self, wmax, peak, per, ids, win, n_win: int) -> None:
+        """``n_win``: windows seen before this batch (seeds the coarsening draws)."""
+        C, S = self.C, self.S
+        T, B = wmax.shape
+        pos = np.where(np.isfinite(wmax), wmax, 0.0)
+        need = pos.max(1)
+        new = np.isnan(self.cell_w) & (need > 0)
+        self.cell_w[new] = need[new] / C * 3.0       # headroom: fewer coarsenings later
+        d = fit_width(np.where(np.isnan(self.cell_w), 1.0, self.cell_w), need, C)
+        d[np.isnan(self.cell_w)] = 0
+        for t in np.nonzero(d)[0]:
+            self.coarsen(t, int(d[t]), n_win)
+        rows = np.arange(T)
+        for b in range(B):
+            ok = (wmax[:, b] > 0) & np.isfinite(wmax[:, b]) & ~np.isnan(self.cell_w)
+            if not ok.any():
+                continue
+            cell = np.zeros(T, dtype=np.int64)
+            cell[ok] = np.minimum((wmax[ok, b] / self.cell_w[ok]).astype(np.int64), C - 1)
+            self.seen[rows[ok], cell[ok]] += 1
+            n = self.seen[rows, cell]
+            u = uniform(self.keys, int(win[b]))
+            j = np.where(n <= S, n - 1, (u * np.maximum(n, 1)).astype(np.int64))
+            hit = ok & (j < S)
+            t_i, c_i, j_i = rows[hit], cell[hit], j[hit]
+            self.v[t_i, c_i, j_i] = wmax[hit, b]
+            self.win[t_i, c_i, j_i] = win[b]
+            self.peak[t_i, c_i, j_i] = peak[hit, b]
+            self.ids[t_i, c_i, j_i] = ids[b]
+            self.acts[t_i, c_i, j_i] = per[hit, b]
+
+    def coarsen(self, t: int, times: int, n_win: int) -> None:
+        """Double target t's cell width ``times`` times, merging reservoirs pairwise."""
+        C, S = self.C, self.S
+        half, pad = (C + 1) // 2, C % 2
+        for step in range(min(times, int(math.log2(C)) + 1)):
+            arrays = [self.v[t], self.win[t], self.peak[t], self.ids[t], self.acts[t]]
+            fills = [np.nan, -1, 0, 0, 0]
+            held = arrays[1] >= 0
+            # each kept sample stands for seen/held windows of its cell
+            w = np.where(held, (self.seen[t] / np.maximum(held.sum(1), 1))[:, None], 0.0)
+
+            def pairs(a, fill):
+                if pad:
+                    a = np.concatenate([a, np.full((1,) + a.shape[1:], fill, a.dtype)])
+                return a.reshape((half, 2 * S) + a.shape[2:])
+
+            wp = pairs(w, 0.0)
+            u = uniform(self.keys[t], np.arange(wp.size) + (n_win * 64 + step) * wp.size)
+            order, key = weighted_pick(wp, u.reshape(wp.shape), S)
+            ok = np.take_along_axis(key, order, 1) > -np.inf                    # (half, S)
+            for i, (a, fill) in enumerate(zip(arrays, fills)):
+                ap = pairs(a, fill)
+                idx = order.reshape(order.shape + (1,) * (ap.ndim - 2))
+                sel = np.take_along_axis(ap, idx, 1)
+                sel[~ok] = fill
+                out = np.full_like(a, fill)
+                out[:half] = sel
+                arrays[i][...] = out
+            seen = np.concatenate([self.seen[t], [0] * pad])
+            new_seen = np.zeros_like(self.seen[t])
+            new_seen[:half] = seen.reshape(half, 2).sum(1)
+            self.seen[t] = new_seen
+        self.cell_w[t] *= 2.0 ** times
+
+    def bands(self, vmax: np.ndarray, top_win: np.ndarray, n_bands: int,
+              per_band: int) -> list[list[Band]]:
+        """Interval bands of every target: per band, the windows whose max lies in (lo, hi]
+        of the corpus max ``vmax`` (counted from the cells inside the band, exact to one
+        cell) and up to ``per_band`` samples drawn from the reservoirs, weighted by how many
+        windows each kept sample stands for, the top-k windows ``top_win`` excluded.  The
+        draws are a pure function of (seed, target name, slot, band)."""
+        ok_t = np.isfinite(vmax) & (vmax > 0) & ~np.isnan(self.cell_w)
+        counts = self._band_counts(vmax, ok_t, n_bands)
+        v, ok, band, w = self._eligible(vmax, ok_t, top_win, n_bands)
+        picks = self._picks(v, ok, band, w, n_bands, per_band) if per_band and ok.any() else None
+        T, CS = v.shape
+        ids, acts = self.ids.reshape(T, CS, -1), self.acts.reshape(T, CS, -1)
+        peak, win_l = self.peak.reshape(T, CS).tolist(), self.win.reshape(T, CS).tolist()
+        v_l, counts_l = v.tolist(), counts.tolist()
+        out = []
+        for t in range(T):
+            if not ok_t[t]:
+                out.append([])
+                continue
+            bands = []
+            for bi in range(n_bands):
+                b = Band(bi / n_bands, (bi + 1) / n_bands, counts_l[t][bi], [])
+                if picks is not None:
+                    order, good = picks[bi]
+                    b.samples = [Exemplar(v_l[t][j], peak[t][j], win_l[t][j], ids[t, j],
+                                          acts[t, j]) for j, g in zip(order[t], good[t]) if g]
+                bands.append(b)
+            out.append(bands)
+        return out
+
+    def _band_counts(self, vmax, ok_t, nb: int) -> np.ndarray:
+        """(T, bands) window counts: a cell's windows go to the band holding its midpoint."""
+        T, C = self.seen.shape
+        safe_mx = np.where(ok_t, vmax, 1.0)[:, None]
+        cw = np.where(ok_t, self.cell_w, 0.0)[:, None]
+        mid = np.minimum((np.arange(C) + 0.5)[None] * cw, safe_mx)
+        cell_band = np.clip(np.ceil(mid / safe_mx * nb).astype(np.int64) - 1, 0, nb - 1)
+        counts = np.zeros((T, nb), dtype=np.int64)
+        np.add.at(counts, (np.repeat(np.arange(T), C), cell_band.ravel()), self.seen.ravel())
+        return counts
+
+    def _eligible(self, vmax, ok_t, top_win, nb: int):
+        """Per kept sample: its value, whether it may be drawn, its band and its weight (how
+        many windows it stands for)."""
+        T, C, S = self.v.shape
+        safe_mx = np.where(ok_t, vmax, 1.0)[:, None]
+        v = self.v.reshape(T, C * S).astype(np.float64)
+        win = self.win.reshape(T, C * S)
+        held = win >= 0
+        n_held = held.reshape(T, C, S).sum(2)
+        w = np.where(held, np.repeat(self.seen / np.maximum(n_held, 1), S, axis=1), 0.0)
+        in_top = (win[:, :, None] == top_win[:, None, :]).any(-1)
+        with np.errstate(invalid="ignore"):
+            band = np.clip(np.ceil(v / safe_mx * nb).astype(np.float64) - 1, 0, nb - 1)
+            ok = held & ~in_top & (v > 0) & ok_t[:, None] & (w > 0)
+        return v, ok, np.where(ok, band, 0).astype(np.int64), w
+
+    def _picks(self, v, ok, band, w, nb: int, per_band: int):
+        """Per band, (slot order, drawn?) lists: weighted draws without replacement, then
+        ranked by value, best first."""
+        slot = np.arange(v.shape[1])[None]
+        u = uniform(self.keys[:, None], slot + band * 100_003)
+        key = np.where(ok, np.log(u) / np.where(ok, w, 1.0), -np.inf)
+        n = min(per_band, v.shape[1])
+        picks = []
+        for bi in range(nb):
+            kb = np.where(band == bi, key, -np.inf)
+            order = np.argsort(-kb, axis=1, kind="stable")[:, :n]           # (T, n)
+            good = np.take_along_axis(kb, order, 1) > -np.inf
+            vals = np.where(good, np.take_along_axis(v, order, 1), -np.inf)
+            rank = np.argsort(-vals, axis=1, kind="stable")                 # best first
+            picks.append((np.take_along_axis(order, rank, 1).tolist(),
+                          np.take_along_axis(good, rank, 1).tolist()))
+        return picks
+
+
+class Controls:
+    """A reservoir of random control windows shared by every target."""
+
+    def __init__(self, n_targets: int, n: int, width: int, seed: int):
+        self.n, self.seen = n, 0
+        self.rng = np.random.default_rng(seed)
+        self.win = np.full(n, -1, dtype=np.int64)
+        self.ids = np.zeros((n, width), dtype=np.int32)
+        self.acts = np.zeros((n_targets, n, width), dtype=np.float32)
+
+    def update(self, per, ids, win) -> None:
+        for b in range(len(win)):
+            self.seen += 1
+            j = self.seen - 1 if self.seen <= self.n else int(self.rng.integers(self.seen))
+            if j < self.n:
+                self.win[j] = win[b]
+                self.ids[j] = ids[b]
+                self.acts[:, j] = per[:, b]
+
+    def exemplars(self, first: int) -> list[list[Exemplar]]:
+        """Per target, the control windows in corpus order (max and peak from ``first``)."""
+        valid = np.nonzero(self.win >= 0)[0][np.argsort(self.win[self.win >= 0])]
+        T = self.acts.shape[0]
+        if not len(valid):
+            return [[] for _ in range(T)]
+        ids, acts = self.ids.tolist(), self.acts[:, valid].tolist()
+        c_max = self.acts[:, valid, first:].max(axis=2)
+        c_peak = self.acts[:, valid, first:].argmax(axis=2) + first
+        return [[Exemplar(float(c_max[t, i]), int(c_peak[t, i]), int(self.win[j]), ids[j],
+                          acts[t][i]) for i, j in enumerate(valid)] for t in range(T)]
+
+
+class PositionMaxima:
+    """Running maxima over windows of each position's value and of the mean over the
+    first m tokens after BOS (non-finite values never count)."""
+
+    def __init__(self, n_targets: int, width: int):
+        self.pos_max = np.full((n_targets, width), -np.inf)
+        self.pmean_max = np.full((n_targets, width), -np.inf)
+
+    def update(self, per_t: torch.Tensor) -> None:
+        v = torch.where(torch.isfinite(per_t), per_t, -torch.inf)
+        self.pos_max = np.fmax(self.pos_max, v.amax(dim=1).double().numpy())
+        body = per_t[:, :, 1:].double()
+        m = torch.arange(1, body.shape[2] + 1, dtype=torch.float64)
+        means = body.cumsum(dim=2) / m
+        means = torch.where(torch.isfinite(means), means, -torch.inf)
+        self.pmean_max[:, 1:] = np.fmax(self.pmean_max[:, 1:], means.amax(dim=1).numpy())
+
+    def fill(self, r, t: int) -> None:
+        r.position_max = [float(x) for x in self.pos_max[t]]
+        r.prefix_mean_max = [float("nan")] + [float(x) for x in self.pmean_max[t, 1:]]
