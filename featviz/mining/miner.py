@@ -23,8 +23,8 @@ from featviz.mining.accumulators import (
     Moments,
     PositionMaxima,
     TopK,
-    target_keys,
 )
+from featviz.mining.grid import target_keys
 from featviz.mining.records import TargetExemplars
 from featviz.model.forward import MLP_POST, RESID_POST, Z, run
 from featviz.targets.core import Atom, Target, all_sites

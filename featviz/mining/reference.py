@@ -62,6 +62,13 @@ def corpus_reference(ex: "TargetExemplars", target, length: int, prefix: int = 0
         return none(f"key {target.key} counts from the end of the sequence: in a "
                     f"{len(ex.position_max) - 1 or '?'}-token corpus window that is another "
                     f"token than in the dream's {length}")
+    return _shaped(ex, red, length, T)
+
+
+def _shaped(ex: "TargetExemplars", red: str, length: int, T: int) -> CorpusReference:
+    """The figure read on corpus windows cut to the dream's shape (BOS + ``length``
+    tokens; ``T`` tokens in all): by position, or the mean over the first tokens."""
+    none = lambda why: CorpusReference(None, why)  # noqa: E731
     pos, pmean = ex.position_max, ex.prefix_mean_max
     W = len(pos) - 1
     if W < 1:

@@ -44,6 +44,15 @@ def _forward(handle, target, ids, cache, kw, length):
     return _read(handle, _atoms(target), caps, length), logits, out_cache["cache"]
 
 
+def _candidates(logp: torch.Tensor, k: int, generator=None) -> torch.Tensor:
+    """The k next tokens each beam tries: the model's top k, or with a generator k
+    Gumbel-top-k draws from its distribution."""
+    if generator is None:
+        return logp.topk(k, -1).indices
+    u = torch.rand(logp.shape, generator=generator, device=logp.device).clamp_(1e-10, 1)
+    return (logp - torch.log(-torch.log(u))).topk(k, -1).indices
+
+
 def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: int = 8,
                 expand: int = 48, lam: float = 0.5, generator: torch.Generator | None = None,
                 sample: bool = False, deadline: float | None = None):
@@ -74,16 +83,11 @@ def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: in
         ids = torch.zeros(1, 0, dtype=torch.long, device=dev)
         xe_sum = torch.zeros(1, device=dev)
         act = torch.zeros(1, device=dev)
-        lam_t = torch.tensor([lam], device=dev)
-        cap_t = torch.tensor([float("inf")], device=dev)
+        lam_t, cap_t = torch.tensor([lam], device=dev), torch.tensor([float("inf")], device=dev)
         for t in range(n):
             late = deadline is not None and time.perf_counter() > deadline
             k = 1 if late else min(expand, int(mask.sum()))
-            if sample and generator is not None and not late:
-                u = torch.rand(logp.shape, generator=generator, device=dev).clamp_(1e-10, 1)
-                cand = (logp - torch.log(-torch.log(u))).topk(k, -1).indices
-            else:
-                cand = logp.topk(k, -1).indices                           # (b, k)
+            cand = _candidates(logp, k, generator if sample and not late else None)  # (b, k)
             lp = logp.gather(-1, cand)
             cache.batch_repeat_interleave(k)
             # candidates run only up to the target's layer; the kept ones then run through

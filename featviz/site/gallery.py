@@ -254,6 +254,8 @@ def _dream_group(handle, group: list, dcfg: DreamConfig | None) -> list:
 
 def build_gallery(handle, targets: list[Target], config: GalleryConfig | None = None, *,
                   out_dir: str, progress: bool = True) -> GalleryResult:
+    """Mine every target in one pass, dream for each, and write the static site to
+    ``out_dir`` (resuming: targets already written with the same settings are kept)."""
     cfg = (config or GalleryConfig()).check()
     if not targets:
         raise FeatvizError("no targets given; pass e.g. --targets mlp:6:0-7")
@@ -268,21 +270,7 @@ def build_gallery(handle, targets: list[Target], config: GalleryConfig | None = 
     os.makedirs(tdir, exist_ok=True)
     for stale in glob.glob(os.path.join(glob.escape(out_dir), "**", "*.tmp*"), recursive=True):
         os.unlink(stale)                                    # left by a killed run
-    settings = cfg.settings()
-    key_doc = {"model": model_fingerprint(handle), "corpus": corpus_identity(cfg.corpus),
-               "settings": settings, "schema": SCHEMA_VERSION}
-    settings_key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:16]
-    meta = {"model": handle.name, "corpus": cfg.corpus or "wiki",
-            "tokens mined": cfg.mine.max_tokens, "targets": len(targets),
-            "dream budget (s)": cfg.dream.budget_seconds if cfg.dream else "off"}
-    manifest = {"schema": "featviz.gallery", "version": SCHEMA_VERSION, "title": cfg.title,
-                "meta": meta,
-                "model": handle.describe(), "model_fingerprint": key_doc["model"],
-                "corpus": key_doc["corpus"], "settings": settings, "settings_key": settings_key,
-                "targets": [{"target": n, "json": f"targets/{slug(n)}.json",
-                             "html": f"targets/{slug(n)}.html"} for n in names]}
-    write_atomic(os.path.join(out_dir, "gallery.json"), dump_json(manifest))
-
+    settings_key, meta = _write_manifest(handle, cfg, out_dir, names)
     records: dict = {}
     for t in targets:
         rec = read_json(os.path.join(tdir, slug(str(t)) + ".json"), missing_ok=True, corrupt_ok=True)
@@ -304,15 +292,8 @@ def build_gallery(handle, targets: list[Target], config: GalleryConfig | None = 
             outcomes = _dream_group(handle, group, cfg.dream)
             each = (time.perf_counter() - t0) / len(group)
             for t, (res, err) in zip(group, outcomes):
-                rec = target_record(handle, t, ex_of[str(t)], res, cfg, settings_key)
-                if err:
-                    rec["status"], rec["error"] = "error", err
-                    rec["flags"].append("error")
-                rec["timing"] = {"seconds": each}
-                s = slug(str(t))
-                write_atomic(os.path.join(tdir, s + ".html"), target_page(rec))
-                write_atomic(os.path.join(tdir, s + ".json"), dump_json(rec))
-                records[str(t)] = rec
+                records[str(t)] = _write_target(handle, t, ex_of[str(t)], res, err, each, cfg,
+                                                settings_key, tdir)
                 done.append(str(t))
                 _write_index(out_dir, cfg, meta, targets, records)
                 bar.update(1)
@@ -321,3 +302,37 @@ def build_gallery(handle, targets: list[Target], config: GalleryConfig | None = 
     failed = [n for n in names if records[n].get("status") != "ok"]
     return GalleryResult(out_dir=out_dir, index=os.path.join(out_dir, "index.html"), done=done,
                          skipped=skipped, failed=failed)
+
+
+def _write_manifest(handle, cfg: GalleryConfig, out_dir: str, names: list) -> tuple[str, dict]:
+    """Write gallery.json; returns (the settings key that names these results, the index's
+    meta lines).  The key covers the model's weights, the corpus, every setting and the
+    schema version, so results computed otherwise are recomputed, never mixed."""
+    settings = cfg.settings()
+    key_doc = {"model": model_fingerprint(handle), "corpus": corpus_identity(cfg.corpus),
+               "settings": settings, "schema": SCHEMA_VERSION}
+    settings_key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:16]
+    meta = {"model": handle.name, "corpus": cfg.corpus or "wiki",
+            "tokens mined": cfg.mine.max_tokens, "targets": len(names),
+            "dream budget (s)": cfg.dream.budget_seconds if cfg.dream else "off"}
+    manifest = {"schema": "featviz.gallery", "version": SCHEMA_VERSION, "title": cfg.title,
+                "meta": meta,
+                "model": handle.describe(), "model_fingerprint": key_doc["model"],
+                "corpus": key_doc["corpus"], "settings": settings, "settings_key": settings_key,
+                "targets": [{"target": n, "json": f"targets/{slug(n)}.json",
+                             "html": f"targets/{slug(n)}.html"} for n in names]}
+    write_atomic(os.path.join(out_dir, "gallery.json"), dump_json(manifest))
+    return settings_key, meta
+
+
+def _write_target(handle, t, ex, res, err, seconds, cfg, settings_key, tdir) -> dict:
+    """One target's record and page, written atomically; returns the record."""
+    rec = target_record(handle, t, ex, res, cfg, settings_key)
+    if err:
+        rec["status"], rec["error"] = "error", err
+        rec["flags"].append("error")
+    rec["timing"] = {"seconds": seconds}
+    s = slug(str(t))
+    write_atomic(os.path.join(tdir, s + ".html"), target_page(rec))
+    write_atomic(os.path.join(tdir, s + ".json"), dump_json(rec))
+    return rec

@@ -7,14 +7,8 @@ import torch
 
 import featviz
 from featviz import FeatvizError
-from featviz.backends.jax.forward import (
-    directions_for,
-    embed_ids,
-    evaluate,
-    forward,
-    per_position,
-    to_jax,
-)
+from featviz.backends.jax.forward import embed_ids, forward, to_jax
+from featviz.backends.jax.read import directions_for, evaluate, per_position
 from featviz.backends.jax.relax import (
     hash_uniform,
     make_objective,

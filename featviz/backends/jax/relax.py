@@ -17,15 +17,8 @@ import time
 
 import numpy as np
 
-from featviz.backends.jax.forward import (
-    JaxModel,
-    canonical,
-    directions_for,
-    embed_matrix,
-    evaluate,
-    forward_after,
-    mm,
-)
+from featviz.backends.jax.forward import JaxModel, embed_matrix, forward_after, mm
+from featviz.backends.jax.read import canonical, directions_for, evaluate
 from featviz.backends.objective import combine
 from featviz.backends.schedule import RelaxSettings, RelaxTrace, schedule
 

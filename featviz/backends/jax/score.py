@@ -15,14 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from featviz.backends.jax.forward import (
-    canonical,
-    directions_for,
-    evaluate,
-    forward_raw,
-    per_position,
-    to_jax,
-)
+from featviz.backends.jax.forward import forward_raw, to_jax
+from featviz.backends.jax.read import canonical, directions_for, evaluate, per_position
 from featviz.backends.jax.relax import shared, st_embed
 from featviz.backends.objective import combine
 
