@@ -1,0 +1,125 @@
+"""Each miner accumulator alone, against brute force over the batches it was fed."""
+import numpy as np
+import pytest
+import torch
+
+from featviz.mining.accumulators import BandReservoir, Controls, Moments, PositionMaxima, TopK
+from featviz.mining.grid import merge_pairs, target_keys, uniform
+
+
+def batches(seed=0, T=3, n=6, B=5, W=7, scale=1.0):
+    rng = np.random.default_rng(seed)
+    for step in range(n):
+        per = (rng.standard_normal((T, B, W)) * scale ** step).astype(np.float32)
+        ids = rng.integers(0, 50, (B, W)).astype(np.int32)
+        yield per, ids, np.arange(step * B, step * B + B)
+
+
+def test_topk_keeps_the_best_windows_in_order():
+    top = TopK(3, 4, 7)
+    seen = []
+    for per, ids, win in batches():
+        wmax = per[:, :, 1:].max(2)
+        top.update(wmax, per[:, :, 1:].argmax(2) + 1, per, ids, win)
+        seen.append((per, ids))
+    per = np.concatenate([p for p, _ in seen], 1)
+    ids = np.concatenate([i for _, i in seen], 0)
+    for t, ranked in enumerate(top.ranked()):
+        wmax = per[t, :, 1:].max(1)
+        want = np.argsort(-wmax, kind="stable")[:4]
+        assert [e.window for e in ranked] == want.tolist()
+        assert [e.value for e in ranked] == pytest.approx(wmax[want].tolist())
+        for e in ranked:                      # the window's own tokens and values travel along
+            assert list(e.token_ids) == ids[e.window].tolist()
+            np.testing.assert_array_equal(e.activations, per[t, e.window])
+
+
+def test_moments_are_exact_while_the_histogram_grows():
+    m = Moments(3, 4, 0.5)
+    flat_all = []
+    for per, _, _ in batches(scale=1.4, n=12):
+        flat = torch.from_numpy(per[:, :, 1:].reshape(3, -1).copy())
+        m.update(flat, None, flat.amax(dim=1))
+        flat_all.append(flat.numpy())
+    vals = np.concatenate(flat_all, 1)
+
+    class R:
+        pass
+    for t in range(3):
+        r = R()
+        m.fill(r, t, vals.shape[1])
+        counts, _ = np.histogram(vals[t], bins=np.asarray(r.hist_edges, dtype=np.float64))
+        assert counts.tolist() == r.hist_counts
+        assert r.max == pytest.approx(vals[t].max()) and r.min == pytest.approx(vals[t].min())
+        assert r.mean == pytest.approx(vals[t].mean(), rel=1e-5, abs=1e-6)
+        assert r.std == pytest.approx(vals[t].std(), rel=1e-4)
+        assert r.density == pytest.approx((vals[t] > 0.5).mean())
+
+
+def test_moments_count_nonfinite_values_apart():
+    m = Moments(1, 4, 0.0)
+    flat = torch.tensor([[1.0, float("nan"), 2.0, float("inf")]])
+    valid = torch.isfinite(flat)
+    m.update(flat, valid, torch.tensor([2.0]))
+
+    class R:
+        pass
+    r = R()
+    m.fill(r, 0, 4)
+    assert r.nonfinite == 2 and r.max == 2.0 and sum(r.hist_counts) == 2
+
+
+def test_band_reservoir_counts_every_positive_window_and_samples_real_ones():
+    res = BandReservoir(target_keys(["a", "b"], 0), 4, 2, 7)
+    per_all = []
+    for n_win, (per, ids, win) in enumerate(batches(T=2, scale=1.3, n=20)):
+        wmax = per[:, :, 1:].max(2)
+        res.update(wmax, per[:, :, 1:].argmax(2) + 1, per, ids, win, n_win * 5)
+        per_all.append(per)
+    per = np.concatenate(per_all, 1)
+    wmax = per[:, :, 1:].max(2)
+    bands = res.bands(wmax.max(1), np.full((2, 1), -1), 4, 2)
+    for t in range(2):
+        assert sum(b.count for b in bands[t]) == int((wmax[t] > 0).sum())
+        for b in bands[t]:
+            for e in b.samples:
+                assert e.value == pytest.approx(wmax[t, e.window])
+                assert b.lo * wmax[t].max() - 1e-6 <= e.value
+
+
+def test_controls_are_a_uniform_reservoir_shared_by_all_targets():
+    c = Controls(2, 3, 7, seed=0)
+    for per, ids, win in batches(T=2):
+        c.update(per, ids, win)
+    ex = c.exemplars(1)
+    assert [e.window for e in ex[0]] == [e.window for e in ex[1]]     # shared windows
+    assert [e.window for e in ex[0]] == sorted(e.window for e in ex[0])
+    assert len(ex[0]) == 3 and len({e.window for e in ex[0]}) == 3
+
+
+def test_position_maxima_match_brute_force():
+    pm = PositionMaxima(3, 7)
+    per_all = []
+    for per, _, _ in batches():
+        pm.update(torch.from_numpy(per))
+        per_all.append(per)
+    per = np.concatenate(per_all, 1).astype(np.float64)
+
+    class R:
+        pass
+    for t in range(3):
+        r = R()
+        pm.fill(r, t)
+        np.testing.assert_allclose(r.position_max, per[t].max(0), rtol=1e-6)
+        means = np.cumsum(per[t, :, 1:], axis=1) / np.arange(1, 7)
+        np.testing.assert_allclose(r.prefix_mean_max[1:], means.max(0), rtol=1e-6)
+
+
+def test_grid_helpers():
+    a = np.arange(8)
+    assert merge_pairs(a, 1, True).tolist() == [1, 5, 9, 13, 0, 0, 0, 0]
+    assert merge_pairs(a, 1, False).tolist() == [0, 0, 0, 0, 1, 5, 9, 13]
+    assert merge_pairs(a, 5, True).tolist() == [28] + [0] * 7
+    u = uniform(target_keys(["x"], 0), np.arange(10_000))
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.02
+    assert (uniform(target_keys(["x"], 0), [3]) == u[3]).all()        # a pure function

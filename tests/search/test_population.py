@@ -1,0 +1,57 @@
+"""The population's one merge, the Scorer interface, and 'no limit' as None."""
+import math
+
+import pytest
+import torch
+
+import featviz
+from featviz import DreamConfig, FeatvizError
+from featviz.backends.choose import scorer
+from featviz.backends.torch.score import exact_scores
+from featviz.model.tokens import Tokens
+from featviz.search.population import Population
+from featviz.targets.read import score_ids
+
+
+def test_merge_keeps_each_rows_best_by_its_own_score():
+    lam = torch.tensor([0.0, 1.0])
+    cap = torch.tensor([math.inf, math.inf])
+    pop = Population(torch.tensor([[1, 1], [2, 2]]), torch.tensor([1.0, 1.0]),
+                     torch.tensor([5.0, 5.0]))
+    # a strong but disfluent child and a weaker fluent one
+    new = pop.merge(torch.tensor([[3, 3], [4, 4]]), torch.tensor([9.0, 2.0]),
+                    torch.tensor([9.0, 1.0]), lam, cap)
+    assert new.ids.tolist() == [[3, 3], [4, 4]]          # row 0 (lambda 0) takes activation
+    assert new.act.tolist() == [9.0, 2.0] and new.xe.tolist() == [9.0, 1.0]
+    nan = pop.merge(torch.tensor([[5, 5]]), torch.tensor([float("nan")]), torch.tensor([0.0]),
+                    lam, cap)
+    assert [5, 5] not in nan.ids.tolist()                  # a NaN activation never wins
+
+
+def test_torch_scorer_is_the_exact_scorer(llama):
+    t = featviz.parse_target("mlp:1:2@max", llama)
+    tokens = Tokens(llama, [7], [])
+    ids = torch.tensor([[5, 9, 11], [8, 8, 3]])
+    sc = scorer("torch", llama, t, tokens, 3, "fp32", torch.autocast("cpu", enabled=False))
+    act, xe, per = sc.evaluate(ids)
+    full = tokens.full(ids)
+    want_act, want_xe = exact_scores(llama, t, full, tokens.start, 3)
+    torch.testing.assert_close(act, want_act)
+    torch.testing.assert_close(xe, want_xe)
+    vals, _, pers = score_ids(llama, [t], full, span=(2, 5), per_span=(2, 5))
+    torch.testing.assert_close(per, pers[0])
+    grad, lm = sc.onehot_grads(ids, torch.zeros(2), torch.full((2,), math.inf))
+    assert grad.shape == (2, 3, llama.vocab_size) and lm.shape == grad.shape
+
+
+def test_no_limit_is_none_and_needs_a_budget():
+    assert DreamConfig(steps=None, swap_iters=None, budget_seconds=5).check().steps is None
+    with pytest.raises(FeatvizError, match="need --budget-seconds"):
+        DreamConfig(steps=None).check()
+
+
+def test_presets_say_null_for_no_limit():
+    from featviz.config import load_config
+    cfg = load_config("configs/default.yaml", {})
+    assert cfg.dream.steps is None and cfg.dream.swap_iters is None
+    assert cfg.dream.budget_seconds == 90
