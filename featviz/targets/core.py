@@ -1,6 +1,6 @@
 """Target specs: what to read from the model, where, and how positions are reduced.
 
-Grammar (DESIGN.md):  ``mlp:L:N``, ``head:L:H``, ``attn:L:H:K``, ``resid:L:N``,
+Grammar (targets.spec; docs/design.md):  ``mlp:L:N``, ``head:L:H``, ``attn:L:H:K``, ``resid:L:N``,
 ``resid:L:FILE``, each with an optional ``@last`` (default), ``@max``, ``@mean`` or
 ``@I`` suffix.  TransformerLens hook names are accepted as aliases.  Targets
 compose like Lucid objectives: ``a + 0.5 * b``, ``a - b``.

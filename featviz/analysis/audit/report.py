@@ -95,31 +95,39 @@ def _fmt(v, f=".3f"):
     return format(v, f) if isinstance(v, (int, float)) else str(v)
 
 
+def _superstimulus_line(f: dict) -> str:
+    ref = f.get("corpus_reference") or {}
+    if ref.get("value") is None:
+        return f"no like-for-like corpus figure ({ref.get('basis')})"
+    return (f"fluent/corpus {_fmt(f['ratio_fluent'], '.2f')}, any/corpus "
+            f"{_fmt(f['ratio_best'], '.2f')} (corpus {_fmt(ref['value'])}: {ref['basis']})")
+
+
+# check name -> its one line of figures (terminal table, JSON ``summary``, HTML section)
+SUMMARIES = {
+    "superstimulus": _superstimulus_line,
+    "hidden-trigger": lambda f: (f"density {_fmt(f['density'], '.2e')}, corpus max "
+                                 f"{_fmt(f['corpus_max'])}, synthetic {_fmt(f['best'])}: "
+                                 f"{f['trigger_text']!r}"),
+    "fluency-gap": lambda f: (f"any {_fmt(f['best'])} / fluent {_fmt(f['best_fluent'])} = "
+                              f"{_fmt(f['gap'], '.2f')}"),
+    "context": lambda f: (f"synthetic after random contexts keeps "
+                          f"{_fmt(f.get('ratio_synthetic'), '.2f')}; exemplars with swapped "
+                          f"lead keep {_fmt(f.get('ratio_exemplars'), '.2f')}"),
+    "path": lambda f: (f"path score {_fmt(f.get('median_score'), '.2f')} (1 = like exemplars, "
+                       f"0 = like random positions), z {_fmt(f.get('median_z'), '.1f')} vs "
+                       "random positions"),
+    "attribution": lambda f: (f"carried by {f.get('carriers_synthetic')} (synthetic), "
+                              f"{f.get('carriers_exemplar')} (top exemplar)"),
+    "polysemantic": lambda f: (f"groups {f.get('sizes')}, silhouette "
+                               f"{_fmt(f.get('silhouette'), '.2f')}"),
+}
+
+
 def summary_line(name: str, f: dict) -> str:
-    """One line of figures for a check (terminal table and HTML section)."""
-    if name == "superstimulus":
-        ref = f.get("corpus_reference") or {}
-        if ref.get("value") is None:
-            return f"no like-for-like corpus figure ({ref.get('basis')})"
-        return (f"fluent/corpus {_fmt(f['ratio_fluent'], '.2f')}, any/corpus "
-                f"{_fmt(f['ratio_best'], '.2f')} (corpus {_fmt(ref['value'])}: {ref['basis']})")
-    if name == "hidden-trigger":
-        return (f"density {_fmt(f['density'], '.2e')}, corpus max {_fmt(f['corpus_max'])}, "
-                f"synthetic {_fmt(f['best'])}: {f['trigger_text']!r}")
-    if name == "fluency-gap":
-        return f"any {_fmt(f['best'])} / fluent {_fmt(f['best_fluent'])} = {_fmt(f['gap'], '.2f')}"
-    if name == "context":
-        return (f"synthetic after random contexts keeps {_fmt(f.get('ratio_synthetic'), '.2f')}; "
-                f"exemplars with swapped lead keep {_fmt(f.get('ratio_exemplars'), '.2f')}")
-    if name == "path":
-        return (f"path score {_fmt(f.get('median_score'), '.2f')} (1 = like exemplars, 0 = like "
-                f"random positions), z {_fmt(f.get('median_z'), '.1f')} vs random positions")
-    if name == "attribution":
-        return (f"carried by {f.get('carriers_synthetic')} (synthetic), "
-                f"{f.get('carriers_exemplar')} (top exemplar)")
-    if name == "polysemantic":
-        return (f"groups {f.get('sizes')}, silhouette {_fmt(f.get('silhouette'), '.2f')}")
-    return ""
+    """One line of figures for a check (terminal table, JSON and HTML section)."""
+    line = SUMMARIES.get(name)
+    return line(f) if line else ""
 
 
 def format_report(report: AuditReport) -> str:
