@@ -10,7 +10,7 @@ from dataclasses import fields
 
 from featviz.analysis.query import QueryConfig
 from featviz.errors import FeatvizError
-from featviz.search.config import DreamConfig
+from featviz.search.config import OPTIONS, DreamConfig
 
 
 def load_config(path: str | None, overrides: dict) -> QueryConfig:
@@ -29,7 +29,7 @@ def load_config(path: str | None, overrides: dict) -> QueryConfig:
         if not isinstance(data, dict):
             raise FeatvizError(f"config file '{path}' must be a mapping of option: value")
     data.update({k: v for k, v in overrides.items() if v is not None})
-    dream_keys = {f.name for f in fields(DreamConfig)}
+    dream_keys = set(OPTIONS)
     query_keys = {f.name for f in fields(QueryConfig)} - {"dream"}
     extra = {"target", "model", "targets"}
     unknown = set(data) - dream_keys - query_keys - extra
@@ -40,7 +40,7 @@ def load_config(path: str | None, overrides: dict) -> QueryConfig:
     dkw = {}
     for k, v in data.items():
         if k in dream_keys:
-            dkw[k] = typed_value(k, v, getattr(defaults, k))
+            dkw[k] = typed_value(k, v, defaults.get(k))
     for name in ("corpus_tokens", "window", "top_k"):
         v = data.get(name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int)):

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from featviz.errors import FeatvizError
 from featviz.mining.miner import scan
@@ -27,12 +27,12 @@ class QueryConfig:
     top_k: int = 5
 
     def check(self) -> "QueryConfig":
-        if self.dream.init == "corpus" and not self.dream.corpus_init:
+        if self.dream.start.init == "corpus" and not self.dream.start.corpus_init:
             # the windows come from this query's own scan of the corpus
             if not self.corpus_tokens:
                 raise FeatvizError("--init corpus starts from the top corpus exemplars; give "
                                    "--corpus-tokens > 0")
-            replace(self.dream, init="model").check()
+            self.dream.replace(init="model").check()
         else:
             self.dream.check()
         if self.corpus_tokens < 0:
@@ -80,12 +80,12 @@ def query(handle, target, config: QueryConfig | None = None, *, progress: bool =
         ex = scan(handle, [t], cfg.corpus, window=cfg.window, max_tokens=cfg.corpus_tokens,
                   k=cfg.top_k, progress=progress)[0]
     dcfg = cfg.dream
-    if dcfg.init == "corpus" and not dcfg.corpus_init:
+    if dcfg.start.init == "corpus" and not dcfg.start.corpus_init:
         starts = corpus_starts(ex.top if ex is not None else [], dcfg.length)
         if not starts:
             raise FeatvizError("--init corpus found no exemplar to start from in the scanned "
                                "corpus; scan more (--corpus-tokens) or use --init model")
-        dcfg = replace(dcfg, corpus_init=starts)
+        dcfg = dcfg.replace(corpus_init=starts)
     res = dream(handle, t, dcfg, progress=progress)
     ref = corpus_reference(ex, t, **res.shape) if ex is not None else None
     act = lambda c: c.activation if c is not None else None  # noqa: E731

@@ -31,8 +31,8 @@ def budget_dream_config(args):
         dream.budget_seconds = args.default_budget
     if fixed:
         dream.budget_seconds = None
-        dream.steps = args.steps if args.steps is not None else dream.steps
-        dream.swap_iters = args.swap_iters if args.swap_iters is not None else dream.swap_iters
+        dream.relax.steps = args.steps if args.steps is not None else dream.relax.steps
+        dream.swaps.swap_iters = args.swap_iters if args.swap_iters is not None else dream.swaps.swap_iters
     else:
-        dream.steps = dream.swap_iters = None            # no limit: the budget bounds them
+        dream.relax.steps = dream.swaps.swap_iters = None            # no limit: the budget bounds them
     return dream.check()

@@ -16,7 +16,7 @@ searches with the relaxation shared (each batch row reading its own target).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -80,7 +80,7 @@ class _Run:
         targets = [as_target(t, handle) for t in targets]
         if not targets:
             raise FeatvizError("dream_many needs at least one target")
-        K, B = len(targets), cfg.batch
+        K, B = len(targets), cfg.rows.batch
         total = None if cfg.budget_seconds is None else cfg.budget_seconds * K
         torch.manual_seed(cfg.seed)
         mask = readable_mask(handle, cfg.vocab)
@@ -91,9 +91,9 @@ class _Run:
                            (tokens.start, tokens.start + cfg.length))
         check_memory(handle, targets[0] if K == 1 else cls.joint_of(targets, B), cfg, K * B)
         backend = resolve_backend(handle, cfg.backend)
-        resolved = fit_budget(replace(cfg, precision=resolve_precision(handle, cfg.precision)),
+        resolved = fit_budget(cfg.replace(precision=resolve_precision(handle, cfg.precision)),
                               B)
-        bar = tqdm(total=total or (resolved.steps * resolved.restarts + resolved.swap_iters * K),
+        bar = tqdm(total=total or (resolved.relax.steps * resolved.relax.restarts + resolved.swaps.swap_iters * K),
                    desc=f"dreaming {targets[0]}" if K == 1 else f"dreaming {K} targets",
                    disable=not progress, leave=False, unit="s" if total else "step")
         return cls(handle, targets, resolved, cfg, tokens, mask, backend, total, Clock(total), bar)
@@ -116,28 +116,28 @@ class _Run:
     def init_relax_harden(self, searches) -> None:
         cfg, K = self.cfg, len(searches)
         B = searches[0].B
-        relax_budget = None if self.total is None else self.total * cfg.relax_fraction
-        settings = RelaxSettings(cfg.steps, cfg.lr, cfg.tau0, cfg.tau1, cfg.straight_through,
+        relax_budget = None if self.total is None else self.total * cfg.relax.relax_fraction
+        settings = RelaxSettings(cfg.relax.steps, cfg.relax.lr, cfg.relax.tau0, cfg.relax.tau1, cfg.relax.straight_through,
                                  cfg.seed, cfg.precision)
         relax = relaxer(self.backend, self.handle, self.joint_of(self.targets, B), self.mask,
                         self.tokens, settings, searches[0].gen, searches[0].autocast)
         lam = torch.cat([s.lam for s in searches])
         cap = torch.cat([s.cap for s in searches])
         t_relax, t_init = time.perf_counter(), 0.0
-        for r in range(cfg.restarts):
+        for r in range(cfg.relax.restarts):
             if r > 0 and relax_budget is not None and self.clock.elapsed() >= relax_budget:
                 break
             t = time.perf_counter()
             inits = [s.start(r, self.init_deadline()) for s in searches]  # each keeps its share
             t_init += time.perf_counter() - t
-            if all(i is None for i in inits) or cfg.steps == 0 or cfg.relax_fraction == 0 or (
+            if all(i is None for i in inits) or cfg.relax.steps == 0 or cfg.relax.relax_fraction == 0 or (
                     relax_budget is not None and self.clock.elapsed() >= relax_budget):
                 continue
             theta = torch.zeros(K * B, cfg.length, self.handle.vocab_size,
                                 device=self.handle.device)
             for i, init in enumerate(inits):
                 if init is not None:
-                    theta[i * B:(i + 1) * B].scatter_(-1, init[..., None], cfg.init_scale)
+                    theta[i * B:(i + 1) * B].scatter_(-1, init[..., None], cfg.relax.init_scale)
             snaps = []
 
             def on_step(step, th):
@@ -146,7 +146,7 @@ class _Run:
                     snaps.append((th.detach() + torch.where(self.mask, 0.0, -1e9)).argmax(-1))
 
             secs = None if relax_budget is None else \
-                (relax_budget - self.clock.elapsed()) / (cfg.restarts - r)
+                (relax_budget - self.clock.elapsed()) / (cfg.relax.restarts - r)
             theta, trace = relax(theta, lam, cap, seconds=secs, restart=r, on_step=on_step)
             for i, s in enumerate(searches):
                 part = slice(i * B, (i + 1) * B)
@@ -166,7 +166,7 @@ class _Run:
         cfg = self.cfg
         if self.total is None:
             return None
-        return time.perf_counter() + cfg.budget_seconds * cfg.init_fraction / cfg.restarts
+        return time.perf_counter() + cfg.budget_seconds * cfg.start.init_fraction / cfg.relax.restarts
 
     # ---- stages 4-5 per target, each with an equal share of what is left ----
     def refine_and_report(self, i: int, s: TargetSearch) -> DreamResult:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 
 import torch
 
@@ -45,7 +44,7 @@ def search_memory(handle, target: Target, cfg: DreamConfig, B: int) -> int:
     plus the activations kept for the backward pass, and the swap stage's scoring batch."""
     V, d, f = handle.vocab_size, handle.d_model, handle.d_mlp
     T = cfg.length + 1 + len(cfg.prefix) + len(cfg.suffix)   # chars bound the tokens
-    layers = handle.n_layers if (cfg.lam_max > 0 or cfg.caps) else target.max_layer + 1
+    layers = handle.n_layers if (cfg.rows.lam_max > 0 or cfg.rows.caps) else target.max_layer + 1
     vocab = 10 * B * cfg.length * V * 4
     acts = B * T * layers * (12 * d + 4 * f + 2 * handle.n_heads * T) * 4
     swap = 64 * T * (layers * (6 * d + 2 * f) + V) * 4
@@ -67,7 +66,7 @@ def fit_budget(cfg: DreamConfig, B: int) -> DreamConfig:
     if cfg.budget_seconds is None or cfg.budget_seconds >= 60:
         return cfg
     f = cfg.budget_seconds / 60
-    return replace(cfg, init_samples=max(B, round(cfg.init_samples * f)),
-                   beam_width=max(2, round(cfg.beam_width * f)),
-                   beam_expand=max(8, round(cfg.beam_expand * f)),
-                   beam_lams=tuple(cfg.beam_lams)[: 1 if f < 0.25 else None])
+    return cfg.replace(init_samples=max(B, round(cfg.start.init_samples * f)),
+                   beam_width=max(2, round(cfg.start.beam_width * f)),
+                   beam_expand=max(8, round(cfg.start.beam_expand * f)),
+                   beam_lams=tuple(cfg.start.beam_lams)[: 1 if f < 0.25 else None])

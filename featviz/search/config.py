@@ -1,43 +1,66 @@
-"""DreamConfig: every knob of the search, with its check."""
+"""DreamConfig: every knob of the search, in four groups, with its check.
+
+The option names are flat and unique (``steps``, ``children``, ``beam_width`` ...): YAML
+presets, command-line flags, ``DreamConfig(steps=20)`` and the JSON a result records all
+use them.  Inside, each belongs to one group: ``rows`` (the population), ``start`` (the
+init), ``relax`` (the relaxation) or ``swaps`` (the refinement); the search reads
+``cfg.relax.steps``.  "No limit" is None.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from featviz.errors import FeatvizError
 
 
 @dataclass
-class DreamConfig:
-    length: int = 12                # optimised tokens after BOS (+ prefix)
+class RowsConfig:
+    """The population: one row per lambda or xe cap."""
+
     batch: int = 8                  # population rows, one lambda or xe cap each
-    seed: int = 0
-    budget_seconds: float | None = None   # wall clock for everything; None: use step counts
-    steps: int | None = 60          # relaxation steps (upper bound when a budget is set;
-                                    # None: no limit, the budget bounds it)
-    swap_iters: int | None = 40     # swap iterations (None: no limit, the budget bounds it)
-    relax_fraction: float = 0.2     # share of the budget for the relaxation
+    lam_min: float = 0.05
+    lam_max: float = 1.0
+    caps: tuple = (5.0, 6.0, 6.5)   # epsilon-constraint rows (best activation under xe cap)
+    distinct: int = 0               # population rows differ in at least this many tokens
+                                    # (0: each row takes its best, duplicates allowed)
+
+
+@dataclass
+class StartConfig:
+    """Where the search starts (stage 1)."""
+
+    init: str = "model"             # "model" | "random" | "corpus"
+    init_samples: int = 64          # initial sequences scored before choosing each row's start
     init_fraction: float = 0.25     # the init (model samples, beams) ends by this share of
                                     # the budget: later beams are skipped, a late one completed
                                     # greedily
-    restarts: int = 1               # independent relaxations (each with a fresh init)
-    init: str = "model"             # "model" | "random" | "corpus"
-    init_samples: int = 64          # initial sequences scored before choosing each row's start
     beam_lams: tuple = (0.1, 0.3)   # LM-guided beam searches at init (one per lambda; () = none)
     beam_width: int = 8
     beam_expand: int = 48           # the model's top-k next tokens tried per beam and step
-    precision: str = "auto"         # search arithmetic: "bf16" (autocast), "fp32", or "auto":
-                                    # bf16 where the device has fast bfloat16 (see
-                                    # fast_bf16), else fp32; reports are always fp32
+    corpus_init: list = field(default_factory=list)   # token id rows for init="corpus"
+
+
+@dataclass
+class RelaxConfig:
+    """The continuous relaxation (stages 2-3)."""
+
+    steps: int | None = 60          # relaxation steps (upper bound when a budget is set;
+                                    # None: no limit, the budget bounds it)
+    relax_fraction: float = 0.2     # share of the budget for the relaxation
+    restarts: int = 1               # independent relaxations (each with a fresh init)
     init_scale: float = 3.0         # theta = init_scale * one-hot(init) at start
     lr: float = 0.3
     tau0: float = 2.0
     tau1: float = 0.2
     straight_through: bool = True
     hard_samples: int = 16          # hard samples per row drawn from the final theta
-    lam_min: float = 0.05
-    lam_max: float = 1.0
-    caps: tuple = (5.0, 6.0, 6.5)   # epsilon-constraint rows (best activation under xe cap)
-    xe_cap: float = 6.5             # what "fluent" means in the report
+
+
+@dataclass
+class SwapConfig:
+    """The refinement: single-token swaps scored exactly (stage 4)."""
+
+    swap_iters: int | None = 40     # swap iterations (None: no limit, the budget bounds it)
     children: int = 24              # swap children per parent and iteration
     k_grad: int = 64
     k_lm: int = 48
@@ -45,60 +68,111 @@ class DreamConfig:
     sweep: int | None = None        # tokens tried at the last position per row and iteration
                                     # (None: as many as ~1500 token-layers of compute allow)
     sweep_keep: int = 8             # of those, kept per row (best by the row's score)
-    distinct: int = 0               # population rows differ in at least this many tokens
-                                    # (0: each row takes its best, duplicates allowed)
     crossover: int = 16             # head-of-fluent + tail-of-strong children per iteration
     rotate: int = 8                 # rotation moves per iteration (last-position targets)
     xe_share: float = 0.35          # two-stage scoring: fluency only for the best children by
                                     # activation (used when the target sits in the lower layers)
+
+
+GROUPS = {"rows": RowsConfig, "start": StartConfig, "relax": RelaxConfig, "swaps": SwapConfig}
+GROUP_OF = {f.name: g for g, cls in GROUPS.items() for f in fields(cls)}
+# every option, in the order results have always recorded them
+OPTIONS = ("length", "batch", "seed", "budget_seconds", "steps", "swap_iters", "relax_fraction",
+           "init_fraction", "restarts", "init", "init_samples", "beam_lams", "beam_width",
+           "beam_expand", "precision", "init_scale", "lr", "tau0", "tau1", "straight_through",
+           "hard_samples", "lam_min", "lam_max", "caps", "xe_cap", "children", "k_grad", "k_lm",
+           "lm_share", "sweep", "sweep_keep", "distinct", "crossover", "rotate", "xe_share",
+           "vocab", "prefix", "suffix", "corpus_init", "memory_gb", "backend")
+
+
+@dataclass(init=False)
+class DreamConfig:
+    length: int = 12                # optimised tokens after BOS (+ prefix)
+    seed: int = 0
+    budget_seconds: float | None = None   # wall clock for everything; None: use step counts
+    xe_cap: float = 6.5             # what "fluent" means in the report
+    precision: str = "auto"         # search arithmetic: "bf16" (autocast), "fp32", or "auto":
+                                    # bf16 where the device has fast bfloat16 (see
+                                    # fast_bf16), else fp32; reports are always fp32
     vocab: str = "ascii"            # "ascii" | "all"
     prefix: str = ""
     suffix: str = ""
-    corpus_init: list = field(default_factory=list)   # token id rows for init="corpus"
     memory_gb: float | None = None  # memory the search may use (None: what the OS says is free)
     backend: str = "torch"          # "torch" | "jax" | "auto" (JAX where the architecture is
                                     # supported): the relaxation and the swap scoring run on it;
                                     # the last-position sweep and the reports run in torch
+    rows: RowsConfig = field(default_factory=RowsConfig)
+    start: StartConfig = field(default_factory=StartConfig)
+    relax: RelaxConfig = field(default_factory=RelaxConfig)
+    swaps: SwapConfig = field(default_factory=SwapConfig)
+
+    def __init__(self, **options):
+        """``DreamConfig(steps=20, children=8)``: any option by its flat name (or a whole
+        group, ``relax=RelaxConfig(...)``)."""
+        for f in fields(self):
+            if f.name in GROUPS:
+                given = options.pop(f.name, None)
+                setattr(self, f.name, GROUPS[f.name](**vars(given)) if given is not None
+                        else GROUPS[f.name]())
+            else:
+                setattr(self, f.name, options.pop(f.name, f.default))
+        for name, value in options.items():
+            if name not in GROUP_OF:
+                raise TypeError(f"DreamConfig got an unknown option '{name}'")
+            setattr(getattr(self, GROUP_OF[name]), name, value)
+
+    def get(self, name: str):
+        """An option's value by its flat name."""
+        return getattr(getattr(self, GROUP_OF[name]), name) if name in GROUP_OF \
+            else getattr(self, name)
+
+    def flat(self) -> dict:
+        """Every option by its flat name, in the order results record them."""
+        return {name: self.get(name) for name in OPTIONS}
+
+    def replace(self, **options) -> "DreamConfig":
+        """A copy with some options changed (flat names)."""
+        return DreamConfig(**{**self.flat(), **options})
 
     def check(self) -> "DreamConfig":
         def bad(msg):
             raise FeatvizError(msg)
         if not isinstance(self.length, int) or self.length < 1:
             bad(f"--length must be at least 1, got {self.length}")
-        if self.batch < 1:
-            bad(f"--batch must be at least 1, got {self.batch}")
-        if any(v is not None and v < 0 for v in (self.steps, self.swap_iters)):
+        if self.rows.batch < 1:
+            bad(f"--batch must be at least 1, got {self.rows.batch}")
+        if any(v is not None and v < 0 for v in (self.relax.steps, self.swaps.swap_iters)):
             bad("--steps and --swap-iters must not be negative")
-        if self.budget_seconds is None and (self.steps is None or self.swap_iters is None):
+        if self.budget_seconds is None and (self.relax.steps is None or self.swaps.swap_iters is None):
             bad("steps or swap_iters without a limit need --budget-seconds")
         if self.budget_seconds is not None and not self.budget_seconds > 0:
             bad(f"--budget-seconds must be positive, got {self.budget_seconds}")
-        if self.init not in ("model", "random", "corpus"):
-            bad(f"--init must be model, random or corpus, got '{self.init}'")
-        if self.init == "corpus" and not self.corpus_init:
+        if self.start.init not in ("model", "random", "corpus"):
+            bad(f"--init must be model, random or corpus, got '{self.start.init}'")
+        if self.start.init == "corpus" and not self.start.corpus_init:
             bad("--init corpus needs corpus windows to start from")
-        if self.init == "corpus" and any(len(r) < self.length for r in self.corpus_init):
+        if self.start.init == "corpus" and any(len(r) < self.length for r in self.start.corpus_init):
             bad(f"every corpus_init row needs at least --length {self.length} tokens; the "
-                f"shortest has {min(len(r) for r in self.corpus_init)}")
-        if not 0 <= self.relax_fraction <= 1:
+                f"shortest has {min(len(r) for r in self.start.corpus_init)}")
+        if not 0 <= self.relax.relax_fraction <= 1:
             bad("relax_fraction must lie in [0, 1]")
-        if not 0 < self.init_fraction <= 1:
+        if not 0 < self.start.init_fraction <= 1:
             bad("init_fraction must lie in (0, 1]")
-        if self.tau0 <= 0 or self.tau1 <= 0:
+        if self.relax.tau0 <= 0 or self.relax.tau1 <= 0:
             bad("temperatures must be positive")
         if self.precision not in ("auto", "bf16", "fp32"):
             bad(f"precision must be auto, bf16 or fp32, got '{self.precision}'")
-        if any(not isinstance(x, (int, float)) or x < 0 for x in self.beam_lams):
+        if any(not isinstance(x, (int, float)) or x < 0 for x in self.start.beam_lams):
             bad("beam_lams must be non-negative numbers")
-        if self.init_samples < 1:
+        if self.start.init_samples < 1:
             bad("init_samples must be at least 1")
         if self.vocab not in ("ascii", "all"):
             bad(f"vocab must be ascii or all, got '{self.vocab}'")
-        if self.sweep is not None and self.sweep < 0:
+        if self.swaps.sweep is not None and self.swaps.sweep < 0:
             bad("sweep must not be negative")
-        if not isinstance(self.distinct, int) or not 0 <= self.distinct <= self.length:
-            bad(f"distinct must be an integer in [0, --length], got {self.distinct}")
-        if self.children < 1 or self.k_grad < 1 or self.k_lm < 1:
+        if not isinstance(self.rows.distinct, int) or not 0 <= self.rows.distinct <= self.length:
+            bad(f"distinct must be an integer in [0, --length], got {self.rows.distinct}")
+        if self.swaps.children < 1 or self.swaps.k_grad < 1 or self.swaps.k_lm < 1:
             bad("children, k_grad and k_lm must be at least 1")
         if self.backend not in ("torch", "jax", "auto"):
             bad(f"--backend must be auto, jax or torch, got '{self.backend}'")

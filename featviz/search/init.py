@@ -5,10 +5,10 @@ import torch
 
 
 def init_ids(handle, cfg, tokens, mask, gen, batch):
-    if cfg.init == "model":
+    if cfg.start.init == "model":
         return sample_from_model(handle, batch, cfg.length, mask, gen, tokens.prefix)
-    if cfg.init == "corpus":
-        rows = torch.tensor([list(r)[: cfg.length] for r in cfg.corpus_init], dtype=torch.long)
+    if cfg.start.init == "corpus":
+        rows = torch.tensor([list(r)[: cfg.length] for r in cfg.start.corpus_init], dtype=torch.long)
         return rows[torch.arange(batch) % len(rows)].to(handle.device)
     allowed = mask.nonzero().flatten()
     return allowed[torch.randint(0, len(allowed), (batch, cfg.length), generator=gen,

@@ -15,8 +15,8 @@ from featviz.search.moves import select, select_index
 
 
 def row_params(cfg: DreamConfig, device):
-    caps = [float(c) for c in cfg.caps][: cfg.batch]
-    lam = lambdas(cfg.batch - len(caps), cfg.lam_min, cfg.lam_max, include_zero=True)
+    caps = [float(c) for c in cfg.rows.caps][: cfg.rows.batch]
+    lam = lambdas(cfg.rows.batch - len(caps), cfg.rows.lam_min, cfg.rows.lam_max, include_zero=True)
     lam_t = torch.tensor([0.0] * len(caps) + lam, device=device)
     cap_t = torch.tensor(caps + [math.inf] * len(lam), device=device)
     return lam_t, cap_t

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict
 
 import torch
 
@@ -53,7 +52,7 @@ class TargetSearch:
         self.row_seconds = 0.0  # measured seconds per exactly scored row
         self.scored_seconds, self.scored_rows = 0.0, 0
         self.last_only = all(a.reduction == "last" for _, a in target.terms())
-        self.rotating = self.last_only and cfg.rotate > 0      # rotate: 0 turns rotations off,
+        self.rotating = self.last_only and cfg.swaps.rotate > 0      # rotate: 0 turns rotations off,
                                                                # not the last-position sweep
 
     # -- exact scores and one-hot gradients, on the search's backend --
@@ -66,7 +65,7 @@ class TargetSearch:
     # -- archive bookkeeping --
     def note_rotations(self, ids, per, floor):
         if self.rotating and len(ids):
-            self.pending_rot.append(rotations(ids, per, floor, self.cfg.rotate))
+            self.pending_rot.append(rotations(ids, per, floor, self.cfg.swaps.rotate))
 
     def take_rotations(self):
         if not self.pending_rot:
@@ -96,21 +95,21 @@ class TargetSearch:
         cfg, tokens = self.cfg, self.tokens
         # the initial sequences come in chunks, so a slow machine stops at the deadline
         # with fewer of them instead of overrunning it (at least one chunk always runs)
-        want, done = max(self.B, cfg.init_samples), 0
+        want, done = max(self.B, cfg.start.init_samples), 0
         while done < want and (done == 0 or deadline is None
                                or time.perf_counter() < deadline):
             chunk = min(want - done, max(self.B, 16))
             self.score_into_archive(init_ids(self.h, cfg, tokens, self.mask, self.gen, chunk))
             done += chunk
         self.stats["init_samples"] = done
-        if cfg.init == "model" and not tokens.suffix:
-            for j, bl in enumerate(cfg.beam_lams):
+        if cfg.start.init == "model" and not tokens.suffix:
+            for j, bl in enumerate(cfg.start.beam_lams):
                 if deadline is not None and time.perf_counter() > deadline:
-                    self.stats["beams_skipped"] = len(cfg.beam_lams) - j
+                    self.stats["beams_skipped"] = len(cfg.start.beam_lams) - j
                     break
                 with self.autocast:
                     bids, _, _ = beam_search(self.h, self.target, tokens, self.mask, self.n,
-                                             beams=cfg.beam_width, expand=cfg.beam_expand,
+                                             beams=cfg.start.beam_width, expand=cfg.start.beam_expand,
                                              lam=float(bl), generator=self.gen,
                                              sample=(r + j) > 0, deadline=deadline)
                 self.score_into_archive(bids)
@@ -120,7 +119,7 @@ class TargetSearch:
             self.score_into_archive(rot)
         if not self.archive.entries:
             return None
-        return population(self.archive, self.lam, self.cap, self.dev, self.cfg.distinct)
+        return population(self.archive, self.lam, self.cap, self.dev, self.cfg.rows.distinct)
 
     # -- stage 3: discretize: argmax snapshots + hard samples from theta --
     def discretize(self, theta, snaps, trace):
@@ -134,8 +133,8 @@ class TargetSearch:
         p = torch.softmax(logits, -1).reshape(self.B * self.n, -1)
         if not torch.isfinite(p).all():           # the relaxation overflowed: keep argmaxes only
             self.stats["relax_nonfinite"] = True
-        elif self.cfg.hard_samples:
-            s = torch.multinomial(p, self.cfg.hard_samples, replacement=True, generator=self.gen)
+        elif self.cfg.relax.hard_samples:
+            s = torch.multinomial(p, self.cfg.relax.hard_samples, replacement=True, generator=self.gen)
             cands.append(s.reshape(self.B, self.n, -1).permute(0, 2, 1).reshape(-1, self.n))
         self.score_into_archive(torch.cat(cands))
 
@@ -146,14 +145,14 @@ class TargetSearch:
         a full iteration's seconds (from the scoring rate measured at init, with headroom)."""
         cfg, B = self.cfg, self.B
         depth = (self.target.max_layer + 1) / self.h.n_layers
-        sweep = cfg.sweep if cfg.sweep is not None else int(min(2048, max(192, 1500 / (B * depth))))
+        sweep = cfg.swaps.sweep if cfg.swaps.sweep is not None else int(min(2048, max(192, 1500 / (B * depth))))
         sweep = min(sweep, int(self.mask.sum()))
         # rows that weigh fluency draw lm_share of their swaps from the model's own top
         # tokens; a pure-activation row (lambda 0, no cap) only gradient swaps, as GCG
-        lm_rows = torch.where((self.lam == 0) & ~torch.isfinite(self.cap), 0.0, cfg.lm_share)
-        guess = self.row_seconds * (B * (cfg.children + 4) + cfg.crossover
+        lm_rows = torch.where((self.lam == 0) & ~torch.isfinite(self.cap), 0.0, cfg.swaps.lm_share)
+        guess = self.row_seconds * (B * (cfg.swaps.children + 4) + cfg.swaps.crossover
                                     + B * sweep * depth / 4) * 1.5
-        return {"sweep": sweep, "two_stage": cfg.xe_share < 1 and depth < 0.5,
+        return {"sweep": sweep, "two_stage": cfg.swaps.xe_share < 1 and depth < 0.5,
                 "lm_rows": lm_rows, "guess": guess}
 
     def refine(self, clock: "Clock", reserve: float, budgeted: bool):
@@ -163,10 +162,10 @@ class TargetSearch:
         plan = self.swap_plan()
         self.stats["sweep"], self.stats["two_stage"] = plan["sweep"], plan["two_stage"]
         pop = Population.from_archive(self.archive, self.lam, self.cap, self.dev,
-                                      self.cfg.distinct)
+                                      self.cfg.rows.distinct)
         t_swap = time.perf_counter()
         longest, it = plan["guess"], 0          # seconds of the longest full iteration
-        while budgeted or it < self.cfg.swap_iters:
+        while budgeted or it < self.cfg.swaps.swap_iters:
             left = clock.left() - reserve
             frac = 1.0 if not longest or left >= longest else left / longest
             if left <= 0 or frac < 0.05:
@@ -190,16 +189,16 @@ class TargetSearch:
         sweep = max(1, int(plan["sweep"] * frac)) if plan["sweep"] else 0
         grad, lm = self.grads(pop.ids)
         kids = propose(pop.ids, grad.float(), lm.float(), self.mask,
-                       max(1, int(cfg.children * frac)), cfg.k_grad, cfg.k_lm, plan["lm_rows"],
+                       max(1, int(cfg.swaps.children * frac)), cfg.swaps.k_grad, cfg.swaps.k_lm, plan["lm_rows"],
                        self.gen)
         if sweep and self.last_only and not self.tokens.suffix:
             pop = self.sweep(pop, grad, lm, sweep)
         rot = self.take_rotations()
         if rot is not None:
             kids = torch.cat([rot, kids])
-        if cfg.crossover:
+        if cfg.swaps.crossover:
             kids = torch.cat([crossover(pop.ids, pop.act, pop.xe,
-                                        max(1, int(cfg.crossover * frac)), 4, self.gen), kids])
+                                        max(1, int(cfg.swaps.crossover * frac)), 4, self.gen), kids])
         kids = stable_unique(self.tokens, kids, self.archive)
         return self.score_children(pop, kids, plan["two_stage"])
 
@@ -215,8 +214,8 @@ class TargetSearch:
         rows = scores_for_rows(sa, sx, lam, cap)                    # (B, B*sweep)
         own = torch.arange(B, device=dev).repeat_interleave(sweep)
         rows = torch.where(own[None] == torch.arange(B, device=dev)[:, None], rows, -math.inf)
-        pick = rows.topk(min(cfg.sweep_keep, sweep), dim=1).indices.flatten()
-        pick = torch.unique(torch.cat([pick, sa.topk(min(cfg.sweep_keep, len(sa))).indices]))
+        pick = rows.topk(min(cfg.swaps.sweep_keep, sweep), dim=1).indices.flatten()
+        pick = torch.unique(torch.cat([pick, sa.topk(min(cfg.swaps.sweep_keep, len(sa))).indices]))
         sk, sa, sx = sk[pick], sa[pick], sx[pick]
         ok = [i for i, row in enumerate(sk.tolist())
               if tuple(row) not in self.archive and self.tokens.stable(row)]
@@ -224,7 +223,7 @@ class TargetSearch:
             return pop
         sk, sa, sx = sk[ok], sa[ok], sx[ok]
         self.archive.add(sk, sa, sx)
-        return pop.merge(sk, sa, sx, lam, cap, cfg.distinct)
+        return pop.merge(sk, sa, sx, lam, cap, cfg.rows.distinct)
 
     def score_children(self, pop: Population, kids, two_stage: bool) -> Population:
         """Score children exactly and merge them.  Two stages (shallow targets): activation
@@ -235,7 +234,7 @@ class TargetSearch:
             ka, _, per = self.evaluate(kids, with_xe=False)
             ka = ka.float()
             self.note_rotations(kids, per.float(), floor)
-            m = max(1, math.ceil(cfg.xe_share * len(kids)))
+            m = max(1, math.ceil(cfg.swaps.xe_share * len(kids)))
             order = torch.argsort(torch.nan_to_num(ka, nan=-math.inf), descending=True)
             archive.add(kids[order[m:]], ka[order[m:]], torch.full_like(ka[order[m:]], math.inf))
             kids = kids[order[:m]]
@@ -246,13 +245,13 @@ class TargetSearch:
         archive.add(kids, ka, kx)
         if not two_stage:
             self.note_rotations(kids, per.float(), floor)
-        return pop.merge(kids, ka, kx, self.lam, self.cap, cfg.distinct)
+        return pop.merge(kids, ka, kx, self.lam, self.cap, cfg.rows.distinct)
 
     # -- stage 5: report only what a fresh pass computes on re-encoded text --
     def report(self, user_cfg: DreamConfig, backend: str, seconds: float) -> DreamResult:
         cfg, target, handle = self.cfg, self.target, self.h
         t_ver = time.perf_counter()
-        limits = [float(c) for c in tuple(cfg.caps) + (cfg.xe_cap, math.inf)]
+        limits = [float(c) for c in tuple(cfg.rows.caps) + (cfg.xe_cap, math.inf)]
         frontier, n_verified = verified_frontier(
             handle, target, self.tokens, self.archive, self.n, limits,
             slack=0.0 if cfg.precision == "fp32" else 0.25)  # bf16 xe may differ a little
@@ -270,10 +269,10 @@ class TargetSearch:
                      verified=n_verified,
                      shape={"length": self.n, "prefix": len(self.tokens.prefix),
                             "suffix": len(self.tokens.suffix)})
-        cfg_json = asdict(user_cfg)
+        cfg_json = user_cfg.flat()
         cfg_json.pop("corpus_init", None)
         return DreamResult(target=str(target), target_description=target.describe(handle),
                            model=handle.name, config=cfg_json, frontier=frontier,
                            best=best_under(math.inf), best_fluent=best_under(cfg.xe_cap),
-                           best_at={float(c): best_under(float(c)) for c in cfg.caps},
+                           best_at={float(c): best_under(float(c)) for c in cfg.rows.caps},
                            stats=stats)

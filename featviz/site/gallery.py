@@ -68,7 +68,7 @@ class GalleryConfig:
         d = {"mine": self.mine.key(), "logit_k": self.logit_k,
              "thresholds": asdict(self.thresholds)}
         if self.dream is not None:
-            dc = asdict(self.dream)
+            dc = self.dream.flat()
             if self.dream_group and self.dream_group > 1:
                 d["dream_group"] = self.dream_group
             dc.pop("corpus_init", None)

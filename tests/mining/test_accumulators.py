@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from featviz.mining.accumulators import BandReservoir, Controls, Moments, PositionMaxima, TopK
+from featviz.mining.accumulators import (
+    BandReservoir,
+    Controls,
+    Moments,
+    PositionMaxima,
+    TopK,
+)
 from featviz.mining.grid import merge_pairs, target_keys, uniform
 
 

@@ -45,7 +45,7 @@ def test_torch_scorer_is_the_exact_scorer(llama):
 
 
 def test_no_limit_is_none_and_needs_a_budget():
-    assert DreamConfig(steps=None, swap_iters=None, budget_seconds=5).check().steps is None
+    assert DreamConfig(steps=None, swap_iters=None, budget_seconds=5).check().relax.steps is None
     with pytest.raises(FeatvizError, match="need --budget-seconds"):
         DreamConfig(steps=None).check()
 
@@ -53,5 +53,19 @@ def test_no_limit_is_none_and_needs_a_budget():
 def test_presets_say_null_for_no_limit():
     from featviz.config import load_config
     cfg = load_config("configs/default.yaml", {})
-    assert cfg.dream.steps is None and cfg.dream.swap_iters is None
+    assert cfg.dream.relax.steps is None and cfg.dream.swaps.swap_iters is None
     assert cfg.dream.budget_seconds == 90
+
+
+def test_dream_config_groups_its_options_under_flat_names():
+    from featviz.search.config import GROUPS, OPTIONS
+    cfg = DreamConfig(steps=7, children=3, beam_width=2, batch=4, length=5)
+    assert (cfg.relax.steps, cfg.swaps.children, cfg.start.beam_width, cfg.rows.batch) == (7, 3, 2, 4)
+    flat = cfg.flat()
+    assert list(flat) == list(OPTIONS) and flat["steps"] == 7 and flat["length"] == 5
+    assert DreamConfig(**flat) == cfg and cfg.replace(steps=9).relax.steps == 9
+    assert cfg.relax.steps == 7                          # replace copies, never aliases
+    assert DreamConfig().rows is not DreamConfig().rows
+    assert len(GROUPS) == 4 and len(OPTIONS) == len(set(OPTIONS))
+    with pytest.raises(TypeError, match="unknown option 'stpes'"):
+        DreamConfig(stpes=3)

@@ -82,7 +82,7 @@ def test_configs(tmp_path_factory, doc):
     except FeatvizError as e:
         assert "\n" not in str(e)
         return
-    assert cfg.dream.length >= 1 and cfg.dream.batch >= 1
+    assert cfg.dream.length >= 1 and cfg.dream.rows.batch >= 1
 
 
 CORPORA = st.one_of(
