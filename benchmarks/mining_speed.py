@@ -22,7 +22,7 @@ import torch
 from _results import write_result
 
 import featviz
-from featviz import corpus as corpus_mod
+import featviz.mining.corpus as corpus_mod
 from featviz.mining.miner import MineConfig, Miner, mine
 from featviz.model.forward import run
 from featviz.targets.core import all_sites

@@ -43,7 +43,7 @@ def load_config(path: str | None, overrides: dict) -> QueryConfig:
             dkw[k] = typed_value(k, v, defaults.get(k))
     for name in ("corpus_tokens", "window", "top_k"):
         v = data.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+        if name in data and (isinstance(v, bool) or not isinstance(v, int)):
             raise FeatvizError(f"config option {name} must be an integer, got {v!r}")
     for name in ("corpus", "target", "model"):
         v = data.get(name)

@@ -156,3 +156,15 @@ def test_cli_flags(model_dir, tmp_path_factory, capsys, cmd, data):
             assert ".tmp" not in f                       # no partial output left behind
             if f.endswith(".json"):
                 json.load(open(os.path.join(root, f)))
+
+
+@pytest.mark.parametrize("doc", ["corpus_tokens: null\n", "window: null\n", "top_k: null\n",
+                                 "steps: null\n"])
+def test_config_nulls_are_one_line_errors(tmp_path, doc):
+    """Found by test_configs: a YAML null where an integer belongs once crashed the check
+    with a TypeError; ``steps: null`` (no limit) needs a budget."""
+    from featviz.config import load_config
+    p = tmp_path / "c.yaml"
+    p.write_text(doc)
+    with pytest.raises(FeatvizError):
+        load_config(str(p), {})
