@@ -220,8 +220,9 @@ def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: fl
             trace.soft_act.append(float(act.mean()))
             x = float(xe.mean())
             trace.soft_xe.append(x if math.isfinite(x) else math.nan)
-        if on_step is not None:           # theta crosses to torch only when it is used
-            on_step(i, torch.from_numpy(np.array(theta)) if i % 10 == 9 else None)
+        if on_step is not None:           # theta crosses to torch (on the model's device)
+            on_step(i, torch.from_numpy(np.array(theta)).to(handle.device)  # only when used
+                    if i % 10 == 9 else None)
     trace.seconds = time.perf_counter() - t0
     return torch.from_numpy(np.array(theta)), trace, step
 
