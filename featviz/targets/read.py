@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from featviz.errors import FeatvizError
-from featviz.model.forward import run, with_bos, xe_from_logits, xe_of
+from featviz.model.forward import run, with_bos, xe_of
 from featviz.targets.core import Target, all_sites
 
 
@@ -84,10 +84,10 @@ def read_text(handle, targets: list[Target], text: str, *, with_xe: bool = True)
 def read_ids(handle, targets: list[Target], ids: list, *, with_xe: bool = False) -> Reading:
     """Values of several targets at every position of ``ids`` (which start with BOS)."""
     full = torch.as_tensor([list(ids)], dtype=torch.long, device=handle.device)
-    with torch.no_grad():
-        caps, logits = run(handle, all_sites(targets), input_ids=full, need_logits=with_xe)
-        per = {str(t): t.per_position(caps, handle)[0].tolist() for t in targets}
-        red = {str(t): float(t.evaluate(caps, handle)[0]) for t in targets}
-        xe = float(xe_from_logits(logits, full)[0]) if with_xe and full.shape[1] > 1 else None
+    T = full.shape[1]
+    red, xe, per = score_ids(handle, targets, full, per_span=(0, T),
+                             xe_span=(1, T) if with_xe and T > 1 else None)
     return Reading(tokens=handle.token_strings(full[0].tolist()), token_ids=full[0].tolist(),
-                   values=per, reduced=red, xe=xe)
+                   values={str(t): per[j, 0].tolist() for j, t in enumerate(targets)},
+                   reduced={str(t): float(red[j, 0]) for j, t in enumerate(targets)},
+                   xe=float(xe[0]) if xe is not None else None)

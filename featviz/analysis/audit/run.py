@@ -5,11 +5,10 @@ import math
 import time
 from dataclasses import asdict
 
-import torch
 from tqdm.auto import tqdm
 
 from featviz.analysis.audit.checks import CHECKS, Subject
-from featviz.analysis.audit.figures import forward_ids, reduced_position, sample_windows
+from featviz.analysis.audit.figures import reduced_position, sample_windows
 from featviz.analysis.audit.report import AuditConfig, AuditReport, TargetAudit
 from featviz.errors import FeatvizError
 from featviz.mining.cache import mine_cached
@@ -18,6 +17,7 @@ from featviz.model.vocab import readable_mask
 from featviz.search.api import dream
 from featviz.search.result import DreamResult
 from featviz.targets.core import Target
+from featviz.targets.read import score_ids
 from featviz.targets.spec import as_target
 
 
@@ -30,8 +30,9 @@ def audit_one(handle, target: Target, ex: TargetExemplars, res: DreamResult, cfg
     syn_ids = list(syn.token_ids) if syn else []
     syn_pos = 0
     if syn_ids:
-        caps, _ = forward_ids(handle, target.sites(), torch.tensor([[handle.bos_id] + syn_ids]))
-        syn_pos = reduced_position(target, target.per_position(caps, handle).float())
+        full = [[handle.bos_id] + syn_ids]
+        _, _, per = score_ids(handle, [target], full, per_span=(0, len(full[0])))
+        syn_pos = reduced_position(target, per[0].float())
     subject = Subject(handle, target, ex, res, cfg, ctx_rows, base_rows, mask, syn_ids,
                       syn.activation if syn else None, syn_pos)
     checks = [c for check in CHECKS for c in check(subject)]
