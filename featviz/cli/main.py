@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_gallery_parser(sub, common)
     from featviz.cli.audit import add_audit_parser
     add_audit_parser(sub, common)
+    from featviz.cli.compare import add_compare_parser
+    add_compare_parser(sub, common)
     return p
 
 

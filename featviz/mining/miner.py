@@ -111,6 +111,14 @@ def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
     return out
 
 
+def read_batch(handle, targets: list[Target], sites, ids: np.ndarray) -> torch.Tensor:
+    """One forward pass over a batch of windows ``ids`` (B, W): the targets' values at
+    every position as a CPU float32 tensor (T, B, W)."""
+    with torch.no_grad():
+        caps, _ = run(handle, sites, input_ids=torch.as_tensor(ids, device=handle.device))
+        return read_all(caps, targets, handle).float().cpu()
+
+
 class Miner:
     """Streaming state for many targets: feed it window batches (``update``), then
     ``finish``.  Each kind of summary is an accumulator of ``mining.accumulators``; the
@@ -127,10 +135,11 @@ class Miner:
         self.positions = PositionMaxima(T, width)
         self.n_tok = self.n_win = 0
 
-    def update(self, per, ids: np.ndarray, win: np.ndarray) -> None:
+    def update(self, per, ids: np.ndarray, win: np.ndarray) -> np.ndarray:
         """per: (T, B, W) values (a CPU torch tensor or numpy array), ids (B, W), window
         indices (B,).  The full-size reductions run in torch (multi-threaded); the
-        bookkeeping on small arrays in numpy."""
+        bookkeeping on small arrays in numpy.  Returns the window maxima (T, B) (BOS
+        excluded unless ``include_bos``; -inf where a window has no finite value)."""
         per_t = torch.as_tensor(per, dtype=torch.float32).contiguous()
         per = per_t.numpy()
         T, B, _ = per.shape
@@ -148,6 +157,7 @@ class Miner:
         self.positions.update(per_t)
         self.n_tok += B * body.shape[2]
         self.n_win += B
+        return wmax
 
     def finish(self) -> list[TargetExemplars]:
         cfg = self.cfg
@@ -180,10 +190,8 @@ def mine(handle, targets: list[Target], config: MineConfig | None = None, *,
     for batch in corpus_mod.batched(corpus_mod.windows(handle, source, cfg.window,
                                                        max_tokens=cfg.max_tokens), cfg.batch_size):
         ids = np.stack([w.ids for w in batch])
-        with torch.no_grad():
-            caps, _ = run(handle, sites, input_ids=torch.as_tensor(ids, device=handle.device))
-            per = read_all(caps, targets, handle).float().cpu()
-        miner.update(per, ids.astype(np.int32), np.asarray([w.index for w in batch]))
+        miner.update(read_batch(handle, targets, sites, ids), ids.astype(np.int32),
+                     np.asarray([w.index for w in batch]))
         bar.update(len(batch) * cfg.window)
     bar.close()
     return miner.finish()

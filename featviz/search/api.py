@@ -57,6 +57,31 @@ def dream_many(handle, targets, config: DreamConfig | None = None, *,
         run.bar.close()
 
 
+DREAM_ERRORS = (FeatvizError, RuntimeError, ValueError, FloatingPointError)
+
+
+def dream_group(handle, group: list, config: DreamConfig | None) -> list:
+    """[(DreamResult or None, error line or None)] per target, for callers that write
+    many targets (galleries, comparisons).  The group shares one relaxation
+    (``dream_many``); when that fails, each target is dreamt alone so one bad target does
+    not take its neighbours down.  ``config`` None: no dreaming (all (None, None))."""
+    if config is None:
+        return [(None, None)] * len(group)
+    if len(group) > 1:
+        try:
+            return [(r, None) for r in dream_many(handle, group, config, progress=False)]
+        except DREAM_ERRORS:
+            pass
+    out = []
+    for t in group:
+        try:
+            out.append((dream(handle, t, config, progress=False), None))
+        except DREAM_ERRORS as e:
+            line = str(e).splitlines()[0] if str(e) else type(e).__name__
+            out.append((None, f"dreaming failed: {line}"))
+    return out
+
+
 @dataclass
 class _Run:
     """What one ``dream_many`` call shares across its targets: the resolved config, the

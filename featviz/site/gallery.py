@@ -32,7 +32,7 @@ from featviz.mining.cache import corpus_identity, mine_cached, model_fingerprint
 from featviz.mining.miner import MineConfig
 from featviz.mining.records import TargetExemplars
 from featviz.mining.reference import corpus_reference
-from featviz.search.api import dream, dream_many
+from featviz.search.api import dream_group
 from featviz.search.config import DreamConfig
 from featviz.search.result import DreamResult
 from featviz.site.pages import index_page, target_page
@@ -225,33 +225,6 @@ def attach_audit(out_dir: str, audits: list) -> list[str]:
     return found
 
 
-_DREAM_ERRORS = (FeatvizError, RuntimeError, ValueError, FloatingPointError)
-
-
-def _failure(e: Exception) -> str:
-    return f"dreaming failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-
-
-def _dream_group(handle, group: list, dcfg: DreamConfig | None) -> list:
-    """[(DreamResult or None, error or None)] per target.  Several targets share one
-    relaxation; when that fails, each target is dreamt alone so one bad target does not
-    take its neighbours down."""
-    if dcfg is None:
-        return [(None, None)] * len(group)
-    if len(group) > 1:
-        try:
-            return [(r, None) for r in dream_many(handle, group, dcfg, progress=False)]
-        except _DREAM_ERRORS:
-            pass
-    out = []
-    for t in group:
-        try:
-            out.append((dream(handle, t, dcfg, progress=False), None))
-        except _DREAM_ERRORS as e:
-            out.append((None, _failure(e)))
-    return out
-
-
 def build_gallery(handle, targets: list[Target], config: GalleryConfig | None = None, *,
                   out_dir: str, progress: bool = True) -> GalleryResult:
     """Mine every target in one pass, dream for each, and write the static site to
@@ -289,7 +262,7 @@ def build_gallery(handle, targets: list[Target], config: GalleryConfig | None = 
         for g in range(0, len(todo), cfg.dream_group):
             group = todo[g:g + cfg.dream_group]
             t0 = time.perf_counter()
-            outcomes = _dream_group(handle, group, cfg.dream)
+            outcomes = dream_group(handle, group, cfg.dream)
             each = (time.perf_counter() - t0) / len(group)
             for t, (res, err) in zip(group, outcomes):
                 records[str(t)] = _write_target(handle, t, ex_of[str(t)], res, err, each, cfg,

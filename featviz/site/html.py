@@ -148,3 +148,39 @@ def histogram_svg(edges: list, counts: list, marks: list, *, width: int = 520,
             f'<text x="2" y="{pad_t + 8}" font-size="10">log n</text>')
     return (f'<svg class="hist" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'role="img" aria-label="activation histogram">{"".join(bars)}{axis}{"".join(lines)}</svg>')
+
+
+def overlay_histogram_svg(hists: list, *, width: int = 520, height: int = 160) -> str:
+    """Several log-count histograms on one value axis, each a step outline:
+    ``hists`` = [(edges, counts, label, colour)] (each with its own bins)."""
+    hists = [h for h in hists if h[1] and any(h[1])]
+    if not hists:
+        return '<p class="muted">no histogram (no finite values)</p>'
+    spans = []
+    for edges, counts, _, _ in hists:
+        nz = [i for i, c in enumerate(counts) if c]
+        spans.append((edges[nz[0]], edges[nz[-1] + 1], nz[0], nz[-1] + 1))
+    lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+    hi = hi if hi > lo else lo + 1.0
+    pad_l, pad_b, pad_t = 40, 22, 18
+    W, H = width - pad_l - 10, height - pad_b - pad_t
+    x = lambda v: pad_l + (v - lo) / (hi - lo) * W  # noqa: E731
+    top = max(math.log10(max(c) + 1) for _, c, _, _ in hists)
+    y = lambda c: pad_t + H - math.log10(c + 1) / top * H  # noqa: E731
+    paths, keys = [], []
+    for j, ((edges, counts, label, colour), (_, _, i0, i1)) in enumerate(zip(hists, spans)):
+        pts = [f"{x(edges[i0]):.1f},{pad_t + H:.1f}"]
+        for i in range(i0, i1):
+            pts += [f"{x(edges[i]):.1f},{y(counts[i]):.1f}", f"{x(edges[i + 1]):.1f},{y(counts[i]):.1f}"]
+        pts.append(f"{x(edges[i1]):.1f},{pad_t + H:.1f}")
+        paths.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="{colour}" '
+                     f'stroke-width="1.5"><title>{esc(label)}</title></polyline>')
+        keys.append(f'<text x="{pad_l + 6 + 90 * j}" y="{pad_t - 6}" font-size="11" '
+                    f'fill="{colour}">&#9632; {esc(label)}</text>')
+    axis = (f'<line x1="{pad_l}" x2="{pad_l + W}" y1="{pad_t + H}" y2="{pad_t + H}" stroke="#444"/>'
+            f'<text x="{pad_l}" y="{height - 6}" font-size="10">{lo:.3g}</text>'
+            f'<text x="{pad_l + W}" y="{height - 6}" font-size="10" text-anchor="end">{hi:.3g}</text>'
+            f'<text x="2" y="{pad_t + 8}" font-size="10">log n</text>')
+    return (f'<svg class="hist" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+            f'height="{height}" role="img" aria-label="activation histograms">'
+            f'{"".join(paths)}{axis}{"".join(keys)}</svg>')

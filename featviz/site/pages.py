@@ -6,7 +6,7 @@ import math
 from featviz.site.html import esc, histogram_svg, num, page, shaded
 
 
-def _ex_rows(records: list, scale: float) -> str:
+def exemplar_table(records: list, scale: float) -> str:
     if not records:
         return '<p class="muted">none</p>'
     rows = []
@@ -118,7 +118,7 @@ def target_page(rec: dict) -> str:
     for b in rec.get("bands", []):
         bands.append(f'<h3>{b["lo"]:.0%}&ndash;{b["hi"]:.0%} of the max '
                      f'<span class="muted">(~{b["count"]} windows)</span></h3>'
-                     + _ex_rows(b["samples"], scale))
+                     + exemplar_table(b["samples"], scale))
     audit = audit_section(rec["audit"]) if rec.get("audit") else ""
     body = f"""<p><a href="../index.html">&larr; gallery</a></p>
 <h1>{esc(rec["target"])}</h1><p>{esc(rec.get("description", ""))}</p>{status}
@@ -135,9 +135,9 @@ quantiles: 50% {num(q.get("0.5"))} &middot; 90% {num(q.get("0.9"))} &middot; 99%
 &middot; 99.9% {num(q.get("0.999"))}</div></div>
 <h2>Activation histogram</h2>{hist}
 <h2>Synthetic text</h2>{_synthetic(rec, scale)}
-<h2>Top corpus exemplars</h2>{_ex_rows(rec.get("most_positive_activation_records", []), scale)}
+<h2>Top corpus exemplars</h2>{exemplar_table(rec.get("most_positive_activation_records", []), scale)}
 <h2>Samples from intervals of the max</h2>{"".join(reversed(bands)) or '<p class="muted">none</p>'}
-<h2>Random control windows</h2>{_ex_rows(rec.get("random_sample", []), scale)}
+<h2>Random control windows</h2>{exemplar_table(rec.get("random_sample", []), scale)}
 <h2>Direct logit effect</h2>{_logits(rec.get("logit_effect"))}
 {audit}"""
     return page(f"featviz: {rec['target']}", body)

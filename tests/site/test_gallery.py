@@ -8,7 +8,7 @@ import pytest
 from conftest import TEXT, make_tokenizer, tiny_llama, word_corpus
 
 import featviz
-import featviz.site.gallery as gallery_mod
+import featviz.search.api as search_api
 from featviz import FeatvizError
 from featviz.mining.miner import MineConfig
 from featviz.search.config import DreamConfig
@@ -91,7 +91,7 @@ def test_gallery_files_schema_and_escaping(built, hostile):
 
 
 def test_gallery_resumes_without_recomputing(hostile, corpus, tmp_path, monkeypatch):
-    real = gallery_mod.dream
+    real = search_api.dream
     calls = []
 
     def dream_then_interrupt(handle, t, cfg, progress=False):
@@ -100,7 +100,7 @@ def test_gallery_resumes_without_recomputing(hostile, corpus, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(handle, t, cfg, progress=progress)
 
-    monkeypatch.setattr(gallery_mod, "dream", dream_then_interrupt)
+    monkeypatch.setattr(search_api, "dream", dream_then_interrupt)
     out = str(tmp_path / "g")
     ts = targets(hostile)
     with pytest.raises(KeyboardInterrupt):
@@ -116,7 +116,7 @@ def test_gallery_resumes_without_recomputing(hostile, corpus, tmp_path, monkeypa
     assert not glob.glob(f"{out}/**/*.tmp*", recursive=True)
     resumed = records(out)
     assert {k: resumed[k] for k in first} == first          # finished targets untouched
-    monkeypatch.setattr(gallery_mod, "dream", real)
+    monkeypatch.setattr(search_api, "dream", real)
     ref = str(tmp_path / "ref")
     build_gallery(hostile, ts, cfg_for(corpus), out_dir=ref, progress=False)
     assert strip_timing(records(ref)) == strip_timing(resumed)
@@ -127,18 +127,19 @@ def test_gallery_resumes_without_recomputing(hostile, corpus, tmp_path, monkeypa
 
 def test_gallery_dreams_targets_in_groups(hostile, corpus, tmp_path, monkeypatch):
     calls = []
-    real = gallery_mod.dream_many
+    real = search_api.dream_many
 
     def spy(handle, group, cfg, progress=False):
         calls.append([str(t) for t in group])
         return real(handle, group, cfg, progress=progress)
 
-    monkeypatch.setattr(gallery_mod, "dream_many", spy)
+    monkeypatch.setattr(search_api, "dream_many", spy)
     cfg = cfg_for(corpus)
     cfg.dream_group = 3
     ts = targets(hostile)
     res = build_gallery(hostile, ts, cfg, out_dir=str(tmp_path / "g"), progress=False)
-    assert calls == [[str(t) for t in ts[:3]]]          # the last group of one is dreamt alone
+    # a group of three, then the last target alone (``dream`` is dream_many of one)
+    assert calls == [[str(t) for t in ts[:3]], [str(ts[3])]]
     recs = records(str(tmp_path / "g"))
     assert res.failed == [] and all(r["synthetic"]["frontier"] for r in recs.values())
     assert json.load(open(tmp_path / "g" / "gallery.json"))["settings"]["dream_group"] == 3
