@@ -39,6 +39,8 @@ _API = {
     "audit": "featviz.analysis.audit",
     "GalleryConfig": "featviz.site.gallery", "GalleryResult": "featviz.site.gallery",
     "build_gallery": "featviz.site.gallery",
+    "CompareConfig": "featviz.analysis.compare", "CompareResult": "featviz.analysis.compare",
+    "compare": "featviz.analysis.compare",
 }
 
 __all__ = sorted(_API) + ["__version__"]

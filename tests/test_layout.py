@@ -64,7 +64,8 @@ def test_import_featviz_is_lazy_and_the_api_complete():
             "names = ['load_model', 'parse_target', 'parse_targets', 'read_text', 'dream', "
             "'dream_many', 'mine', 'query', 'audit', 'build_gallery', 'FeatvizError', "
             "'DreamConfig', 'DreamResult', 'MineConfig', 'TargetExemplars', 'QueryConfig', "
-            "'QueryResult', 'AuditConfig', 'AuditReport', 'GalleryConfig', 'GalleryResult']; "
+            "'QueryResult', 'AuditConfig', 'AuditReport', 'GalleryConfig', 'GalleryResult', "
+            "'compare', 'CompareConfig', 'CompareResult']; "
             "[getattr(featviz, n) for n in names]; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
@@ -72,7 +73,7 @@ def test_import_featviz_is_lazy_and_the_api_complete():
 
 def test_every_run_function_takes_handle_targets_config_progress():
     import featviz
-    for name in ("dream", "dream_many", "mine", "query", "audit", "build_gallery"):
+    for name in ("dream", "dream_many", "mine", "query", "audit", "build_gallery", "compare"):
         params = inspect.signature(getattr(featviz, name)).parameters
         names = list(params)
         assert names[:3] == ["handle", names[1], "config"], (name, names)

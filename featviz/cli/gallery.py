@@ -10,7 +10,7 @@ from featviz.errors import FeatvizError, Interrupted
 def add_gallery_parser(sub, common):
     g = sub.add_parser("gallery", help="a static HTML + JSON gallery for many targets")
     common(g)
-    g.add_argument("--targets", action="append", required=True,
+    g.add_argument("--targets", action="append",
                    help="e.g. mlp:6:0-63 (repeatable; ranges expand)")
     g.add_argument("--layers", help="comma-separated layers; each --targets spec is repeated "
                                     "at each of them (e.g. --targets mlp:0:0-15 --layers 2,6,10)")
@@ -28,6 +28,12 @@ def add_gallery_parser(sub, common):
     g.add_argument("--seed", type=int, help="random seed (default: the preset's, else 0)")
     g.add_argument("--cache-dir", dest="cache_dir",
                    help="mining cache (default ~/.cache/featviz/mining; '' turns it off)")
+    g.add_argument("--shard", help="i/N: compute only every N-th target from the i-th, into the "
+                                   "shared --out folder (Slurm or job arrays; the last shard to "
+                                   "finish, or --merge, writes the index)")
+    g.add_argument("--merge", metavar="DIR",
+                   help="write the index, manifest and gallery.jsonl of DIR from its finished "
+                        "target records (after shard runs); nothing else is computed")
     g.add_argument("--title", default="featviz gallery")
     g.add_argument("--out", default="galleries/gallery", help="output folder")
     g.set_defaults(func=cmd_gallery)
@@ -51,11 +57,35 @@ def expand_specs(specs: list, layers: str | None) -> list[str]:
     return out
 
 
+def cmd_merge(out_dir: str) -> int:
+    import os
+
+    from featviz.site.gallery import finish_gallery
+    if not os.path.isdir(out_dir):
+        raise FeatvizError(f"--merge '{out_dir}' is not a folder; pass the gallery folder the "
+                           "shard runs wrote")
+    res = finish_gallery(out_dir)
+    if res.pending:
+        raise FeatvizError(f"{len(res.pending)} of {len(res.pending) + len(res.skipped)} targets "
+                           f"have no record yet (first: {res.pending[0]}); run the missing "
+                           "shards, then --merge again (the index shows them as pending)")
+    print(f"{len(res.skipped)} targets merged" +
+          (f", {len(res.failed)} with problems: {', '.join(res.failed)}" if res.failed else ""))
+    print(res.index)
+    return 0
+
+
 def cmd_gallery(args) -> int:
     from featviz.mining.miner import MineConfig
     from featviz.model.loading import load_model
     from featviz.site.gallery import GalleryConfig, build_gallery
+    from featviz.site.runs import parse_shard
     from featviz.targets.spec import parse_targets
+    if args.merge:
+        return cmd_merge(args.merge)
+    if not args.targets:
+        raise FeatvizError("give the targets, e.g. --targets mlp:6:0-63 (or --merge DIR)")
+    parse_shard(args.shard)
     specs = expand_specs(args.targets, args.layers)
     for s in specs:
         parse_targets(s)                       # syntax first, before any model work
@@ -64,7 +94,7 @@ def cmd_gallery(args) -> int:
     mine = MineConfig(window=args.window, max_tokens=args.tokens, k=args.top_k,
                       include_bos=args.include_bos, seed=seed).check()
     cfg = GalleryConfig(mine=mine, dream=dream, corpus=args.corpus, cache_dir=args.cache_dir,
-                        title=args.title, dream_group=args.dream_group).check()
+                        title=args.title, dream_group=args.dream_group, shard=args.shard).check()
     handle = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
     targets = [t for s in specs for t in parse_targets(s, handle)]
     try:
@@ -74,6 +104,8 @@ def cmd_gallery(args) -> int:
             f"interrupted; finished targets are saved in {args.out}. Re-run the same command "
             "to resume") from None
     print(f"{len(res.done)} targets computed, {len(res.skipped)} already done"
-          + (f", {len(res.failed)} with problems: {', '.join(res.failed)}" if res.failed else ""))
+          + (f", {len(res.failed)} with problems: {', '.join(res.failed)}" if res.failed else "")
+          + (f"; {len(res.pending)} left to other shards (then `featviz gallery --merge "
+             f"{args.out}`)" if res.pending else ""))
     print(res.index)
     return 0

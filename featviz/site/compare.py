@@ -85,7 +85,7 @@ def _figures(t: dict, doc: dict) -> str:
             f'{num(f.get("max_ratio"), ".2f")}<br>density A {num(f.get("density_a"), ".4f")} '
             f'&middot; B {num(f.get("density_b"), ".4f")}<br>transfer: A\'s text in B '
             f'{num(tr.get("a_in_b"), ".2f")} &middot; B\'s text in A {num(tr.get("b_in_a"), ".2f")}'
-            f' <span class="muted">(of that model\'s own best)</span>{rel}</div>')
+            f' <span class="muted">(as a share of the text\'s value in the model that dreamed it)</span>{rel}</div>')
 
 
 def _ci(ci) -> str:
@@ -151,7 +151,8 @@ def index_page(doc: dict) -> str:
                                 else []))
     body = (f"<h1>featviz compare</h1><p class=\"muted\">{info}</p><p>Ranked by "
             f"{esc(doc.get('ranked_by'))}; click a column heading to sort. Transfer = one model's "
-            "best synthetic text read in the other, as a share of that model's own best.</p>"
+            "best synthetic text read in the other, as a share of its value in the model that "
+            "dreamed it.</p>"
             '<table class="sortable" id="targets"><thead><tr>'
             + "".join(f"<th>{esc(h)}</th>" for h in heads)
             + f'</tr></thead><tbody>{"".join(rows)}</tbody></table>')

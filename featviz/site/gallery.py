@@ -36,6 +36,15 @@ from featviz.search.api import dream_group
 from featviz.search.config import DreamConfig
 from featviz.search.result import DreamResult
 from featviz.site.pages import index_page, target_page
+from featviz.site.runs import (
+    is_stale_temp,
+    parse_shard,
+    plan_text,
+    read_runs,
+    record_run,
+    shard_of,
+    summarise_runs,
+)
 from featviz.targets.core import Target
 from featviz.targets.effects import logit_effect
 from featviz.targets.read import read_ids
@@ -54,11 +63,14 @@ class GalleryConfig:
     title: str = "featviz gallery"
     dream_group: int | None = None      # targets sharing one relaxation batch (dream_many);
                                         # None: 16 on a GPU, 1 on a CPU (where it does not pay)
+    shard: tuple | str | None = None    # (i, N) or "i/N": compute every N-th target from the
+                                        # i-th only (job arrays writing into one folder)
 
     def check(self) -> "GalleryConfig":
         if self.dream_group is not None and (not isinstance(self.dream_group, int)
                                              or self.dream_group < 1):
             raise FeatvizError(f"--dream-group must be at least 1, got {self.dream_group}")
+        self.shard = parse_shard(self.shard)
         self.mine.check()
         if self.dream is not None:
             self.dream.check()
@@ -83,6 +95,7 @@ class GalleryResult:
     done: list          # targets computed in this run
     skipped: list       # targets already finished by an earlier run
     failed: list        # targets whose record has a status other than ok
+    pending: list = field(default_factory=list)   # targets with no record yet (other shards)
 
 
 def peak_overlap(handle, synth_tokens: list, top: list) -> float | None:
@@ -175,16 +188,14 @@ def _summary(rec: dict, order: int) -> dict:
             "status": rec.get("status"), "best_fluent_text": bf.get("text")}
 
 
-def _write_index(out_dir, cfg, meta, targets, records):
+def _write_index(out_dir: str, title: str, meta: dict, names: list, records: dict) -> None:
     rows = []
-    for i, t in enumerate(targets):
-        rec = records.get(str(t))
-        if rec is None:
-            s = {"order": i, "target": str(t), "status": "pending", "flags": []}
-        else:
-            s = _summary(rec, i)
-        rows.append((s, f"targets/{slug(str(t))}.html"))
-    write_atomic(os.path.join(out_dir, "index.html"), index_page(cfg.title, meta, rows))
+    for i, n in enumerate(names):
+        rec = records.get(n)
+        s = _summary(rec, i) if rec is not None else \
+            {"order": i, "target": n, "status": "pending", "flags": []}
+        rows.append((s, f"targets/{slug(n)}.html"))
+    write_atomic(os.path.join(out_dir, "index.html"), index_page(title, meta, rows))
 
 
 def _write_jsonl(out_dir: str, recs: list) -> None:
@@ -228,7 +239,40 @@ def attach_audit(out_dir: str, audits: list) -> list[str]:
 def build_gallery(handle, targets: list[Target], config: GalleryConfig | None = None, *,
                   out_dir: str, progress: bool = True) -> GalleryResult:
     """Mine every target in one pass, dream for each, and write the static site to
-    ``out_dir`` (resuming: targets already written with the same settings are kept)."""
+    ``out_dir`` (resuming: targets already written with the same settings are kept).
+    With ``config.shard = (i, N)`` only shard i's targets are computed; the shards of one
+    gallery share its folder, and the last to finish (or ``merge_gallery``) writes the
+    index and ``gallery.jsonl`` of the whole gallery."""
+    cfg = _prepare(handle, config, targets, out_dir)
+    names = [str(t) for t in targets]
+    for stale in glob.glob(os.path.join(glob.escape(out_dir), "**", "*.tmp*"), recursive=True):
+        if is_stale_temp(stale):
+            os.unlink(stale)                                # left by a killed run
+    settings_key, meta = _write_manifest(handle, cfg, out_dir, names)
+    records = _finished(out_dir, names, settings_key)
+    mine_set = shard_of(targets, cfg.shard)
+    todo = [t for t in mine_set if str(t) not in records]
+    if progress:
+        tqdm.write(plan_text(total=len(names), mine=len(mine_set), todo=len(todo),
+                             group=cfg.dream_group, device=str(handle.device),
+                             budget=cfg.dream.budget_seconds if cfg.dream else 0.0,
+                             shard=cfg.shard))
+    _write_index(out_dir, cfg.title, meta, names, records)
+    t0 = time.perf_counter()
+    done = _compute(handle, todo, cfg, settings_key, meta, names, records, out_dir, progress)
+    if done:
+        wall = time.perf_counter() - t0
+        record_run(out_dir, {"shard": "%d/%d" % cfg.shard if cfg.shard else None,
+                             "device": str(handle.device), "wall_seconds": wall,
+                             "targets_computed": len(done),
+                             "targets_per_hour": len(done) / wall * 3600 if wall > 0 else None})
+    res = finish_gallery(out_dir, settings_key)
+    res.done = done
+    res.skipped = [str(t) for t in mine_set if str(t) not in done]
+    return res
+
+
+def _prepare(handle, config, targets, out_dir) -> GalleryConfig:
     cfg = (config or GalleryConfig()).check()
     if not targets:
         raise FeatvizError("no targets given; pass e.g. --targets mlp:6:0-7")
@@ -239,42 +283,69 @@ def build_gallery(handle, targets: list[Target], config: GalleryConfig | None = 
         raise FeatvizError("the same target is listed twice; list each target once")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise FeatvizError(f"--out '{out_dir}' exists and is not a folder; pick another path")
-    tdir = os.path.join(out_dir, "targets")
-    os.makedirs(tdir, exist_ok=True)
-    for stale in glob.glob(os.path.join(glob.escape(out_dir), "**", "*.tmp*"), recursive=True):
-        os.unlink(stale)                                    # left by a killed run
-    settings_key, meta = _write_manifest(handle, cfg, out_dir, names)
-    records: dict = {}
-    for t in targets:
-        rec = read_json(os.path.join(tdir, slug(str(t)) + ".json"), missing_ok=True, corrupt_ok=True)
-        if rec and rec.get("settings_key") == settings_key and rec.get("target") == str(t):
-            records[str(t)] = rec
-    skipped = [n for n in names if n in records]
-    todo = [t for t in targets if str(t) not in records]
-    _write_index(out_dir, cfg, meta, targets, records)
+    os.makedirs(os.path.join(out_dir, "targets"), exist_ok=True)
+    return cfg
+
+
+def _finished(out_dir: str, names: list, settings_key: str) -> dict:
+    """The target records already written with these settings (by any run or shard)."""
+    records = {}
+    for n in names:
+        rec = read_json(os.path.join(out_dir, "targets", slug(n) + ".json"), missing_ok=True,
+                        corrupt_ok=True)
+        if rec and rec.get("settings_key") == settings_key and rec.get("target") == n:
+            records[n] = rec
+    return records
+
+
+def _compute(handle, todo, cfg, settings_key, meta, names, records, out_dir, progress) -> list:
+    """Mine and dream ``todo``, writing each target as its group finishes.  One bar for
+    the whole run: targets done, targets per hour, the ETA, and the current stage."""
+    if not todo:
+        return []
+    bar = tqdm(total=len(todo), unit="target", desc="gallery [mining]", disable=not progress)
+    t0 = time.perf_counter()
+    mined, _ = mine_cached(handle, todo, cfg.corpus, cfg.mine, cache_dir=cfg.cache_dir,
+                           progress=progress)
+    bar.set_description("gallery [dreaming]" if cfg.dream else "gallery [writing]")
+    ex_of = dict(zip(map(str, todo), mined))
     done = []
-    if todo:
-        mined, _ = mine_cached(handle, todo, cfg.corpus, cfg.mine, cache_dir=cfg.cache_dir,
-                               progress=progress)
-        bar = tqdm(total=len(todo), unit="target", desc="dreaming" if cfg.dream else "writing",
-                   disable=not progress)
-        ex_of = dict(zip(map(str, todo), mined))
-        for g in range(0, len(todo), cfg.dream_group):
-            group = todo[g:g + cfg.dream_group]
-            t0 = time.perf_counter()
-            outcomes = dream_group(handle, group, cfg.dream)
-            each = (time.perf_counter() - t0) / len(group)
-            for t, (res, err) in zip(group, outcomes):
-                records[str(t)] = _write_target(handle, t, ex_of[str(t)], res, err, each, cfg,
-                                                settings_key, tdir)
-                done.append(str(t))
-                _write_index(out_dir, cfg, meta, targets, records)
-                bar.update(1)
-        bar.close()
-    _write_jsonl(out_dir, [records[n] for n in names])
-    failed = [n for n in names if records[n].get("status") != "ok"]
-    return GalleryResult(out_dir=out_dir, index=os.path.join(out_dir, "index.html"), done=done,
-                         skipped=skipped, failed=failed)
+    for g in range(0, len(todo), cfg.dream_group):
+        group = todo[g:g + cfg.dream_group]
+        t1 = time.perf_counter()
+        outcomes = dream_group(handle, group, cfg.dream)
+        each = (time.perf_counter() - t1) / len(group)
+        for t, (res, err) in zip(group, outcomes):
+            records[str(t)] = _write_target(handle, t, ex_of[str(t)], res, err, each, cfg,
+                                            settings_key, os.path.join(out_dir, "targets"))
+            done.append(str(t))
+            _write_index(out_dir, cfg.title, meta, names, records)
+            bar.update(1)
+            bar.set_postfix_str(f"{len(done) / (time.perf_counter() - t0) * 3600:.0f} targets/h")
+    bar.close()
+    return done
+
+
+def finish_gallery(out_dir: str, settings_key: str | None = None) -> GalleryResult:
+    """Write the index, ``gallery.jsonl`` (once every target has its record) and the
+    manifest's run summary from the records on disk: what the last shard does, and what
+    ``featviz gallery --merge DIR`` does."""
+    man = read_json(os.path.join(out_dir, "gallery.json"), missing_ok=True)
+    if not isinstance(man, dict) or man.get("schema") != "featviz.gallery":
+        raise FeatvizError(f"'{out_dir}' is not a featviz gallery (no gallery.json manifest); "
+                           "pass the folder a gallery run wrote")
+    names = [e["target"] for e in man["targets"]]
+    records = _finished(out_dir, names, settings_key or man["settings_key"])
+    _write_index(out_dir, man.get("title", "featviz gallery"), man.get("meta", {}), names, records)
+    pending = [n for n in names if n not in records]
+    if not pending:
+        _write_jsonl(out_dir, [records[n] for n in names])
+    man["runs"] = summarise_runs(read_runs(out_dir))
+    write_atomic(os.path.join(out_dir, "gallery.json"), dump_json(man))
+    return GalleryResult(out_dir=out_dir, index=os.path.join(out_dir, "index.html"), done=[],
+                         skipped=[n for n in names if n in records], pending=pending,
+                         failed=[n for n in names if n in records
+                                 and records[n].get("status") != "ok"])
 
 
 def _write_manifest(handle, cfg: GalleryConfig, out_dir: str, names: list) -> tuple[str, dict]:

@@ -21,6 +21,12 @@ def _run(args):
     (["activations", "--target", "mlp:1:2", "--model", "/no/such/dir/model", "hi"], "does not exist"),
     (["activations", "--target", "mlp:1:2", "--model", "missing.gguf", "hi"], "does not exist"),
     (["gallery", "--targets", "mlp:1:2", "--dream-group", "0"], "--dream-group must be at least 1"),
+    (["gallery", "--targets", "mlp:1:2", "--shard", "3/2"], "--shard 3/2: i must be between 1 and N"),
+    (["gallery", "--targets", "mlp:1:2", "--shard", "0/2"], "--shard 0/2: i must be between 1 and N"),
+    (["gallery", "--targets", "mlp:1:2", "--shard", "half"], "must be written i/N"),
+    (["gallery", "--merge", "/no/such/gallery"], "is not a folder"),
+    (["gallery"], "give the targets"),
+    (["compare", "--targets", "mlp:1:2"], "nothing to compare"),
 ])
 def test_cli_errors_are_one_line(args, msg, capsys):
     assert main(args) == 2

@@ -3,6 +3,7 @@ import glob
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 from conftest import TEXT, make_tokenizer, tiny_llama, word_corpus
@@ -254,3 +255,50 @@ def test_audit_embeds_into_gallery(built, hostile, corpus, tmp_path):
     assert lines[1]["audit"]["target"] == "mlp:1:1"
     with pytest.raises(FeatvizError):
         attach_audit(str(tmp_path / "nothing"), [])
+
+
+def test_two_shards_and_a_merge_equal_one_run(built, hostile, corpus, tmp_path):
+    from featviz.site.gallery import finish_gallery
+    ref, _ = built
+    out = str(tmp_path / "sharded")
+    ts = targets(hostile)
+    first = build_gallery(hostile, ts, replace(cfg_for(corpus), shard="1/2"), out_dir=out,
+                          progress=False)
+    assert first.done == [str(t) for t in ts[0::2]] and first.pending == [str(t) for t in ts[1::2]]
+    assert not os.path.exists(f"{out}/gallery.jsonl")            # not complete yet
+    assert open(f"{out}/index.html").read().count(">pending<") == len(first.pending)
+    second = build_gallery(hostile, ts, replace(cfg_for(corpus), shard=(2, 2)), out_dir=out,
+                           progress=False)
+    assert second.done == [str(t) for t in ts[1::2]] and second.pending == []
+    merged = finish_gallery(out)                                  # what --merge does
+    assert merged.pending == [] and merged.skipped == [str(t) for t in ts]
+    assert strip_timing(records(out)) == strip_timing(records(ref))
+    jsonl = lambda d: [{k: v for k, v in json.loads(x).items() if k != "timing"}  # noqa: E731
+                       for x in open(f"{d}/gallery.jsonl").read().splitlines()]
+    assert jsonl(out) == jsonl(ref)
+    man = lambda d: {k: v for k, v in json.load(open(f"{d}/gallery.json")).items()  # noqa: E731
+                     if k != "runs"}
+    assert man(out) == man(ref)
+    assert open(f"{out}/index.html").read() == open(f"{ref}/index.html").read()
+    runs = json.load(open(f"{out}/gallery.json"))["runs"]
+    assert runs["runs"] == 2 and runs["targets_computed"] == len(ts)
+    assert runs["targets_per_hour"] > 0 and runs["devices"] == ["cpu"]
+
+
+@pytest.mark.parametrize("spec,msg", [("3/2", "between 1 and N"), ("0/2", "between 1 and N"),
+                                      ("1/0", "between 1 and N"), ("a/b", "written i/N")])
+def test_bad_shard_specs(spec, msg, corpus):
+    with pytest.raises(FeatvizError, match=msg):
+        replace(cfg_for(corpus), shard=spec).check()
+
+
+def test_only_orphaned_temp_files_are_stale(tmp_path):
+    from featviz.site.runs import is_stale_temp
+    mine = tmp_path / f"a.json.tmp{os.getpid()}"
+    mine.write_text("x")
+    assert not is_stale_temp(str(mine))                # a live writer's file is kept
+    orphan = tmp_path / "b.json.tmp999999999"
+    orphan.write_text("x")
+    assert is_stale_temp(str(orphan))
+    os.utime(mine, (1, 1))
+    assert is_stale_temp(str(mine))                    # older than any write takes

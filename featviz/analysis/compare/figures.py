@@ -7,8 +7,9 @@ were measured for the target:
 * ``corr``: (1 - r) / 2, r the per-token Pearson correlation of A and B on the same
   corpus tokens (0 when identical, 0.5 when unrelated, 1 when anti-correlated);
 * ``top``: 1 - the overlap of the two models' top-k exemplar windows;
-* ``transfer``: 1 - min(A's best text in B, B's best text in A), each as a ratio of that
-  model's own best dreamed activation and clipped to [0, 1] (only for dreamed targets).
+* ``transfer``: 1 - min(A's best text read in B, B's best text read in A), each as a ratio
+  of that text's value in the model that dreamed it (its own best), clipped to [0, 1]
+  (only for dreamed targets).  A maximizer that no longer works means the feature moved.
 
 The verdict is decided in this order (thresholds in ``DriftThresholds``): ``born`` when
 the target is silent in A (its corpus max at most ``silent_rel`` of B's) and active in B;

@@ -187,12 +187,13 @@ def _corpus_figures(sides: list) -> dict:
 
 
 def _transfer(sides: list) -> dict:
-    """A's best text read in B as a share of B's own best, and B's in A."""
+    """Each model's best dreamed text read in the other model, as a share of its value in
+    the model that dreamed it (1: the maximizer carries over; 0 or below: it no longer
+    drives the target).  Dividing by the text's own value, not by the other model's best
+    dream, keeps the figure free of how well either dream did."""
     sa, sb = sides[0].synthetic, sides[1].synthetic
-    if sa is None or sb is None:
-        return {"a_in_b": None, "b_in_a": None}
-    return {"a_in_b": ratio(sa["activation"][1], sb["activation"][1]),
-            "b_in_a": ratio(sb["activation"][0], sa["activation"][0])}
+    return {"a_in_b": ratio(sa["activation"][1], sa["activation"][0]) if sa else None,
+            "b_in_a": ratio(sb["activation"][0], sb["activation"][1]) if sb else None}
 
 
 def _score(c: TargetComparison, corr, th: DriftThresholds) -> None:
