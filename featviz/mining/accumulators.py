@@ -11,6 +11,12 @@ at once, fed one window batch at a time (``update``), read once at the end.
   the first m tokens (the like-for-like corpus figures of ``@I`` and ``@mean`` targets).
 
 Memory is O(targets x (k + cells x slots + controls) x window), whatever the corpus length.
+
+Every accumulator is a function of the set of windows it saw, not of their order: grids
+have power-of-two widths fixed by the largest value, samples are the windows of least
+priority (a pure function of the seed, the target and the window index).  So ``merge``
+of the states of separate passes over disjoint windows (corpus shards, Ray workers)
+equals one pass over all of them (float sums aside, which agree to rounding).
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from featviz.mining.grid import fit_width, merge_pairs, uniform, weighted_pick
+from featviz.mining.grid import fit_width, merge_pairs, pow2_width, target_keys, uniform
 from featviz.mining.records import Band, Exemplar
 
 
@@ -58,6 +64,18 @@ class TopK:
             self.peak[r, slot] = peak[r, b]
             self.ids[r, slot] = ids[b]
             self.acts[r, slot] = per[r, b]
+
+    def merge(self, o: "TopK") -> None:
+        """Keep the best k of both (ties: the earlier window)."""
+        k = self.k
+        v = np.concatenate([self.v, o.v], 1)
+        win = np.concatenate([self.win, o.win], 1)
+        order = np.lexsort((np.where(win < 0, np.iinfo(np.int64).max, win), -v), axis=-1)[:, :k]
+        take = lambda a, b: np.take_along_axis(np.concatenate([a, b], 1),  # noqa: E731
+                                               order.reshape(order.shape + (1,) * (a.ndim - 2)), 1)
+        self.v, self.win = take(self.v, o.v), take(self.win, o.win)
+        self.peak, self.ids, self.acts = take(self.peak, o.peak), take(self.ids, o.ids), \
+            take(self.acts, o.acts)
 
     def ranked(self) -> list[list[Exemplar]]:
         """Per target, its windows best first (ties: the earlier window)."""
@@ -109,7 +127,7 @@ class Moments:
         absmax = np.maximum(np.abs(np.where(np.isfinite(vmax), vmax, 0.0)),
                             np.abs(np.where(np.isfinite(vmin), vmin, 0.0)))
         new = np.isnan(self.hist_w)
-        self.hist_w[new] = np.where(absmax[new] > 0, absmax[new] / G * 3.0, 1e-6)
+        self.hist_w[new] = pow2_width(absmax[new], G)
         d = fit_width(self.hist_w, absmax, G)
         for t in np.nonzero(d)[0]:
             self.hist[t, G:] = merge_pairs(self.hist[t, G:], int(d[t]), True)
@@ -131,6 +149,28 @@ class Moments:
         self.total += flat.sum(1).double().numpy()        # per batch in float32, then float64
         self.total2 += torch.linalg.vecdot(flat, flat, dim=1).double().numpy()
 
+    def merge(self, o: "Moments") -> None:
+        G = self.G
+        for t in range(len(self.hist_w)):
+            if np.isnan(o.hist_w[t]):
+                continue
+            if np.isnan(self.hist_w[t]):
+                self.hist[t], self.hist_w[t] = o.hist[t], o.hist_w[t]
+                continue
+            w = max(self.hist_w[t], o.hist_w[t])
+            for h, wi in ((self.hist, self.hist_w[t]), (o.hist, o.hist_w[t])):
+                d = int(round(np.log2(w / wi)))
+                if d:
+                    h[t, G:] = merge_pairs(h[t, G:], d, True)
+                    h[t, :G] = merge_pairs(h[t, :G], d, False)
+            self.hist[t] += o.hist[t]
+            self.hist_w[t] = w
+        self.n_above += o.n_above
+        self.total += o.total
+        self.total2 += o.total2
+        self.vmin, self.vmax = np.fmin(self.vmin, o.vmin), np.fmax(self.vmax, o.vmax)
+        self.nonfinite += o.nonfinite
+
     def fill(self, r, t: int, n_tokens: int) -> None:
         """Write target t's figures into its ``TargetExemplars``."""
         r.nonfinite = int(self.nonfinite[t])
@@ -148,85 +188,101 @@ class Moments:
 
 
 class BandReservoir:
-    """Reservoirs of windows on a grid of cells over [0, max) of window maxima (cells
-    double in width, merging pairwise, as the max grows).  ``bands`` draws each interval
-    band's samples from them at the end."""
+    """Samples of windows on a grid of cells over [0, max) of window maxima (power-of-two
+    cell widths that double, merging cells pairwise, as the max grows).  Each cell keeps
+    its ``slots`` windows of least priority, a uniform sample of the cell whatever order
+    the windows came in.  ``bands`` draws each interval band's samples from them."""
+
+    _ARRAYS = ("prio", "v", "win", "peak", "ids", "acts")
+    _FILLS = (np.inf, np.nan, -1, 0, 0, 0)
 
     def __init__(self, keys: np.ndarray, cells: int, slots: int, width: int):
         T, C, S = len(keys), cells, slots
         self.keys, self.C, self.S = keys, C, S
         self.cell_w = np.full(T, np.nan)
         self.seen = np.zeros((T, C), dtype=np.int64)
+        self.prio = np.full((T, C, S), np.inf)
         self.v = np.full((T, C, S), np.nan, dtype=np.float32)
         self.win = np.full((T, C, S), -1, dtype=np.int64)
         self.peak = np.zeros((T, C, S), dtype=np.int64)
         self.ids = np.zeros((T, C, S, width), dtype=np.int32)
         self.acts = np.zeros((T, C, S, width), dtype=np.float32)
 
-    def update(self, wmax, peak, per, ids, win, n_win: int) -> None:
-        """``n_win``: windows seen before this batch (seeds the coarsening draws)."""
-        C, S = self.C, self.S
+    def update(self, wmax, peak, per, ids, win) -> None:
+        C = self.C
         T, B = wmax.shape
-        pos = np.where(np.isfinite(wmax), wmax, 0.0)
-        need = pos.max(1)
+        need = np.where(np.isfinite(wmax), wmax, 0.0).max(1)
         new = np.isnan(self.cell_w) & (need > 0)
-        self.cell_w[new] = need[new] / C * 3.0       # headroom: fewer coarsenings later
+        self.cell_w[new] = pow2_width(need[new], C)
         d = fit_width(np.where(np.isnan(self.cell_w), 1.0, self.cell_w), need, C)
         d[np.isnan(self.cell_w)] = 0
         for t in np.nonzero(d)[0]:
-            self.coarsen(t, int(d[t]), n_win)
+            self.coarsen(t, int(d[t]))
         rows = np.arange(T)
         for b in range(B):
             ok = (wmax[:, b] > 0) & np.isfinite(wmax[:, b]) & ~np.isnan(self.cell_w)
             if not ok.any():
                 continue
-            cell = np.zeros(T, dtype=np.int64)
-            cell[ok] = np.minimum((wmax[ok, b] / self.cell_w[ok]).astype(np.int64), C - 1)
-            self.seen[rows[ok], cell[ok]] += 1
-            n = self.seen[rows, cell]
-            u = uniform(self.keys, int(win[b]))
-            j = np.where(n <= S, n - 1, (u * np.maximum(n, 1)).astype(np.int64))
-            hit = ok & (j < S)
-            t_i, c_i, j_i = rows[hit], cell[hit], j[hit]
-            self.v[t_i, c_i, j_i] = wmax[hit, b]
-            self.win[t_i, c_i, j_i] = win[b]
-            self.peak[t_i, c_i, j_i] = peak[hit, b]
-            self.ids[t_i, c_i, j_i] = ids[b]
-            self.acts[t_i, c_i, j_i] = per[hit, b]
+            t_i = rows[ok]
+            c_i = np.minimum((wmax[ok, b] / self.cell_w[ok]).astype(np.int64), C - 1)
+            self.seen[t_i, c_i] += 1
+            p = uniform(self.keys[ok], int(win[b]))
+            j = self.prio[t_i, c_i].argmax(1)                 # the slot to give up, if any
+            hit = p < self.prio[t_i, c_i, j]
+            t_i, c_i, j = t_i[hit], c_i[hit], j[hit]
+            self.prio[t_i, c_i, j] = p[hit]
+            self.v[t_i, c_i, j] = wmax[t_i, b]
+            self.win[t_i, c_i, j] = win[b]
+            self.peak[t_i, c_i, j] = peak[t_i, b]
+            self.ids[t_i, c_i, j] = ids[b]
+            self.acts[t_i, c_i, j] = per[t_i, b]
 
-    def coarsen(self, t: int, times: int, n_win: int) -> None:
-        """Double target t's cell width ``times`` times, merging reservoirs pairwise."""
-        C, S = self.C, self.S
+    def _keep_least(self, t: int, parts: list) -> None:
+        """Target t's cells from ``parts`` (dicts of (C, k, ...) arrays): per cell, the
+        ``slots`` entries of least priority."""
+        cat = {n: np.concatenate([p[n] for p in parts], 1) for n in self._ARRAYS}
+        order = np.argsort(cat["prio"], axis=1, kind="stable")[:, :self.S]
+        for n in self._ARRAYS:
+            a = cat[n]
+            getattr(self, n)[t] = np.take_along_axis(
+                a, order.reshape(order.shape + (1,) * (a.ndim - 2)), 1)
+
+    def coarsen(self, t: int, times: int) -> None:
+        """Double target t's cell width ``times`` times, merging cells pairwise."""
+        C = self.C
         half, pad = (C + 1) // 2, C % 2
-        for step in range(min(times, int(math.log2(C)) + 1)):
-            arrays = [self.v[t], self.win[t], self.peak[t], self.ids[t], self.acts[t]]
-            fills = [np.nan, -1, 0, 0, 0]
-            held = arrays[1] >= 0
-            # each kept sample stands for seen/held windows of its cell
-            w = np.where(held, (self.seen[t] / np.maximum(held.sum(1), 1))[:, None], 0.0)
-
-            def pairs(a, fill):
+        for _ in range(min(times, int(math.log2(C)) + 1)):
+            pairs = {}
+            for n, fill in zip(self._ARRAYS, self._FILLS):
+                a = getattr(self, n)[t]
                 if pad:
                     a = np.concatenate([a, np.full((1,) + a.shape[1:], fill, a.dtype)])
-                return a.reshape((half, 2 * S) + a.shape[2:])
-
-            wp = pairs(w, 0.0)
-            u = uniform(self.keys[t], np.arange(wp.size) + (n_win * 64 + step) * wp.size)
-            order, key = weighted_pick(wp, u.reshape(wp.shape), S)
-            ok = np.take_along_axis(key, order, 1) > -np.inf                    # (half, S)
-            for i, (a, fill) in enumerate(zip(arrays, fills)):
-                ap = pairs(a, fill)
-                idx = order.reshape(order.shape + (1,) * (ap.ndim - 2))
-                sel = np.take_along_axis(ap, idx, 1)
-                sel[~ok] = fill
-                out = np.full_like(a, fill)
-                out[:half] = sel
-                arrays[i][...] = out
+                a = a.reshape((half, 2) + a.shape[1:])
+                out = np.full((C, 2) + a.shape[2:], fill, a.dtype)
+                out[:half] = a
+                pairs[n] = out
+            self._keep_least(t, [{n: pairs[n][:, 0] for n in pairs},
+                                 {n: pairs[n][:, 1] for n in pairs}])
             seen = np.concatenate([self.seen[t], [0] * pad])
-            new_seen = np.zeros_like(self.seen[t])
-            new_seen[:half] = seen.reshape(half, 2).sum(1)
-            self.seen[t] = new_seen
+            self.seen[t] = 0
+            self.seen[t, :half] = seen.reshape(half, 2).sum(1)
         self.cell_w[t] *= 2.0 ** times
+
+    def merge(self, o: "BandReservoir") -> None:
+        """Add another pass's state (disjoint windows): widths aligned, cells united."""
+        for t in range(len(self.keys)):
+            if np.isnan(o.cell_w[t]):
+                continue
+            if np.isnan(self.cell_w[t]):
+                for n in self._ARRAYS + ("seen", "cell_w"):
+                    getattr(self, n)[t] = getattr(o, n)[t]
+                continue
+            for a, b in ((self, o), (o, self)):
+                if a.cell_w[t] < b.cell_w[t]:
+                    a.coarsen(t, int(round(np.log2(b.cell_w[t] / a.cell_w[t]))))
+            self._keep_least(t, [{n: getattr(self, n)[t] for n in self._ARRAYS},
+                                 {n: getattr(o, n)[t] for n in self._ARRAYS}])
+            self.seen[t] += o.seen[t]
 
     def bands(self, vmax: np.ndarray, top_win: np.ndarray, n_bands: int,
               per_band: int) -> list[list[Band]]:
@@ -234,7 +290,7 @@ class BandReservoir:
         of the corpus max ``vmax`` (counted from the cells inside the band, exact to one
         cell) and up to ``per_band`` samples drawn from the reservoirs, weighted by how many
         windows each kept sample stands for, the top-k windows ``top_win`` excluded.  The
-        draws are a pure function of (seed, target name, slot, band)."""
+        draws are a pure function of (seed, target name, window, band)."""
         ok_t = np.isfinite(vmax) & (vmax > 0) & ~np.isnan(self.cell_w)
         counts = self._band_counts(vmax, ok_t, n_bands)
         v, ok, band, w = self._eligible(vmax, ok_t, top_win, n_bands)
@@ -289,8 +345,8 @@ class BandReservoir:
     def _picks(self, v, ok, band, w, nb: int, per_band: int):
         """Per band, (slot order, drawn?) lists: weighted draws without replacement, then
         ranked by value, best first."""
-        slot = np.arange(v.shape[1])[None]
-        u = uniform(self.keys[:, None], slot + band * 100_003)
+        win = self.win.reshape(v.shape)                  # draws keyed by window, not slot
+        u = uniform(self.keys[:, None], win * 64 + band)
         key = np.where(ok, np.log(u) / np.where(ok, w, 1.0), -np.inf)
         n = min(per_band, v.shape[1])
         picks = []
@@ -306,23 +362,35 @@ class BandReservoir:
 
 
 class Controls:
-    """A reservoir of random control windows shared by every target."""
+    """Random control windows shared by every target: the ``n`` windows of least priority
+    (a pure function of the seed and the window index), so any order or split of the
+    windows gives the same controls."""
 
     def __init__(self, n_targets: int, n: int, width: int, seed: int):
-        self.n, self.seen = n, 0
-        self.rng = np.random.default_rng(seed)
+        self.n = n
+        self.key = target_keys(["__controls__"], seed)
+        self.prio = np.full(n, np.inf)
         self.win = np.full(n, -1, dtype=np.int64)
         self.ids = np.zeros((n, width), dtype=np.int32)
         self.acts = np.zeros((n_targets, n, width), dtype=np.float32)
 
     def update(self, per, ids, win) -> None:
+        if not self.n:
+            return
+        p = uniform(self.key, np.asarray(win, dtype=np.int64))
         for b in range(len(win)):
-            self.seen += 1
-            j = self.seen - 1 if self.seen <= self.n else int(self.rng.integers(self.seen))
-            if j < self.n:
-                self.win[j] = win[b]
+            j = int(self.prio.argmax())
+            if p[b] < self.prio[j]:
+                self.prio[j], self.win[j] = p[b], win[b]
                 self.ids[j] = ids[b]
                 self.acts[:, j] = per[:, b]
+
+    def merge(self, o: "Controls") -> None:
+        prio = np.concatenate([self.prio, o.prio])
+        keep = np.argsort(prio, kind="stable")[:self.n]
+        self.prio, self.win = prio[keep], np.concatenate([self.win, o.win])[keep]
+        self.ids = np.concatenate([self.ids, o.ids])[keep]
+        self.acts = np.concatenate([self.acts, o.acts], 1)[:, keep]
 
     def exemplars(self, first: int) -> list[list[Exemplar]]:
         """Per target, the control windows in corpus order (max and peak from ``first``)."""
@@ -353,6 +421,10 @@ class PositionMaxima:
         means = body.cumsum(dim=2) / m
         means = torch.where(torch.isfinite(means), means, -torch.inf)
         self.pmean_max[:, 1:] = np.fmax(self.pmean_max[:, 1:], means.amax(dim=1).numpy())
+
+    def merge(self, o: "PositionMaxima") -> None:
+        self.pos_max = np.fmax(self.pos_max, o.pos_max)
+        self.pmean_max = np.fmax(self.pmean_max, o.pmean_max)
 
     def fill(self, r, t: int) -> None:
         r.position_max = [float(x) for x in self.pos_max[t]]

@@ -18,6 +18,17 @@ def fit_width(width: np.ndarray, need: np.ndarray, n_bins: int) -> np.ndarray:
     return d
 
 
+def pow2_width(need: np.ndarray, n_bins: int) -> np.ndarray:
+    """The smallest power of two w with need < n_bins * w (2**-30 where need <= 0).  Widths
+    that are powers of two depend only on the largest value seen, not on the order the
+    values came in, so grids of separate passes merge exactly (the finer one coarsened)."""
+    need = np.asarray(need, dtype=np.float64)
+    out = np.full(need.shape, 2.0 ** -30)
+    pos = np.isfinite(need) & (need > 0)
+    out[pos] = np.maximum(2.0 ** (np.floor(np.log2(need[pos] / n_bins)) + 1), 2.0 ** -30)
+    return out
+
+
 def merge_pairs(a: np.ndarray, times: int, axis_from_zero: bool) -> np.ndarray:
     """Merge neighbouring bins ``times`` times along the last axis.
 

@@ -152,12 +152,25 @@ class Miner:
         self.top.update(wmax, peak, per, ids, win)
         self.moments.update(body.reshape(T, -1), None if clean else finite.reshape(T, -1),
                             mx.values.amax(dim=1))
-        self.reservoir.update(wmax, peak, per, ids, win, self.n_win)
+        self.reservoir.update(wmax, peak, per, ids, win)
         self.controls.update(per, ids, win)
         self.positions.update(per_t)
         self.n_tok += B * body.shape[2]
         self.n_win += B
         return wmax
+
+    def merge(self, other: "Miner") -> "Miner":
+        """Add the state of a pass over other windows of the same corpus (a corpus shard):
+        the result equals one pass over both (float sums aside, equal to rounding)."""
+        if [str(t) for t in other.targets] != [str(t) for t in self.targets] or \
+                other.cfg.key() != self.cfg.key():
+            raise FeatvizError("only passes over the same targets with the same mining "
+                               "settings can be merged")
+        for name in ("top", "moments", "reservoir", "controls", "positions"):
+            getattr(self, name).merge(getattr(other, name))
+        self.n_tok += other.n_tok
+        self.n_win += other.n_win
+        return self
 
     def finish(self) -> list[TargetExemplars]:
         cfg = self.cfg
@@ -182,19 +195,32 @@ def mine(handle, targets: list[Target], config: MineConfig | None = None, *,
     cfg = (config or MineConfig()).check()
     if not targets:
         return []
+    return mine_part(handle, targets, cfg, source=source, progress=progress).finish()
+
+
+def mine_part(handle, targets: list[Target], config: MineConfig | None = None, *,
+              source: str | None = None, part: tuple[int, int] | None = None,
+              progress: bool = True) -> Miner:
+    """The miner's state after a pass over corpus part ``part = (i, N)``: the windows whose
+    index is i - 1 modulo N (all windows when None).  ``Miner.merge`` adds the parts up;
+    ``finish`` turns the sum into the records one pass over all windows gives."""
+    cfg = (config or MineConfig()).check()
+    i, n = part or (1, 1)
+    if not (isinstance(i, int) and isinstance(n, int) and 1 <= i <= n):
+        raise FeatvizError(f"corpus part {i}/{n}: i must be between 1 and N")
     sites = all_sites(targets)
     miner = Miner(targets, cfg, cfg.window + 1)
-    total = cfg.max_tokens // cfg.window
-    bar = tqdm(total=total * cfg.window, unit="tok", desc="mining", disable=not progress,
-               leave=False)
-    for batch in corpus_mod.batched(corpus_mod.windows(handle, source, cfg.window,
-                                                       max_tokens=cfg.max_tokens), cfg.batch_size):
+    bar = tqdm(total=(cfg.max_tokens // cfg.window) * cfg.window, unit="tok", desc="mining",
+               disable=not progress, leave=False)
+    stream = (w for w in corpus_mod.windows(handle, source, cfg.window, max_tokens=cfg.max_tokens)
+              if w.index % n == i - 1)
+    for batch in corpus_mod.batched(stream, cfg.batch_size):
         ids = np.stack([w.ids for w in batch])
         miner.update(read_batch(handle, targets, sites, ids), ids.astype(np.int32),
                      np.asarray([w.index for w in batch]))
-        bar.update(len(batch) * cfg.window)
+        bar.update(len(batch) * cfg.window * n)
     bar.close()
-    return miner.finish()
+    return miner
 
 
 def scan(handle, targets: list[Target], source: str | None = None, *, window: int = 63,

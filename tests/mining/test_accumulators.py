@@ -78,9 +78,9 @@ def test_moments_count_nonfinite_values_apart():
 def test_band_reservoir_counts_every_positive_window_and_samples_real_ones():
     res = BandReservoir(target_keys(["a", "b"], 0), 4, 2, 7)
     per_all = []
-    for n_win, (per, ids, win) in enumerate(batches(T=2, scale=1.3, n=20)):
+    for per, ids, win in batches(T=2, scale=1.3, n=20):
         wmax = per[:, :, 1:].max(2)
-        res.update(wmax, per[:, :, 1:].argmax(2) + 1, per, ids, win, n_win * 5)
+        res.update(wmax, per[:, :, 1:].argmax(2) + 1, per, ids, win)
         per_all.append(per)
     per = np.concatenate(per_all, 1)
     wmax = per[:, :, 1:].max(2)
