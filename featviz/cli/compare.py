@@ -63,6 +63,12 @@ def cmd_compare(args) -> int:
         raise FeatvizError(f"--out '{args.out}' is a folder; give a file path for the JSON")
     if args.gallery and os.path.exists(args.gallery) and not os.path.isdir(args.gallery):
         raise FeatvizError(f"--gallery '{args.gallery}' is a file; give a folder for the pages")
+    if args.against:                            # widths from config.json, before any weights
+        from featviz.analysis.compare import check_comparable
+        from featviz.model.loading import peek_shape
+        shapes = peek_shape(args.model), peek_shape(args.against)
+        if all(shapes):
+            check_comparable(*shapes)
     _check_corpus(args.corpus, "--corpus")
     _check_corpus(args.task_corpus, "--task-corpus")
     dream = None if args.no_dream else budget_dream_config(args)

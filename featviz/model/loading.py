@@ -6,6 +6,7 @@ only read through safetensors or GGUF; remote code runs only when asked for.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -355,6 +356,36 @@ def _load_on_cpu(spec: str, trust_remote_code: bool) -> ModelHandle:
                            "directory, a .gguf file, or a Hugging Face model id")
     model, tok = _load_hf(spec, None, trust_remote_code, False)
     return wrap_model(model, tok, name=spec)
+
+
+def peek_shape(spec: str | None) -> dict | None:
+    """Architecture and widths of a local model directory from its config.json, without
+    loading any weights (None when that cannot be read so cheaply: GGUF files, hub ids).
+    Keys as on ``ModelHandle``: model_type, arch, d_model, d_mlp, n_heads, vocab_size."""
+    if not spec or not os.path.isdir(spec):
+        return None
+    try:
+        with open(os.path.join(spec, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return None
+    mt = cfg.get("model_type")
+    if mt in LLAMA_FAMILY:
+        keys = {"d_model": "hidden_size", "d_mlp": "intermediate_size",
+                "n_heads": "num_attention_heads"}
+        out = {"arch": "llama"}
+    elif mt in GPT2_FAMILY:
+        keys = {"d_model": "n_embd", "d_mlp": "n_inner", "n_heads": "n_head"}
+        out = {"arch": "gpt2"}
+    else:
+        return None
+    out["model_type"] = mt
+    out.update({k: cfg[v] for k, v in keys.items() if cfg.get(v) is not None})
+    if out["arch"] == "gpt2" and "d_mlp" not in out and "d_model" in out:
+        out["d_mlp"] = 4 * out["d_model"]
+    if cfg.get("vocab_size") is not None:
+        out["vocab_size"] = cfg["vocab_size"]
+    return out
 
 
 def load_model(spec: str | None = None, *, trust_remote_code: bool = False,

@@ -58,7 +58,7 @@ def test_cli_compare_table_json_and_pages(dirs, tmp_path, capsys):
     ("nothing", "nothing to compare"),
     ("outdir", "--out"),
 ])
-def test_cli_compare_errors_are_one_line(dirs, case, msg, capsys, tmp_path):
+def test_cli_compare_errors_are_one_line(dirs, case, msg, capsys, tmp_path, monkeypatch):
     args = ["compare", "--model", dirs["a"], "--targets", "mlp:1:0", "--corpus", dirs["corpus"],
             "--no-dream", *SMALL]
     args += {"arch": ["--against", dirs["gpt2"]],
@@ -66,6 +66,9 @@ def test_cli_compare_errors_are_one_line(dirs, case, msg, capsys, tmp_path):
              "empty": ["--task-corpus", dirs["empty"]],
              "nothing": [],
              "outdir": ["--against", dirs["b"], "--out", str(tmp_path)]}[case]
+    if case == "arch":                  # refused from config.json, before any weights load
+        import featviz.model.loading as loading
+        monkeypatch.setattr(loading, "_load_cached", lambda *a: pytest.fail("a model loaded"))
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     last = err.splitlines()[-1]                  # (transformers' loading bar may come before)

@@ -114,12 +114,17 @@ class CompareResult:
 
 # ---------------------------------------------------------------- stages
 def check_comparable(a, b) -> None:
-    """Refuse two models that do not share an architecture, widths and tokenizer."""
+    """Refuse two models that do not share an architecture, widths and tokenizer.  ``a``
+    and ``b`` are handles, or dicts of the same fields (``model.loading.peek_shape``, read
+    before any weights load; only the fields both give are compared)."""
+    get = lambda x, n: x.get(n) if isinstance(x, dict) else getattr(x, n)  # noqa: E731
     for name in _SAME:
-        va, vb = getattr(a, name), getattr(b, name)
-        if va != vb:
+        va, vb = get(a, name), get(b, name)
+        if va is not None and vb is not None and va != vb:
             raise FeatvizError(f"cannot compare: model A has {name} {va}, model B has {vb}; "
                                "compare two checkpoints of one architecture")
+    if isinstance(a, dict) or isinstance(b, dict):
+        return
     if a.tokenizer is not b.tokenizer and a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
         raise FeatvizError("cannot compare: the two models' tokenizers differ; compare two "
                            "checkpoints that share a tokenizer")
