@@ -86,10 +86,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _glue_negative_targets(argv: list) -> list:
+    """``--target -mlp:3:5`` (a minimised target) would read as an unknown flag: glue it
+    to its option (``--target=-mlp:3:5``), as argparse needs."""
+    out = []
+    for a in argv:
+        if out and out[-1] in ("--target", "--targets") and a.startswith("-") \
+                and not a.startswith("--") and ":" in a:
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv=None) -> int:
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_glue_negative_targets(sys.argv[1:] if argv is None else argv))
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

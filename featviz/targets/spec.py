@@ -1,12 +1,15 @@
 """The target spec grammar: ``mlp:L:N``, ``head:L:H``, ``attn:L:H:K``, ``resid:L:N``,
 ``resid:L:FILE``, each with an optional ``@last`` (default), ``@max``, ``@mean`` or ``@I``
-suffix; TransformerLens hook names as aliases; ranges (``mlp:6:0-63``) for galleries."""
+suffix; TransformerLens hook names as aliases; ranges (``mlp:6:0-63``) for galleries; and
+the target algebra: ``"mlp:3:5 - 0.5*mlp:3:6"`` (binary + and - with spaces around them,
+an optional ``W*`` weight per term) and ``"-mlp:3:5"`` (minimise).  A sum's name
+(``1*mlp:3:5 + -0.5*mlp:3:6``) parses back to the same sum."""
 from __future__ import annotations
 
 import re
 
 from featviz.errors import FeatvizError
-from featviz.targets.core import Atom, Target
+from featviz.targets.core import Atom, Sum, Target
 
 _REDUCTIONS = ("last", "max", "mean")
 _TL_ALIASES = [  # (regex on the part before the reduction, kind)
@@ -49,11 +52,45 @@ def _expand(text: str, what: str, spec: str) -> list[int]:
     return [_int(text, what, spec)]
 
 
-def parse_targets(spec: str, handle=None) -> list[Atom]:
-    """Parse one spec into atoms; ``mlp:6:0-63`` expands to 64 atoms."""
+_BINARY = re.compile(r"\s+([+-])\s+")
+_TERM = re.compile(r"(?P<neg>-)?(?:(?P<w>[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)\s*\*\s*)?"
+                   r"(?P<spec>.*)")
+
+
+def _is_expression(spec: str) -> bool:
+    return bool(_BINARY.search(spec) or spec.startswith(("-", "+")) or _TERM.fullmatch(spec)["w"])
+
+
+def parse_expression(spec: str, handle=None) -> Sum:
+    """``"mlp:3:5 - 0.5*mlp:3:6"``, ``"-mlp:3:5"``: a weighted sum of single targets."""
+    parts = _BINARY.split(spec.strip())
+    terms, sign = [], 1.0
+    for i, part in enumerate(parts):
+        if i % 2:
+            sign = -1.0 if part == "-" else 1.0
+            continue
+        m = _TERM.fullmatch(part.strip())
+        body = m["spec"].strip()
+        if not body or body.startswith(("-", "+", "*")):
+            raise FeatvizError(f"bad target '{spec}': term '{part}' is not [-][W*]TARGET; write "
+                               "e.g. \"mlp:3:5 - 0.5*mlp:3:6\" (spaces around + and -)")
+        atoms = parse_targets(body, handle)
+        if len(atoms) != 1:
+            raise FeatvizError(f"bad target '{spec}': the range '{body}' cannot be a term of a "
+                               "sum; write its targets one by one")
+        w = sign * (-1.0 if m["neg"] else 1.0) * (float(m["w"]) if m["w"] else 1.0)
+        terms.append((w, atoms[0]))
+    return Sum(tuple(terms))
+
+
+def parse_targets(spec: str, handle=None) -> list[Target]:
+    """Parse one spec into targets; ``mlp:6:0-63`` expands to 64 atoms, an expression
+    (``"mlp:3:5 - 0.5*mlp:3:6"``) is one sum."""
     if not isinstance(spec, str) or not spec.strip():
         raise FeatvizError(f"empty target; {_SYNTAX}")
     spec = spec.strip()
+    if _is_expression(spec):
+        return [parse_expression(spec, handle)]
     body, red = _split_reduction(spec)
     for rx, kind in _TL_ALIASES:
         m = rx.match(body)

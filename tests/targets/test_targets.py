@@ -222,3 +222,39 @@ def test_bad_direction_files(llama, tmp_path):
     (tmp_path / "d.txt").write_text("1 2 3")
     with pytest.raises(FeatvizError, match=r"must end in \.npy or \.safetensors"):
         parse_target(f"resid:0:{tmp_path / 'd.txt'}", llama)
+
+
+def test_target_algebra_from_a_spec(tiny):
+    a, b = parse_target("mlp:1:5", tiny), parse_target("mlp:1:6", tiny)
+    [combo] = parse_targets("mlp:1:5 - 0.5*mlp:1:6", tiny)
+    [neg] = parse_targets("-mlp:1:5", tiny)
+    text = "The cat sat on the mat"
+    r = read_text(tiny, [a, b, combo, neg], text)
+    va, vb = np.array(r.values["mlp:1:5"]), np.array(r.values["mlp:1:6"])
+    np.testing.assert_allclose(r.values[str(combo)], va - 0.5 * vb, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(r.values[str(neg)], -va, rtol=1e-6, atol=1e-8)
+    for t in (combo, neg):                            # a sum's name parses back to the sum
+        assert str(parse_target(str(t), tiny)) == str(t)
+    assert [w for w, _ in combo.terms()] == [1.0, -0.5]
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ("mlp:1:0-3 + mlp:1:4", "cannot be a term of a sum"),
+    ("2*", "is not [-][W*]TARGET"),
+    ("mlp:1:5 - 0.5*nope:1:2", "unknown kind 'nope'"),
+])
+def test_target_algebra_errors(spec, msg):
+    with pytest.raises(FeatvizError, match=msg.replace("[", r"\[").replace("*", r"\*")):
+        parse_targets(spec)
+
+
+def test_a_minimised_target_mines_the_most_negative_windows(tiny, tmp_path):
+    from conftest import word_corpus
+
+    from featviz.mining.miner import MineConfig, mine
+    src = word_corpus(tmp_path / "c.txt", 0, 30, 30)
+    cfg = MineConfig(window=16, max_tokens=800, k=3, batch_size=8)
+    plain, minus = mine(tiny, parse_targets("mlp:1:5", tiny) + parse_targets("-mlp:1:5", tiny),
+                        cfg, source=src, progress=False)
+    assert minus.max == pytest.approx(-plain.min, rel=1e-5)
+    assert minus.top[0].value == pytest.approx(-plain.min, rel=1e-5)
