@@ -34,6 +34,12 @@ def add_gallery_parser(sub, common):
     g.add_argument("--merge", metavar="DIR",
                    help="write the index, manifest and gallery.jsonl of DIR from its finished "
                         "target records (after shard runs); nothing else is computed")
+    g.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="run on a Ray cluster: HOST:PORT of a running one, or no address / "
+                        "auto for a local one (pip install 'featviz[ray]')")
+    g.add_argument("--ray-workers", dest="ray_workers", type=int,
+                   help="Ray actors, each with the model loaded once (default: one per GPU, "
+                        "else one per CPU)")
     g.add_argument("--title", default="featviz gallery")
     g.add_argument("--out", default="galleries/gallery", help="output folder")
     g.set_defaults(func=cmd_gallery)
@@ -86,6 +92,10 @@ def cmd_gallery(args) -> int:
     if not args.targets:
         raise FeatvizError("give the targets, e.g. --targets mlp:6:0-63 (or --merge DIR)")
     parse_shard(args.shard)
+    if args.ray is not None:
+        from featviz.site.cluster import check_address, require_ray
+        require_ray()                          # installed and reachable, before any model work
+        check_address(args.ray)
     specs = expand_specs(args.targets, args.layers)
     for s in specs:
         parse_targets(s)                       # syntax first, before any model work
@@ -94,7 +104,8 @@ def cmd_gallery(args) -> int:
     mine = MineConfig(window=args.window, max_tokens=args.tokens, k=args.top_k,
                       include_bos=args.include_bos, seed=seed).check()
     cfg = GalleryConfig(mine=mine, dream=dream, corpus=args.corpus, cache_dir=args.cache_dir,
-                        title=args.title, dream_group=args.dream_group, shard=args.shard).check()
+                        title=args.title, dream_group=args.dream_group, shard=args.shard,
+                        ray=args.ray, ray_workers=args.ray_workers).check()
     handle = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
     targets = [t for s in specs for t in parse_targets(s, handle)]
     try:

@@ -16,7 +16,9 @@ Every accumulator is a function of the set of windows it saw, not of their order
 have power-of-two widths fixed by the largest value, samples are the windows of least
 priority (a pure function of the seed, the target and the window index).  So ``merge``
 of the states of separate passes over disjoint windows (corpus shards, Ray workers)
-equals one pass over all of them (float sums aside, which agree to rounding).
+equals one pass over all of them, provided the parts are whole batches of the one pass
+(``miner.mine_part``): each batch's float sums are then the same, and they are added up
+exactly at the end.
 """
 from __future__ import annotations
 
@@ -104,8 +106,8 @@ class Moments:
         self.hist = np.zeros((n_targets, 2 * bins), dtype=np.int64)
         self.hist_w = np.full(n_targets, np.nan)
         self.n_above = np.zeros(n_targets, dtype=np.int64)
-        self.total = np.zeros(n_targets)
-        self.total2 = np.zeros(n_targets)
+        self.sums: list = []           # per batch: (sum, sum of squares) per target, float64;
+        self._totals = None            # added exactly (fsum) at the end: order-free
         self.vmin = np.full(n_targets, np.inf)
         self.vmax = np.full(n_targets, -np.inf)
         self.nonfinite = np.zeros(n_targets, dtype=np.int64)
@@ -146,8 +148,22 @@ class Moments:
         if valid is not None:
             above &= valid
         self.n_above += above.sum(1).numpy()
-        self.total += flat.sum(1).double().numpy()        # per batch in float32, then float64
-        self.total2 += torch.linalg.vecdot(flat, flat, dim=1).double().numpy()
+        self.sums.append(np.stack([flat.sum(1).double().numpy(),        # per batch in float32
+                                   torch.linalg.vecdot(flat, flat, dim=1).double().numpy()]))
+        self._totals = None
+
+    def totals(self) -> np.ndarray:
+        """(2, T): the exactly rounded sums over batches of the per-batch sums and sums of
+        squares (the same whatever order or split the batches came in)."""
+        if self._totals is None:
+            T = len(self.hist_w)
+            if not self.sums:
+                self._totals = np.zeros((2, T))
+            else:
+                a = np.stack(self.sums)                                   # (batches, 2, T)
+                self._totals = np.array([[math.fsum(a[:, j, t]) for t in range(T)]
+                                         for j in range(2)])
+        return self._totals
 
     def merge(self, o: "Moments") -> None:
         G = self.G
@@ -166,8 +182,8 @@ class Moments:
             self.hist[t] += o.hist[t]
             self.hist_w[t] = w
         self.n_above += o.n_above
-        self.total += o.total
-        self.total2 += o.total2
+        self.sums += o.sums
+        self._totals = None
         self.vmin, self.vmax = np.fmin(self.vmin, o.vmin), np.fmax(self.vmax, o.vmax)
         self.nonfinite += o.nonfinite
 
@@ -179,8 +195,9 @@ class Moments:
             r.max = r.min = r.mean = r.std = r.density = float("nan")
             return
         r.max, r.min = float(self.vmax[t]), float(self.vmin[t])
-        r.mean = float(self.total[t] / n_ok)
-        r.std = float(math.sqrt(max(self.total2[t] / n_ok - r.mean ** 2, 0.0)))
+        total, total2 = self.totals()[:, t]
+        r.mean = float(total / n_ok)
+        r.std = float(math.sqrt(max(total2 / n_ok - r.mean ** 2, 0.0)))
         r.density = float(self.n_above[t] / n_ok)
         w = float(self.hist_w[t])
         r.hist_edges = [float(w * i) for i in range(-self.G, self.G + 1)]

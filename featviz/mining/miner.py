@@ -160,8 +160,8 @@ class Miner:
         return wmax
 
     def merge(self, other: "Miner") -> "Miner":
-        """Add the state of a pass over other windows of the same corpus (a corpus shard):
-        the result equals one pass over both (float sums aside, equal to rounding)."""
+        """Add the state of a pass over other batches of the same corpus (``mine_part``):
+        the result equals one pass over both."""
         if [str(t) for t in other.targets] != [str(t) for t in self.targets] or \
                 other.cfg.key() != self.cfg.key():
             raise FeatvizError("only passes over the same targets with the same mining "
@@ -201,9 +201,10 @@ def mine(handle, targets: list[Target], config: MineConfig | None = None, *,
 def mine_part(handle, targets: list[Target], config: MineConfig | None = None, *,
               source: str | None = None, part: tuple[int, int] | None = None,
               progress: bool = True) -> Miner:
-    """The miner's state after a pass over corpus part ``part = (i, N)``: the windows whose
-    index is i - 1 modulo N (all windows when None).  ``Miner.merge`` adds the parts up;
-    ``finish`` turns the sum into the records one pass over all windows gives."""
+    """The miner's state after a pass over corpus part ``part = (i, N)``: the window
+    batches whose number is i - 1 modulo N (all when None; batches of ``batch_size``
+    consecutive windows, as one pass makes them).  ``Miner.merge`` adds the parts up;
+    ``finish`` turns the sum into exactly the records one pass over all windows gives."""
     cfg = (config or MineConfig()).check()
     i, n = part or (1, 1)
     if not (isinstance(i, int) and isinstance(n, int) and 1 <= i <= n):
@@ -212,9 +213,10 @@ def mine_part(handle, targets: list[Target], config: MineConfig | None = None, *
     miner = Miner(targets, cfg, cfg.window + 1)
     bar = tqdm(total=(cfg.max_tokens // cfg.window) * cfg.window, unit="tok", desc="mining",
                disable=not progress, leave=False)
-    stream = (w for w in corpus_mod.windows(handle, source, cfg.window, max_tokens=cfg.max_tokens)
-              if w.index % n == i - 1)
-    for batch in corpus_mod.batched(stream, cfg.batch_size):
+    stream = corpus_mod.windows(handle, source, cfg.window, max_tokens=cfg.max_tokens)
+    for b, batch in enumerate(corpus_mod.batched(stream, cfg.batch_size)):
+        if b % n != i - 1:
+            continue
         ids = np.stack([w.ids for w in batch])
         miner.update(read_batch(handle, targets, sites, ids), ids.astype(np.int32),
                      np.asarray([w.index for w in batch]))

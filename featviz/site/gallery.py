@@ -35,6 +35,7 @@ from featviz.mining.reference import corpus_reference
 from featviz.search.api import dream_group
 from featviz.search.config import DreamConfig
 from featviz.search.result import DreamResult
+from featviz.site.cluster import RayRunner
 from featviz.site.pages import index_page, target_page
 from featviz.site.runs import (
     is_stale_temp,
@@ -65,12 +66,18 @@ class GalleryConfig:
                                         # None: 16 on a GPU, 1 on a CPU (where it does not pay)
     shard: tuple | str | None = None    # (i, N) or "i/N": compute every N-th target from the
                                         # i-th only (job arrays writing into one folder)
+    ray: str | None = None              # None: this process; "auto": a local Ray cluster;
+                                        # HOST:PORT: a running one (site.cluster)
+    ray_workers: int | None = None      # actors (None: one per GPU, else one per CPU)
 
     def check(self) -> "GalleryConfig":
         if self.dream_group is not None and (not isinstance(self.dream_group, int)
                                              or self.dream_group < 1):
             raise FeatvizError(f"--dream-group must be at least 1, got {self.dream_group}")
         self.shard = parse_shard(self.shard)
+        if self.ray_workers is not None and (not isinstance(self.ray_workers, int)
+                                             or self.ray_workers < 1):
+            raise FeatvizError(f"--ray-workers must be at least 1, got {self.ray_workers}")
         self.mine.check()
         if self.dream is not None:
             self.dream.check()
@@ -254,7 +261,8 @@ def build_gallery(handle, targets: list[Target], config: GalleryConfig | None = 
     todo = [t for t in mine_set if str(t) not in records]
     if progress:
         tqdm.write(plan_text(total=len(names), mine=len(mine_set), todo=len(todo),
-                             group=cfg.dream_group, device=str(handle.device),
+                             group=cfg.dream_group, device=str(handle.device) + (
+                                 f" x {cfg.ray_workers or 'all'} Ray workers" if cfg.ray else ""),
                              budget=cfg.dream.budget_seconds if cfg.dream else 0.0,
                              shard=cfg.shard))
     _write_index(out_dir, cfg.title, meta, names, records)
@@ -299,30 +307,39 @@ def _finished(out_dir: str, names: list, settings_key: str) -> dict:
 
 
 def _compute(handle, todo, cfg, settings_key, meta, names, records, out_dir, progress) -> list:
-    """Mine and dream ``todo``, writing each target as its group finishes.  One bar for
-    the whole run: targets done, targets per hour, the ETA, and the current stage."""
+    """Mine and dream ``todo`` (here, or on Ray workers), writing each target as its group
+    finishes.  One bar for the whole run: targets done, targets per hour, the ETA, and
+    the current stage."""
     if not todo:
         return []
     bar = tqdm(total=len(todo), unit="target", desc="gallery [mining]", disable=not progress)
     t0 = time.perf_counter()
-    mined, _ = mine_cached(handle, todo, cfg.corpus, cfg.mine, cache_dir=cfg.cache_dir,
-                           progress=progress)
-    bar.set_description("gallery [dreaming]" if cfg.dream else "gallery [writing]")
-    ex_of = dict(zip(map(str, todo), mined))
-    done = []
-    for g in range(0, len(todo), cfg.dream_group):
-        group = todo[g:g + cfg.dream_group]
-        t1 = time.perf_counter()
-        outcomes = dream_group(handle, group, cfg.dream)
-        each = (time.perf_counter() - t1) / len(group)
-        for t, (res, err) in zip(group, outcomes):
-            records[str(t)] = _write_target(handle, t, ex_of[str(t)], res, err, each, cfg,
-                                            settings_key, os.path.join(out_dir, "targets"))
-            done.append(str(t))
-            _write_index(out_dir, cfg.title, meta, names, records)
-            bar.update(1)
-            bar.set_postfix_str(f"{len(done) / (time.perf_counter() - t0) * 3600:.0f} targets/h")
-    bar.close()
+    runner = RayRunner(handle, cfg.ray, cfg.ray_workers) if cfg.ray is not None else None
+    try:
+        mined = runner.mine(todo, cfg.mine, cfg.corpus) if runner else mine_cached(
+            handle, todo, cfg.corpus, cfg.mine, cache_dir=cfg.cache_dir, progress=progress)[0]
+        bar.set_description("gallery [dreaming]" if cfg.dream else "gallery [writing]")
+        ex_of = dict(zip(map(str, todo), mined))
+        groups = [todo[g:g + cfg.dream_group] for g in range(0, len(todo), cfg.dream_group)]
+        if runner is None or cfg.dream is None:
+            results = ((i, dream_group(handle, grp, cfg.dream)) for i, grp in enumerate(groups))
+        else:
+            results = runner.dream(groups, cfg.dream)
+        done, t1 = [], time.perf_counter()
+        for gi, outcomes in results:
+            each, t1 = (time.perf_counter() - t1) / len(groups[gi]), time.perf_counter()
+            for t, (res, err) in zip(groups[gi], outcomes):
+                records[str(t)] = _write_target(handle, t, ex_of[str(t)], res, err, each, cfg,
+                                                settings_key, os.path.join(out_dir, "targets"))
+                done.append(str(t))
+                _write_index(out_dir, cfg.title, meta, names, records)
+                bar.update(1)
+                bar.set_postfix_str(f"{len(done) / (time.perf_counter() - t0) * 3600:.0f} "
+                                    "targets/h")
+    finally:
+        if runner is not None:
+            runner.close()
+        bar.close()
     return done
 
 
