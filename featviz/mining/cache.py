@@ -76,6 +76,28 @@ def cache_key(handle, source: str | None, cfg: MineConfig) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def cached_per_target(folder: str | None, names: list[str], load, compute, ok=None
+                      ) -> tuple[list, int]:
+    """The cache's one read-compute-write loop: per target name, the JSON file
+    ``folder/<slug>.json`` read back with ``load`` (when its ``target`` matches and
+    ``ok(doc)``); ``compute(missing indices)`` gives the rest (objects with ``target`` and
+    ``to_json``), each written atomically.  ``folder`` None: no cache.  Returns (results
+    in ``names`` order, number read from the cache)."""
+    found: dict = {}
+    for n in names if folder else []:
+        d = read_json(os.path.join(folder, slug(n) + ".json"), missing_ok=True, corrupt_ok=True)
+        if d is not None and d.get("target") == n and (ok is None or ok(d)):
+            found[n] = load(d)
+    todo = [i for i, n in enumerate(names) if n not in found]
+    if todo:
+        for r in compute(todo):
+            if folder:
+                write_atomic(os.path.join(folder, slug(r.target) + ".json"),
+                             json.dumps(r.to_json(), separators=(",", ":"), allow_nan=True))
+            found[r.target] = r
+    return [found[n] for n in names], len(names) - len(todo)
+
+
 def mine_cached(handle, targets: list, source: str | None, cfg: MineConfig, *,
                 cache_dir: str | None = None, progress: bool = True
                 ) -> tuple[list[TargetExemplars], int]:
@@ -85,19 +107,8 @@ def mine_cached(handle, targets: list, source: str | None, cfg: MineConfig, *,
     """
     cfg.check()
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    if not cache_dir:
-        return mine(handle, targets, cfg, source=source, progress=progress), 0
-    folder = os.path.join(cache_dir, cache_key(handle, source, cfg))
-    found: dict = {}
-    for t in targets:
-        d = read_json(os.path.join(folder, slug(str(t)) + ".json"), missing_ok=True,
-                      corrupt_ok=True)
-        if d is not None and d.get("target") == str(t):
-            found[str(t)] = TargetExemplars.from_json(d)
-    todo = [t for t in targets if str(t) not in found]
-    if todo:
-        for r in mine(handle, todo, cfg, source=source, progress=progress):
-            write_atomic(os.path.join(folder, slug(r.target) + ".json"),
-                         json.dumps(r.to_json(), separators=(",", ":"), allow_nan=True))
-            found[r.target] = r
-    return [found[str(t)] for t in targets], len(targets) - len(todo)
+    folder = os.path.join(cache_dir, cache_key(handle, source, cfg)) if cache_dir else None
+    return cached_per_target(
+        folder, [str(t) for t in targets], TargetExemplars.from_json,
+        lambda todo: mine(handle, [targets[i] for i in todo], cfg, source=source,
+                          progress=progress))

@@ -25,13 +25,12 @@ from tqdm.auto import tqdm
 
 import featviz.mining.corpus as corpus_mod
 from featviz.errors import FeatvizError
-from featviz.fileio import read_json, write_atomic
 from featviz.mining.cache import (
     CACHE_VERSION,
+    cached_per_target,
     corpus_identity,
     default_cache_dir,
     model_fingerprint,
-    slug,
 )
 from featviz.mining.miner import MineConfig, Miner, read_batch
 from featviz.mining.records import TargetExemplars
@@ -148,21 +147,9 @@ def mine_joint_cached(handles: list, targets_by_model: list[list], source: str |
     atomically); returns (results, number read from the cache).  ``cache_dir=""``: no cache."""
     cfg.check()
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    if not cache_dir:
-        return mine_joint(handles, targets_by_model, cfg, source=source, progress=progress), 0
-    folder = os.path.join(cache_dir, joint_cache_key(handles, source, cfg))
-    found: dict = {}
-    for t in targets_by_model[0]:
-        d = read_json(os.path.join(folder, slug(str(t)) + ".json"), missing_ok=True,
-                      corrupt_ok=True)
-        if d is not None and d.get("target") == str(t) and len(d.get("records", [])) == len(handles):
-            found[str(t)] = Joint.from_json(d)
-    todo = [i for i, t in enumerate(targets_by_model[0]) if str(t) not in found]
-    if todo:
-        part = [[ts[i] for i in todo] for ts in targets_by_model]
-        for j in mine_joint(handles, part, cfg, source=source, progress=progress):
-            write_atomic(os.path.join(folder, slug(j.target) + ".json"),
-                         json.dumps(j.to_json(), separators=(",", ":"), allow_nan=True))
-            found[j.target] = j
-    names = [str(t) for t in targets_by_model[0]]
-    return [found[n] for n in names], len(names) - len(todo)
+    folder = os.path.join(cache_dir, joint_cache_key(handles, source, cfg)) if cache_dir else None
+    return cached_per_target(
+        folder, [str(t) for t in targets_by_model[0]], Joint.from_json,
+        lambda todo: mine_joint(handles, [[ts[i] for i in todo] for ts in targets_by_model],
+                                cfg, source=source, progress=progress),
+        ok=lambda d: len(d.get("records", [])) == len(handles))

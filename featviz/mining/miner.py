@@ -161,7 +161,8 @@ class Miner:
 
     def merge(self, other: "Miner") -> "Miner":
         """Add the state of a pass over other batches of the same corpus (``mine_part``):
-        the result equals one pass over both."""
+        the result equals one pass over both.  ``other`` may be changed (its grids are
+        coarsened to match); pass a copy to keep it."""
         if [str(t) for t in other.targets] != [str(t) for t in self.targets] or \
                 other.cfg.key() != self.cfg.key():
             raise FeatvizError("only passes over the same targets with the same mining "

@@ -3,10 +3,10 @@ import copy
 import glob
 import json
 import os
-import shutil
 
 import pytest
 import torch
+from browser import browser_page, needs_chromium
 from conftest import TEXT, make_tokenizer, tiny_llama, word_corpus
 
 import featviz
@@ -57,21 +57,10 @@ def test_comparison_pages_escape_everything(site):
     assert "flipped" in flipped and flipped.count("<polyline") == 2 + 2 * 2   # A/B, task/general
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt install chromium)")
+@needs_chromium
 def test_comparison_pages_in_a_browser(site, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
     out, doc = site
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--disable-background-networking", "--no-first-run"])
-        page = browser.new_page()
-        errors, dialogs = [], []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    with browser_page() as (page, errors, dialogs):
         page.goto("file://" + os.path.abspath(f"{out}/index.html"))
         assert page.locator("#targets tbody tr").count() == 5
         col = lambda: [r.get_attribute("data-v") for r in page.locator(  # noqa: E731
@@ -90,5 +79,4 @@ def test_comparison_pages_in_a_browser(site, tmp_path):
         assert page.locator("body img").count() == 0 and page.locator("body script").count() == 0
         page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
         assert not errors and not dialogs
-        browser.close()
     assert os.path.getsize(tmp_path / "compare.png") > 1000

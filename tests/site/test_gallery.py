@@ -6,6 +6,7 @@ import shutil
 from dataclasses import replace
 
 import pytest
+from browser import browser_page, needs_chromium
 from conftest import TEXT, make_tokenizer, tiny_llama, word_corpus
 
 import featviz
@@ -171,21 +172,10 @@ def test_gallery_bad_input(hostile, corpus, tmp_path):
         build_gallery(hostile, t, cfg_for(str(tmp_path / "missing.txt")), out_dir=str(tmp_path / "g2"))
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium package (apt install chromium)")
+@needs_chromium
 def test_gallery_in_a_browser(built, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
     out, res = built
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--disable-background-networking", "--no-first-run"])
-        page = browser.new_page()
-        errors, dialogs = [], []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    with browser_page() as (page, errors, dialogs):
         page.goto("file://" + os.path.abspath(f"{out}/index.html"))
         rows = page.locator("#targets tbody tr")
         assert rows.count() == len(res.done)
@@ -215,7 +205,6 @@ def test_gallery_in_a_browser(built, tmp_path):
         assert page.locator("body img").count() == 0 and page.locator("body script").count() == 0
         page.screenshot(path=str(tmp_path / "target.png"), full_page=True)
         assert not errors and not dialogs
-        browser.close()
     assert os.path.getsize(tmp_path / "index.png") > 1000
 
 
