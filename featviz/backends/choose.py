@@ -72,7 +72,8 @@ def scorer(backend: str, handle, target, tokens, n: int, precision: str, autocas
 
 
 def relaxer(backend: str, handle, target, mask, tokens, settings, generator, autocast):
-    """The relaxation of ``backend`` for ``target`` (a ``PerRow`` for several at once)."""
+    """The relaxation of ``backend`` for ``target`` (a ``PerRow`` for several at once);
+    ``generator``: one per target, for the torch relaxation's noise (JAX keys its own)."""
     if backend == "jax":
         from featviz.backends.jax.relax import JaxRelaxer
         return JaxRelaxer(handle, target, mask, tokens, settings)

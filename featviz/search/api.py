@@ -11,7 +11,9 @@ readable vocabulary with one lambda (or xe cap) per row -> hard tokens sampled f
 the relaxed logits -> gradient- and LM-guided single-token swaps scored exactly ->
 round-trip check -> every reported number recomputed on the re-encoded text.
 ``TargetSearch`` holds one target's state through these stages; ``dream_many`` runs several
-searches with the relaxation shared (each batch row reading its own target).
+searches in lockstep (``search.lockstep``): every stage's forward passes (model samples,
+beams, the relaxation, swap children, the sweep, verification) run for all targets in one
+batch, each row reading its own target.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from featviz.model.tokens import Tokens
 from featviz.model.vocab import readable_mask
 from featviz.search.budget import Clock, check_memory, fit_budget
 from featviz.search.config import DreamConfig
+from featviz.search.lockstep import Server, drive
 from featviz.search.result import DreamResult
 from featviz.search.target_search import TargetSearch
 from featviz.targets.core import PerRow, Target
@@ -42,17 +45,18 @@ def dream(handle, target: Target | str, config: DreamConfig | None = None, *,
 
 def dream_many(handle, targets, config: DreamConfig | None = None, *,
                progress: bool = True) -> list[DreamResult]:
-    """Dream several targets with one shared relaxation: target i owns rows
-    i*batch .. (i+1)*batch-1 of a (targets x batch)-row relaxation (``PerRow``), so one
-    compiled step serves them all; init, swaps and the verified report stay per target,
-    and each target's result is what ``dream`` would compute from the same relaxed logits.
-    ``budget_seconds`` is per target (the run takes about len(targets) times it)."""
+    """Dream several targets in one batch: every stage runs for all of them at once, target
+    i owning rows i*batch .. (i+1)*batch-1 of the relaxation and its own rows of every
+    scoring pass (``PerRow``).  Each target keeps its own state and random generator, so on
+    the torch backend its result is what ``dream`` computes for it alone under the same
+    step counts and seed.  ``budget_seconds`` is per target (the run takes about
+    len(targets) times it)."""
     run = _Run.prepare(handle, targets, config, progress)
     searches = [TargetSearch(handle, t, run.cfg, run.tokens, run.mask, run.tick, run.backend)
                 for t in run.targets]
     try:
         run.init_relax_harden(searches)                  # stages 1-3
-        return [run.refine_and_report(i, s) for i, s in enumerate(searches)]   # stages 4-5
+        return run.refine_and_report(searches)           # stages 4-5
     finally:
         run.bar.close()
 
@@ -97,6 +101,7 @@ class _Run:
     total: float | None        # the whole run's budget (per target x targets)
     clock: Clock
     bar: object
+    server: Server
     joint_seconds: float = 0.0
 
     @classmethod
@@ -121,7 +126,8 @@ class _Run:
         bar = tqdm(total=total or (resolved.relax.steps * resolved.relax.restarts + resolved.swaps.swap_iters * K),
                    desc=f"dreaming {targets[0]}" if K == 1 else f"dreaming {K} targets",
                    disable=not progress, leave=False, unit="s" if total else "step")
-        return cls(handle, targets, resolved, cfg, tokens, mask, backend, total, Clock(total), bar)
+        return cls(handle, targets, resolved, cfg, tokens, mask, backend, total, Clock(total), bar,
+                   Server(handle, tokens, mask, resolved, backend))
 
     @staticmethod
     def joint_of(targets, B: int):
@@ -145,7 +151,7 @@ class _Run:
         settings = RelaxSettings(cfg.relax.steps, cfg.relax.lr, cfg.relax.tau0, cfg.relax.tau1, cfg.relax.straight_through,
                                  cfg.seed, cfg.precision)
         relax = relaxer(self.backend, self.handle, self.joint_of(self.targets, B), self.mask,
-                        self.tokens, settings, searches[0].gen, searches[0].autocast)
+                        self.tokens, settings, [s.gen for s in searches], searches[0].autocast)
         lam = torch.cat([s.lam for s in searches])
         cap = torch.cat([s.cap for s in searches])
         t_relax, t_init = time.perf_counter(), 0.0
@@ -153,7 +159,8 @@ class _Run:
             if r > 0 and relax_budget is not None and self.clock.elapsed() >= relax_budget:
                 break
             t = time.perf_counter()
-            inits = [s.start(r, self.init_deadline()) for s in searches]  # each keeps its share
+            deadline = self.init_deadline()
+            inits = drive(self.server, [(s, s.start(r, deadline)) for s in searches])
             t_init += time.perf_counter() - t
             if all(i is None for i in inits) or cfg.relax.steps == 0 or cfg.relax.relax_fraction == 0 or (
                     relax_budget is not None and self.clock.elapsed() >= relax_budget):
@@ -173,9 +180,9 @@ class _Run:
             secs = None if relax_budget is None else \
                 (relax_budget - self.clock.elapsed()) / (cfg.relax.restarts - r)
             theta, trace = relax(theta, lam, cap, seconds=secs, restart=r, on_step=on_step)
-            for i, s in enumerate(searches):
-                part = slice(i * B, (i + 1) * B)
-                s.discretize(theta[part], [sn[part] for sn in snaps], trace)
+            parts = [slice(i * B, (i + 1) * B) for i in range(K)]
+            drive(self.server, [(s, s.discretize(theta[p], [sn[p] for sn in snaps], trace))
+                                for s, p in zip(searches, parts)])
         self.joint_seconds = time.perf_counter() - t_relax
         for s in searches:
             s.stats["seconds"]["init"] = t_init / K
@@ -187,20 +194,25 @@ class _Run:
                                "or a longer budget")
 
     def init_deadline(self) -> float | None:
-        """When this target's init must end (perf_counter), or None without a budget."""
+        """When this restart's init must end for all targets (perf_counter; each target's
+        share, the targets running together), or None without a budget."""
         cfg = self.cfg
         if self.total is None:
             return None
-        return time.perf_counter() + cfg.budget_seconds * cfg.start.init_fraction / cfg.relax.restarts
+        return time.perf_counter() + self.total * cfg.start.init_fraction / cfg.relax.restarts
 
-    # ---- stages 4-5 per target, each with an equal share of what is left ----
-    def refine_and_report(self, i: int, s: TargetSearch) -> DreamResult:
-        K, total, cfg = len(self.targets), self.total, self.cfg
+    # ---- stages 4-5, all targets together on what is left of the run's budget ----
+    def refine_and_report(self, searches) -> list[DreamResult]:
+        K, total, cfg = len(searches), self.total, self.cfg
         t_own = time.perf_counter()
-        share = Clock(None if total is None else (total - self.clock.elapsed()) / (K - i))
+        clock = Clock(None if total is None else total - self.clock.elapsed())
         # kept for verification: ~32 rows scored in float32 (with headroom), at the rate
-        # measured at init
-        reserve = 0.0 if total is None else max(0.02 * cfg.budget_seconds, 48 * s.row_seconds)
-        s.refine(share, reserve, budgeted=total is not None)
-        return s.report(self.user_cfg, self.backend,
-                        self.joint_seconds / K + time.perf_counter() - t_own)
+        # measured at init (in a group the group's rate, which verifies all its targets)
+        reserve = [0.0 if total is None else max(0.02 * cfg.budget_seconds * K, 48 * s.row_seconds)
+                   for s in searches]
+
+        def stages(s, reserve):
+            yield from s.refine(clock, reserve, budgeted=total is not None)
+            return (yield from s.report(self.user_cfg, self.backend,
+                                        (self.joint_seconds + time.perf_counter() - t_own) / K))
+        return drive(self.server, [(s, stages(s, r)) for s, r in zip(searches, reserve)])

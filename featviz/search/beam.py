@@ -26,7 +26,7 @@ def _read(handle, atoms, caps, length):
     return {a: a.per_position(caps, handle, length).float() for a in atoms}
 
 
-def _forward(handle, target, ids, cache, kw, length):
+def _forward(handle, atoms, sites, ids, cache, kw, length):
     """Full forward of ``ids`` after ``cache``: ({atom: values at the new positions}, logits,
     cache)."""
     out_cache = {}
@@ -37,11 +37,11 @@ def _forward(handle, target, ids, cache, kw, length):
 
     h = handle.model.register_forward_hook(grab)
     try:
-        caps, logits = run(handle, target.sites(), input_ids=ids, need_logits=True,
+        caps, logits = run(handle, sites, input_ids=ids, need_logits=True,
                            model_kwargs={kw: cache, "use_cache": True})
     finally:
         h.remove()
-    return _read(handle, _atoms(target), caps, length), logits, out_cache["cache"]
+    return _read(handle, atoms, caps, length), logits, out_cache["cache"]
 
 
 def _candidates(logp: torch.Tensor, k: int, generator=None) -> torch.Tensor:
@@ -53,10 +53,13 @@ def _candidates(logp: torch.Tensor, k: int, generator=None) -> torch.Tensor:
     return (logp - torch.log(-torch.log(u))).topk(k, -1).indices
 
 
-def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: int = 8,
-                expand: int = 48, lam: float = 0.5, generator: torch.Generator | None = None,
-                sample: bool = False, deadline: float | None = None):
-    """Returns (ids (beams, n), activation (beams,), xe (beams,)) of the final beams.
+def beam_search_many(handle, jobs, tokens, mask: torch.Tensor, n: int, *, beams: int = 8,
+                     expand: int = 48, deadline: float | None = None):
+    """Several beam searches at once, one per job ``(target, lam, generator or None)``: each
+    job keeps its own ``beams`` beams by its own target and lambda and draws its sampled
+    candidates (a generator given) from its own generator, while every step's forward
+    passes run for all jobs' beams in one batch.  Returns [(ids (beams, n), activation
+    (beams,), xe (beams,))] per job: what ``beam_search`` returns for that job alone.
 
     A candidate is ranked by the target's value on the sequence so far
     (``Target.evaluate_prefix``): every position's reading is exact (a key not reached yet
@@ -69,46 +72,75 @@ def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: in
     holds however slow a step is."""
     kw = cache_kw(handle.model)
     dev = handle.device
-    sites = target.sites()
-    atoms = _atoms(target)
+    targets = [t for t, _, _ in jobs]
+    sites = set().union(*(t.sites() for t in targets))
+    atoms = [_atoms(t) for t in targets]
+    every_atom = list(dict.fromkeys(a for job_atoms in atoms for a in job_atoms))
     s0 = tokens.start
     length, span = s0 + n, (s0, s0 + n)                  # the finished sequence (no suffix)
-    target.check_length(length, span)
+    for t in targets:
+        t.check_length(length, span)
     depth = max(layer for _, layer in sites) + 1          # layers a candidate runs through
     neg = torch.where(mask, 0.0, float("-inf"))
+    J = len(jobs)
     with torch.no_grad():
         start = torch.tensor([[handle.bos_id, *tokens.prefix]], device=dev)
-        hist, logits, cache = _forward(handle, target, start, None, kw, length)
-        logp = torch.log_softmax(logits[:, -1].float(), -1) + neg      # (1, V)
-        ids = torch.zeros(1, 0, dtype=torch.long, device=dev)
-        xe_sum = torch.zeros(1, device=dev)
-        act = torch.zeros(1, device=dev)
-        lam_t, cap_t = torch.tensor([lam], device=dev), torch.tensor([float("inf")], device=dev)
+        first, logits, cache = _forward(handle, every_atom, sites, start, None, kw, length)
+        cache.batch_repeat_interleave(J)
+        logp = (torch.log_softmax(logits[:, -1].float(), -1) + neg).repeat(J, 1)   # (J, V)
+        count = [1] * J                                   # beams per job, rows in job order
+        ids = [torch.zeros(1, 0, dtype=torch.long, device=dev) for _ in jobs]
+        xe_sum = [torch.zeros(1, device=dev) for _ in jobs]
+        act = [torch.zeros(1, device=dev) for _ in jobs]
+        hist = [{a: first[a] for a in job_atoms} for job_atoms in atoms]
+        lams = [(torch.tensor([lam], device=dev), torch.tensor([float("inf")], device=dev))
+                for _, lam, _ in jobs]
         for t in range(n):
             late = deadline is not None and time.perf_counter() > deadline
             k = 1 if late else min(expand, int(mask.sum()))
-            cand = _candidates(logp, k, generator if sample and not late else None)  # (b, k)
+            offs = [sum(count[:j]) for j in range(J)]
+            cand = torch.cat([_candidates(logp[o:o + c], k, None if late else g)
+                              for o, c, (_, _, g) in zip(offs, count, jobs)])   # (rows, k)
             lp = logp.gather(-1, cand)
             cache.batch_repeat_interleave(k)
-            # candidates run only up to the target's layer; the kept ones then run through
-            # the whole model for their next-token logits (k x fewer full passes)
+            # candidates run only up to the deepest target's layer; the kept ones then run
+            # through the whole model for their next-token logits (k x fewer full passes)
             caps, _ = run(handle, sites, input_ids=cand.reshape(-1, 1),
                           model_kwargs={kw: cache, "use_cache": True})
-            new = _read(handle, atoms, caps, length)
-            kid_hist = {a: torch.cat([hist[a].repeat_interleave(k, 0), new[a]], 1) for a in atoms}
-            kid_act = target.evaluate_prefix(kid_hist, length, span)
-            kid_xe = (xe_sum.repeat_interleave(k) - lp.reshape(-1)) / (t + 1)
-            score = combine(kid_act.float(), kid_xe, lam_t, cap_t)
-            score = torch.nan_to_num(score, nan=-float("inf"))
-            keep = score.topk(min(beams, score.numel())).indices
-            cache.batch_select_indices(keep)
+            new = _read(handle, every_atom, caps, length)
+            keep_all = []
+            for j, (target, _, _) in enumerate(jobs):
+                rows = slice(offs[j] * k, (offs[j] + count[j]) * k)
+                kid_hist = {a: torch.cat([hist[j][a].repeat_interleave(k, 0), new[a][rows]], 1)
+                            for a in atoms[j]}
+                kid_act = target.evaluate_prefix(kid_hist, length, span)
+                kid_xe = (xe_sum[j].repeat_interleave(k) - lp[offs[j]:offs[j] + count[j]]
+                          .reshape(-1)) / (t + 1)
+                score = torch.nan_to_num(combine(kid_act.float(), kid_xe, *lams[j]),
+                                         nan=-float("inf"))
+                keep = score.topk(min(beams, score.numel())).indices
+                keep_all.append(keep + offs[j] * k)
+                parent = keep // k
+                ids[j] = torch.cat([ids[j][parent], cand[offs[j]:offs[j] + count[j]]
+                                    .reshape(-1)[keep, None]], 1)
+                xe_sum[j] = kid_xe[keep] * (t + 1)
+                act[j] = kid_act[keep].float()
+                hist[j] = {a: v[keep] for a, v in kid_hist.items()}
+                count[j] = len(keep)
+            cache.batch_select_indices(torch.cat(keep_all))
             drop_newest(cache, depth)
-            parent = keep // k
-            ids = torch.cat([ids[parent], cand.reshape(-1)[keep, None]], 1)
-            xe_sum = kid_xe[keep] * (t + 1)
-            act = kid_act[keep].float()
-            hist = {a: v[keep] for a, v in kid_hist.items()}
             if t + 1 < n:
-                _, kid_logits, cache = _forward(handle, target, ids[:, -1:], cache, kw, length)
+                _, kid_logits, cache = _forward(handle, [], sites, torch.cat(ids)[:, -1:],
+                                                cache, kw, length)
                 logp = torch.log_softmax(kid_logits[:, -1].float(), -1) + neg
-    return ids, act, xe_sum / n
+    return [(i, a, x / n) for i, a, x in zip(ids, act, xe_sum)]
+
+
+def beam_search(handle, target, tokens, mask: torch.Tensor, n: int, *, beams: int = 8,
+                expand: int = 48, lam: float = 0.5, generator: torch.Generator | None = None,
+                sample: bool = False, deadline: float | None = None):
+    """One LM-guided beam search (see ``beam_search_many``): (ids (beams, n), activation
+    (beams,), xe (beams,)) of the final beams; candidates are sampled from ``generator``
+    when ``sample``, else the model's top tokens."""
+    return beam_search_many(handle, [(target, lam, generator if sample else None)], tokens,
+                            mask, n, beams=beams, expand=expand, deadline=deadline)[0]

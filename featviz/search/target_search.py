@@ -1,6 +1,7 @@
 """One target's search state through the stages: archive, population, rotation queue,
-stats.  The relaxation may be shared with other targets (``search.api.dream_many``);
-everything else here is per target."""
+stats.  Each stage that needs the model is a generator that yields its forward passes as
+requests (``search.lockstep``), so a group of searches runs them batched; the state, the
+random draws and every decision stay per target."""
 from __future__ import annotations
 
 import math
@@ -11,11 +12,11 @@ import torch
 from featviz.backends.choose import scorer
 from featviz.model.tokens import Tokens
 from featviz.search.archive import Archive
-from featviz.search.beam import beam_search
 from featviz.search.budget import Clock
 from featviz.search.config import DreamConfig
 from featviz.search.init import init_ids
-from featviz.search.moves import crossover, propose, rotations, sweep_last
+from featviz.search.lockstep import Beam, Evaluate, Grads, Sample, Sweep, Verify
+from featviz.search.moves import crossover, propose, rotations
 from featviz.search.population import (
     Population,
     population,
@@ -24,14 +25,14 @@ from featviz.search.population import (
     stable_unique,
 )
 from featviz.search.result import DreamResult
-from featviz.search.verify import verified_frontier
+from featviz.search.verify import assemble_frontier, frontier_keys
 from featviz.targets.core import Target
 
 
 class TargetSearch:
-    """One target's search: its archive, population, rotation queue and stats.  The
-    relaxation may be shared with other targets (``dream_many``); everything else is
-    per target."""
+    """One target's search: its archive, population, rotation queue and stats.  Its
+    stages (``start``, ``discretize``, ``refine``, ``report``) are generators of
+    ``search.lockstep`` requests; ``lockstep.drive`` runs them, alone or in a group."""
 
     def __init__(self, handle, target: Target, cfg: DreamConfig, tokens: Tokens, mask, tick,
                  backend: str = "torch"):
@@ -47,20 +48,15 @@ class TargetSearch:
         self.autocast = torch.autocast(self.dev.type, dtype=torch.bfloat16,
                                        enabled=cfg.precision == "bf16")
         self.scorer = scorer(backend, handle, target, tokens, cfg.length, cfg.precision,
-                             self.autocast)        # the backend's exact scoring
+                             self.autocast)        # the backend's exact scoring (the JAX
+                                                   # backend's requests are served by it)
         self.pending_rot = []   # rotation candidates waiting for the next scoring round
         self.row_seconds = 0.0  # measured seconds per exactly scored row
         self.scored_seconds, self.scored_rows = 0.0, 0
+        self.mark = 0           # the swap iteration (lockstep.drive keeps a group together by it)
         self.last_only = all(a.reduction == "last" for _, a in target.terms())
         self.rotating = self.last_only and cfg.swaps.rotate > 0      # rotate: 0 turns rotations off,
                                                                # not the last-position sweep
-
-    # -- exact scores and one-hot gradients, on the search's backend --
-    def evaluate(self, ids, with_xe: bool = True):
-        return self.scorer.evaluate(ids, with_xe)
-
-    def grads(self, pop):
-        return self.scorer.onehot_grads(pop, self.lam, self.cap)
 
     # -- archive bookkeeping --
     def note_rotations(self, ids, per, floor):
@@ -78,9 +74,10 @@ class TargetSearch:
         cands = stable_unique(self.tokens, cands, self.archive)
         if len(cands):
             t = time.perf_counter()
-            a, x, per = self.evaluate(cands)
+            a, x, per = yield Evaluate(cands)
             # seconds per exactly scored row (activation + xe), over all rows scored so far
-            # (small batches' fixed costs averaged in): what budgets are planned by
+            # (small batches' fixed costs averaged in; in a group, the group's pass): what
+            # budgets are planned by
             self.scored_seconds += time.perf_counter() - t
             self.scored_rows += len(cands)
             self.row_seconds = self.scored_seconds / self.scored_rows
@@ -99,7 +96,9 @@ class TargetSearch:
         while done < want and (done == 0 or deadline is None
                                or time.perf_counter() < deadline):
             chunk = min(want - done, max(self.B, 16))
-            self.score_into_archive(init_ids(self.h, cfg, tokens, self.mask, self.gen, chunk))
+            ids = (yield Sample(chunk)) if cfg.start.init == "model" else \
+                init_ids(self.h, cfg, tokens, self.mask, self.gen, chunk)
+            yield from self.score_into_archive(ids)
             done += chunk
         self.stats["init_samples"] = done
         if cfg.start.init == "model" and not tokens.suffix:
@@ -107,16 +106,12 @@ class TargetSearch:
                 if deadline is not None and time.perf_counter() > deadline:
                     self.stats["beams_skipped"] = len(cfg.start.beam_lams) - j
                     break
-                with self.autocast:
-                    bids, _, _ = beam_search(self.h, self.target, tokens, self.mask, self.n,
-                                             beams=cfg.start.beam_width, expand=cfg.start.beam_expand,
-                                             lam=float(bl), generator=self.gen,
-                                             sample=(r + j) > 0, deadline=deadline)
-                self.score_into_archive(bids)
+                bids, _, _ = yield Beam(float(bl), (r + j) > 0, deadline)
+                yield from self.score_into_archive(bids)
                 self.tick()
         rot = self.take_rotations()
         if rot is not None:
-            self.score_into_archive(rot)
+            yield from self.score_into_archive(rot)
         if not self.archive.entries:
             return None
         return population(self.archive, self.lam, self.cap, self.dev, self.cfg.rows.distinct)
@@ -136,7 +131,7 @@ class TargetSearch:
         elif self.cfg.relax.hard_samples:
             s = torch.multinomial(p, self.cfg.relax.hard_samples, replacement=True, generator=self.gen)
             cands.append(s.reshape(self.B, self.n, -1).permute(0, 2, 1).reshape(-1, self.n))
-        self.score_into_archive(torch.cat(cands))
+        yield from self.score_into_archive(torch.cat(cands))
 
     # -- stage 4: gradient- and LM-guided swaps, scored exactly --
     def swap_plan(self) -> dict:
@@ -171,7 +166,8 @@ class TargetSearch:
             if left <= 0 or frac < 0.05:
                 break
             t_it = time.perf_counter()
-            pop = self.iterate(pop, plan, frac)
+            self.mark = it + 1
+            pop = yield from self.iterate(pop, plan, frac)
             dt = (time.perf_counter() - t_it) / frac          # what a full one would take
             longest = max(longest, dt) if it else dt
             it += 1
@@ -187,12 +183,12 @@ class TargetSearch:
         crossovers, score them all exactly and keep each row's best."""
         cfg = self.cfg
         sweep = max(1, int(plan["sweep"] * frac)) if plan["sweep"] else 0
-        grad, lm = self.grads(pop.ids)
+        grad, lm = yield Grads(pop.ids, self.lam, self.cap)
         kids = propose(pop.ids, grad.float(), lm.float(), self.mask,
                        max(1, int(cfg.swaps.children * frac)), cfg.swaps.k_grad, cfg.swaps.k_lm, plan["lm_rows"],
                        self.gen)
         if sweep and self.last_only and not self.tokens.suffix:
-            pop = self.sweep(pop, grad, lm, sweep)
+            pop = yield from self.sweep(pop, grad, lm, sweep)
         rot = self.take_rotations()
         if rot is not None:
             kids = torch.cat([rot, kids])
@@ -200,15 +196,13 @@ class TargetSearch:
             kids = torch.cat([crossover(pop.ids, pop.act, pop.xe,
                                         max(1, int(cfg.swaps.crossover * frac)), 4, self.gen), kids])
         kids = stable_unique(self.tokens, kids, self.archive)
-        return self.score_children(pop, kids, plan["two_stage"])
+        return (yield from self.score_children(pop, kids, plan["two_stage"]))
 
     def sweep(self, pop: Population, grad, lm, sweep: int) -> Population:
         """Every row tries ``sweep`` tokens at its last position (one KV-cache pass); the
         best few per row, and overall, are archived and merged."""
         cfg, lam, cap, dev, B = self.cfg, self.lam, self.cap, self.dev, self.B
-        with self.autocast:
-            sk, sa, sdx = sweep_last(self.tokens, self.target, pop.ids, grad, lm, self.mask,
-                                     sweep)
+        sk, sa, sdx = yield Sweep(pop.ids, grad, lm, sweep)
         sa = torch.nan_to_num(sa.float(), nan=-math.inf)
         sx = pop.xe.repeat_interleave(sweep) + sdx
         rows = scores_for_rows(sa, sx, lam, cap)                    # (B, B*sweep)
@@ -231,7 +225,7 @@ class TargetSearch:
         cfg, archive = self.cfg, self.archive
         floor = float(pop.act.max())
         if len(kids) and two_stage:
-            ka, _, per = self.evaluate(kids, with_xe=False)
+            ka, _, per = yield Evaluate(kids, with_xe=False)
             ka = ka.float()
             self.note_rotations(kids, per.float(), floor)
             m = max(1, math.ceil(cfg.swaps.xe_share * len(kids)))
@@ -240,7 +234,7 @@ class TargetSearch:
             kids = kids[order[:m]]
         if not len(kids):
             return pop
-        ka, kx, per = self.evaluate(kids)
+        ka, kx, per = yield Evaluate(kids)
         ka, kx = ka.float(), kx.float()
         archive.add(kids, ka, kx)
         if not two_stage:
@@ -251,10 +245,12 @@ class TargetSearch:
     def report(self, user_cfg: DreamConfig, backend: str, seconds: float) -> DreamResult:
         cfg, target, handle = self.cfg, self.target, self.h
         t_ver = time.perf_counter()
+        self.mark = math.inf                       # verified after every search's swaps
         limits = [float(c) for c in tuple(cfg.rows.caps) + (cfg.xe_cap, math.inf)]
-        frontier, n_verified = verified_frontier(
-            handle, target, self.tokens, self.archive, self.n, limits,
-            slack=0.0 if cfg.precision == "fp32" else 0.25)  # bf16 xe may differ a little
+        front, few = frontier_keys(self.archive, limits,
+                                   slack=0.0 if cfg.precision == "fp32" else 0.25)  # bf16 xe
+        checked = yield Verify(front + [k for keys in few for k in keys])  # may differ a little
+        frontier, n_verified = assemble_frontier(checked, front, few, limits), len(checked)
 
         def best_under(limit):
             ok = [c for c in frontier if c.xe <= limit]

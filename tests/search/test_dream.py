@@ -50,14 +50,15 @@ def test_temperature_and_gumbel():
 # the round-trip filter is load-bearing (with "ascii" this tokenizer is nearly always stable)
 @pytest.mark.parametrize("vocab", ["ascii", "all"])
 def test_dream_mechanics(tiny, monkeypatch, vocab):
+    import featviz.search.lockstep as lockstep
     import featviz.search.verify as dm
     scored = set()                       # the token rows the search handed to verification
-    real = dm.verify_many
+    real = dm.verify_jobs
 
-    def spy(handle, target, tokens, keys, n, *a, **k):
-        scored.update(tuple(key) for key in keys)
-        return real(handle, target, tokens, keys, n, *a, **k)
-    monkeypatch.setattr(dm, "verify_many", spy)
+    def spy(handle, tokens, jobs, n, *a, **k):
+        scored.update(tuple(key) for _, keys in jobs for key in keys)
+        return real(handle, tokens, jobs, n, *a, **k)
+    monkeypatch.setattr(lockstep, "verify_jobs", spy)
     res = dream(tiny, "mlp:1:3", DreamConfig(vocab=vocab, **FAST), progress=False)
     # frontier: xe ascending, activation strictly ascending (monotone)
     xs = [c.xe for c in res.frontier]
@@ -216,6 +217,37 @@ def test_per_row_target_reads_each_rows_own_target(llama):
     assert pr.max_layer == 2 and pr.sites() == set().union(*(t.sites() for t in ts))
 
 
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_a_batched_group_equals_one_at_a_time(model, request, monkeypatch):
+    """Every stage runs batched across the group (samples, beams incl. sampled ones on the
+    second restart, the relaxation, gradients, two-stage children, the last-position sweep,
+    verification), yet each target's result is exactly what it gets alone; also when the
+    passes are cut small so that targets share and split them."""
+    from featviz.search import lockstep
+    from featviz.search.api import dream_many
+    h = request.getfixturevalue(model)
+    specs = ["mlp:1:3", "head:2:1", "mlp:0:7@max", "resid:2:4@mean", "mlp:2:5 - 0.5*mlp:2:6"]
+    cfg = DreamConfig(seed=3, **{**FAST, "restarts": 2, "beam_width": 3, "beam_expand": 6,
+                                 "init_samples": 8})
+    strip = lambda r: {k: v for k, v in r.to_json().items() if k != "stats"}  # noqa: E731
+    solo = [strip(dream(h, s, cfg, progress=False)) for s in specs]
+    batched = dream_many(h, specs, cfg, progress=False)
+    assert all(r.stats["batched_targets"] == len(specs) for r in batched)
+    assert [strip(r) for r in batched] == solo
+    served = []
+    real = lockstep.Server.serve
+
+    def small(self, items):
+        self.rows, self.sweep_rows = 5, 30
+        served.append((items[0][1].key()[0], len(items)))
+        return real(self, items)
+    monkeypatch.setattr(lockstep.Server, "serve", small)
+    assert [strip(r) for r in dream_many(h, specs, cfg, progress=False)] == solo
+    kinds = {k for k, n in served if n == len(specs)}   # each kind served for all at once
+    assert kinds >= {"sample", "beam", "evaluate", "grads", "verify"}
+    assert any(k == "sweep" and n > 1 for k, n in served)
+
+
 def test_dream_many_shares_one_relaxation(llama):
     from featviz.search.api import dream_many
     specs = ["mlp:1:3", "head:2:1", "mlp:0:7"]
@@ -232,9 +264,8 @@ def test_dream_many_shares_one_relaxation(llama):
     again = dream_many(llama, specs, cfg, progress=False)
     strip = lambda r: {k: v for k, v in r.to_json().items() if k != "stats"}  # noqa: E731
     assert [strip(r) for r in many] == [strip(r) for r in again]
-    # without a relaxation every stage is per target: the same as dreaming each alone
-    no_relax = DreamConfig(seed=1, **{**FAST, "steps": 0})
-    solo = [strip(dream(llama, s, no_relax, progress=False)) for s in specs]
-    assert [strip(r) for r in dream_many(llama, specs, no_relax, progress=False)] == solo
+    # each target keeps its own generator and rows: the same as dreaming each alone
+    solo = [strip(dream(llama, s, cfg, progress=False)) for s in specs]
+    assert [strip(r) for r in many] == solo
     with pytest.raises(FeatvizError, match="at least one target"):
         dream_many(llama, [], cfg, progress=False)

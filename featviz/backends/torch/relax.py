@@ -14,10 +14,15 @@ from featviz.backends.schedule import RelaxSettings, RelaxTrace, schedule
 from featviz.backends.torch.score import forward_scores
 
 
-def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator,
-                   hard: bool = False) -> torch.Tensor:
-    """A relaxed one-hot sample; ``hard`` gives straight-through one-hot samples."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1.0)
+def gumbel_softmax(logits: torch.Tensor, tau: float, generator, hard: bool = False) -> torch.Tensor:
+    """A relaxed one-hot sample; ``hard`` gives straight-through one-hot samples.
+    ``generator``: one torch.Generator, or a list of them that split the rows into equal
+    blocks, each block's noise drawn from its own (several targets in one batch, each
+    with the noise it would get alone)."""
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    block = logits.shape[0] // len(gens)
+    u = torch.cat([torch.rand((block,) + logits.shape[1:], generator=g, device=logits.device)
+                   for g in gens]).clamp_(1e-10, 1.0)
     g = -torch.log(-torch.log(u))
     y = torch.softmax((logits + g) / tau, dim=-1)
     if hard:
