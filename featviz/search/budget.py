@@ -38,16 +38,27 @@ def available_memory(device=None) -> int | None:
     return None
 
 
+def pass_rows(device) -> tuple[int, int, int]:
+    """Rows of one exact-scoring pass, one gradient pass and one last-position sweep pass
+    (single tokens after a KV cache) when a group's searches share them: small on a CPU,
+    where a bigger pass gains nothing; on a GPU big enough to fill it."""
+    if torch.device(device).type == "cuda":
+        return 1024, 256, 16384
+    return 64, 64, 16384
+
+
 def search_memory(handle, target: Target, cfg: DreamConfig, B: int) -> int:
     """Peak bytes the search needs, roughly: the relaxation's logits over the vocabulary
     (theta, its gradient, Adam's two moments, the Gumbel samples and the soft-xe logits)
-    plus the activations kept for the backward pass, and the swap stage's scoring batch."""
+    plus the activations kept for the backward pass, and the swap stage's largest pass
+    (``pass_rows``)."""
     V, d, f = handle.vocab_size, handle.d_model, handle.d_mlp
     T = cfg.length + 1 + len(cfg.prefix) + len(cfg.suffix)   # chars bound the tokens
     layers = handle.n_layers if (cfg.rows.lam_max > 0 or cfg.rows.caps) else target.max_layer + 1
     vocab = 10 * B * cfg.length * V * 4
     acts = B * T * layers * (12 * d + 4 * f + 2 * handle.n_heads * T) * 4
-    swap = 64 * T * (layers * (6 * d + 2 * f) + V) * 4
+    rows, grad_rows, _ = pass_rows(handle.device)
+    swap = max(rows * T * (layers * (6 * d + 2 * f) + V), grad_rows * 4 * T * V) * 4
     return int(vocab + acts + swap)
 
 
@@ -70,3 +81,18 @@ def fit_budget(cfg: DreamConfig, B: int) -> DreamConfig:
                    beam_width=max(2, round(cfg.start.beam_width * f)),
                    beam_expand=max(8, round(cfg.start.beam_expand * f)),
                    beam_lams=tuple(cfg.start.beam_lams)[: 1 if f < 0.25 else None])
+
+
+def fit_group(handle, target: Target, cfg: DreamConfig, targets: int, limit: int = 256) -> int:
+    """How many targets to dream in one batch (``dream_many``) on this handle's device: 1 on
+    a CPU, where a pass over more rows costs as much as separate passes; on a GPU the
+    largest power of two up to ``limit`` (and no more than there are targets) whose
+    relaxation and scoring passes (``search_memory``) fit in 70 % of the free memory."""
+    if handle.device.type != "cuda":
+        return 1
+    have = cfg.memory_gb * 2 ** 30 if cfg.memory_gb else available_memory(handle.device)
+    k, B = 1, cfg.rows.batch
+    while (k * 2 <= min(limit, max(1, targets))
+           and (have is None or search_memory(handle, target, cfg, k * 2 * B) <= 0.7 * have)):
+        k *= 2
+    return k

@@ -18,6 +18,7 @@ import torch
 
 from featviz.backends.torch.score import evaluate, onehot_grads
 from featviz.search.beam import beam_search_many
+from featviz.search.budget import pass_rows
 from featviz.search.init import sample_many
 from featviz.search.moves import sweep_last
 from featviz.search.verify import verify_jobs
@@ -140,18 +141,15 @@ def _joint(targets, owners):
 
 
 class Server:
-    """Serves a round's requests of one kind in batched passes.
-
-    ``rows`` bounds the rows of one exact-scoring pass (64 on a CPU, where bigger passes
-    gain nothing, 1024 on a GPU) and ``sweep_rows`` the single-token rows of one sweep
-    pass (whole searches are packed into a pass; a search never spans two)."""
+    """Serves a round's requests of one kind in batched passes of at most ``rows`` rows
+    (exact scores), ``grad_rows`` (gradients) and ``sweep_rows`` (single-token sweep rows;
+    whole searches are packed into these two, a search never spans two passes); see
+    ``search.budget.pass_rows``."""
 
     def __init__(self, handle, tokens, mask, cfg, backend: str):
         self.h, self.tokens, self.mask, self.cfg, self.backend = (handle, tokens, mask, cfg,
                                                                   backend)
-        gpu = handle.device.type == "cuda"
-        self.rows = 1024 if gpu else 64
-        self.sweep_rows = 65536 if gpu else 16384
+        self.rows, self.grad_rows, self.sweep_rows = pass_rows(handle.device)
 
     def serve(self, items):
         kind = items[0][1].key()[0]
@@ -183,7 +181,7 @@ class Server:
         if self.backend == "jax":
             return [s.scorer.onehot_grads(r.ids, r.lam, r.cap) for s, r in items]
         out = []
-        for chunk in self._packs(items, self.rows, lambda r: len(r.ids)):
+        for chunk in self._packs(items, self.grad_rows, lambda r: len(r.ids)):
             targets = [s.target for s, _ in chunk]
             owners = [j for j, (_, r) in enumerate(chunk) for _ in range(len(r.ids))]
             with chunk[0][0].autocast:

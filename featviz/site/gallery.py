@@ -33,6 +33,7 @@ from featviz.mining.miner import MineConfig
 from featviz.mining.records import TargetExemplars
 from featviz.mining.reference import corpus_reference
 from featviz.search.api import dream_group
+from featviz.search.budget import fit_group
 from featviz.search.config import DreamConfig
 from featviz.search.result import DreamResult
 from featviz.site.cluster import RayRunner
@@ -62,8 +63,9 @@ class GalleryConfig:
     cache_dir: str | None = None        # None: ~/.cache/featviz/mining; "": no cache
     thresholds: Thresholds = field(default_factory=Thresholds)
     title: str = "featviz gallery"
-    dream_group: int | None = None      # targets sharing one relaxation batch (dream_many);
-                                        # None: 16 on a GPU, 1 on a CPU (where it does not pay)
+    dream_group: int | None = None      # targets dreamt in one batch (dream_many); None: 1
+                                        # on a CPU (where it does not pay), on a GPU as many as
+                                        # fit in memory (search.budget.fit_group)
     shard: tuple | str | None = None    # (i, N) or "i/N": compute every N-th target from the
                                         # i-th only (job arrays writing into one folder)
     ray: str | None = None              # None: this process; "auto": a local Ray cluster;
@@ -285,7 +287,8 @@ def _prepare(handle, config, targets, out_dir) -> GalleryConfig:
     if not targets:
         raise FeatvizError("no targets given; pass e.g. --targets mlp:6:0-7")
     if cfg.dream_group is None:
-        cfg = replace(cfg, dream_group=16 if handle.device.type == "cuda" else 1)
+        cfg = replace(cfg, dream_group=1 if cfg.dream is None else
+                      fit_group(handle, targets[0], cfg.dream, len(targets)))
     names = [str(t) for t in targets]
     if len(set(names)) != len(names):
         raise FeatvizError("the same target is listed twice; list each target once")

@@ -238,7 +238,7 @@ def test_a_batched_group_equals_one_at_a_time(model, request, monkeypatch):
     real = lockstep.Server.serve
 
     def small(self, items):
-        self.rows, self.sweep_rows = 5, 30
+        self.rows, self.grad_rows, self.sweep_rows = 5, 5, 30
         served.append((items[0][1].key()[0], len(items)))
         return real(self, items)
     monkeypatch.setattr(lockstep.Server, "serve", small)

@@ -37,6 +37,7 @@ from featviz.mining.joint import mine_joint_cached
 from featviz.mining.miner import MineConfig
 from featviz.mining.records import TargetExemplars
 from featviz.search.api import dream_group
+from featviz.search.budget import fit_group
 from featviz.search.config import DreamConfig
 from featviz.targets.read import score_ids
 from featviz.targets.spec import as_target, parse_targets
@@ -55,7 +56,8 @@ class CompareConfig:
     corpus: str | None = None           # the general corpus (None: the embedded Wikipedia)
     task_corpus: str | None = None
     cache_dir: str | None = None        # None: ~/.cache/featviz/mining; "": no cache
-    dream_group: int | None = None      # targets per relaxation batch (None: 16 on a GPU, else 1)
+    dream_group: int | None = None      # targets dreamt in one batch (None: as many as fit on
+                                        # a GPU, else 1; search.budget.fit_group)
     thresholds: DriftThresholds = field(default_factory=DriftThresholds)
 
     def check(self) -> "CompareConfig":
@@ -171,7 +173,8 @@ def _best_text(handles: list, targets: list, res) -> dict | None:
 
 def _dream_all(handles, by_model, chosen: list[int], cfg: CompareConfig, sides, progress):
     """Dream the chosen targets under every model; fill each side's synthetic text."""
-    group = cfg.dream_group or (16 if handles[0].device.type == "cuda" else 1)
+    group = cfg.dream_group or (fit_group(handles[0], by_model[0][chosen[0]], cfg.dream,
+                                          len(chosen)) if chosen else 1)
     bar = tqdm(total=len(chosen) * len(handles), unit="dream", desc="dreaming",
                disable=not progress or not chosen)
     for m, h in enumerate(handles):
