@@ -97,6 +97,20 @@ class ModelHandle:
         return self.tokenizer.decode(list(map(int, ids)), skip_special_tokens=False,
                                      clean_up_tokenization_spaces=False)
 
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        """``encode`` of each text, in one call of the tokenizer (its batch path)."""
+        if not texts:
+            return []
+        return [list(r) for r in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def decode_many(self, rows) -> list[str]:
+        """``decode`` of each id row, in one call of the tokenizer."""
+        if not len(rows):
+            return []
+        return self.tokenizer.batch_decode([list(map(int, r)) for r in rows],
+                                           skip_special_tokens=False,
+                                           clean_up_tokenization_spaces=False)
+
     def token_strings(self, ids) -> list[str]:
         """Each id decoded on its own, as a reader sees it."""
         return [self.decode([i]) for i in ids]

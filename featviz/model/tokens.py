@@ -28,5 +28,12 @@ class Tokens:
         return self.handle.decode(list(self.prefix) + list(ids) + list(self.suffix))
 
     def stable(self, ids) -> bool:
-        ids = list(map(int, ids))
-        return self.handle.encode(self.text(ids)) == self.prefix + ids + self.suffix
+        return self.stable_many([ids])[0]
+
+    def stable_many(self, rows) -> list[bool]:
+        """For each id row: does decoding prefix + row + suffix and encoding the text again
+        give back exactly these tokens?  One batched tokenizer call each way (the check
+        runs on every candidate, so it is the search's main CPU cost on a GPU)."""
+        full = [self.prefix + list(map(int, r)) + self.suffix for r in rows]
+        return [again == want for again, want in
+                zip(self.handle.encode_many(self.handle.decode_many(full)), full)]

@@ -23,15 +23,15 @@ def row_params(cfg: DreamConfig, device):
 
 
 def stable_unique(tokens: Tokens, ids: torch.Tensor, archive: Archive | None = None):
-    keep, seen = [], set()
+    new, seen = [], set()
     for i, row in enumerate(ids.tolist()):
         key = tuple(row)
         if key in seen or (archive is not None and key in archive):
             continue
         seen.add(key)
-        if tokens.stable(row):
-            keep.append(i)
-    return ids[keep]
+        new.append((i, row))
+    ok = tokens.stable_many([row for _, row in new])
+    return ids[[i for (i, _), good in zip(new, ok) if good]]
 
 
 def scores_for_rows(act, xe, lam, cap):

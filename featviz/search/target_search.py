@@ -211,8 +211,9 @@ class TargetSearch:
         pick = rows.topk(min(cfg.swaps.sweep_keep, sweep), dim=1).indices.flatten()
         pick = torch.unique(torch.cat([pick, sa.topk(min(cfg.swaps.sweep_keep, len(sa))).indices]))
         sk, sa, sx = sk[pick], sa[pick], sx[pick]
-        ok = [i for i, row in enumerate(sk.tolist())
-              if tuple(row) not in self.archive and self.tokens.stable(row)]
+        rows = sk.tolist()
+        good = self.tokens.stable_many(rows)
+        ok = [i for i, row in enumerate(rows) if tuple(row) not in self.archive and good[i]]
         if not ok:
             return pop
         sk, sa, sx = sk[ok], sa[ok], sx[ok]
