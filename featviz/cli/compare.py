@@ -25,7 +25,8 @@ def add_compare_parser(sub, common):
     c.add_argument("--dream-top", dest="dream_top", type=int,
                    help="dream only the N targets ranked highest by the corpus figures")
     c.add_argument("--dream-group", dest="dream_group", type=int, default=None,
-                   help="targets per relaxation batch (default: 16 on a GPU, 1 on a CPU)")
+                   help="targets dreamt together, every stage batched across them (default: "
+                        "as many as fit on a GPU, 1 on a CPU)")
     c.add_argument("--seed", type=int, help="random seed (default: the preset's, else 0)")
     c.add_argument("--cache-dir", dest="cache_dir",
                    help="mining cache (default ~/.cache/featviz/mining; '' turns it off)")

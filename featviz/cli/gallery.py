@@ -22,9 +22,9 @@ def add_gallery_parser(sub, common):
     add_dream_budget_args(g, 20.0)
     g.add_argument("--no-dream", action="store_true", help="corpus exemplars only")
     g.add_argument("--dream-group", dest="dream_group", type=int, default=None,
-                   help="targets dreamt together, one relaxation batch of GROUP x batch rows "
-                        "(default: 16 on a GPU, where it multiplies throughput, 1 on a CPU, "
-                        "where a step over more rows costs as much as separate steps)")
+                   help="targets dreamt together, every stage batched across them (default: "
+                        "on a GPU as many as fit in memory, 1 on a CPU, where a pass over more "
+                        "rows costs as much as separate passes)")
     g.add_argument("--seed", type=int, help="random seed (default: the preset's, else 0)")
     g.add_argument("--cache-dir", dest="cache_dir",
                    help="mining cache (default ~/.cache/featviz/mining; '' turns it off)")

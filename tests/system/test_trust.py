@@ -55,7 +55,7 @@ def test_peak_overlap_counts_the_first_synthetic_token(llama):
 
 # ---------------------------------------------------------------- rotate: 0 keeps the sweep
 def test_rotate_zero_keeps_the_last_position_sweep(llama, monkeypatch):
-    import featviz.search.target_search as dm
+    import featviz.search.lockstep as dm
     calls = []
     real = dm.sweep_last
 
