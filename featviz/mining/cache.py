@@ -99,16 +99,16 @@ def cached_per_target(folder: str | None, names: list[str], load, compute, ok=No
 
 
 def mine_cached(handle, targets: list, source: str | None, cfg: MineConfig, *,
-                cache_dir: str | None = None, progress: bool = True
+                cache_dir: str | None = None, progress: bool = True, mine_with=None
                 ) -> tuple[list[TargetExemplars], int]:
     """Mined exemplars for ``targets``; returns (results, number read from the cache).
 
-    ``cache_dir=""`` turns the cache off.
+    ``cache_dir=""`` turns the cache off.  ``mine_with(targets)`` mines what the cache
+    lacks (default: ``mine`` in this process; a gallery on Ray passes its workers').
     """
     cfg.check()
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     folder = os.path.join(cache_dir, cache_key(handle, source, cfg)) if cache_dir else None
-    return cached_per_target(
-        folder, [str(t) for t in targets], TargetExemplars.from_json,
-        lambda todo: mine(handle, [targets[i] for i in todo], cfg, source=source,
-                          progress=progress))
+    run = mine_with or (lambda ts: mine(handle, ts, cfg, source=source, progress=progress))
+    return cached_per_target(folder, [str(t) for t in targets], TargetExemplars.from_json,
+                             lambda todo: run([targets[i] for i in todo]))

@@ -319,8 +319,9 @@ def _compute(handle, todo, cfg, settings_key, meta, names, records, out_dir, pro
     t0 = time.perf_counter()
     runner = RayRunner(handle, cfg.ray, cfg.ray_workers) if cfg.ray is not None else None
     try:
-        mined = runner.mine(todo, cfg.mine, cfg.corpus) if runner else mine_cached(
-            handle, todo, cfg.corpus, cfg.mine, cache_dir=cfg.cache_dir, progress=progress)[0]
+        mined = mine_cached(handle, todo, cfg.corpus, cfg.mine, cache_dir=cfg.cache_dir,
+                            progress=progress, mine_with=runner and (
+                                lambda ts: runner.mine(ts, cfg.mine, cfg.corpus)))[0]
         bar.set_description("gallery [dreaming]" if cfg.dream else "gallery [writing]")
         ex_of = dict(zip(map(str, todo), mined))
         groups = [todo[g:g + cfg.dream_group] for g in range(0, len(todo), cfg.dream_group)]

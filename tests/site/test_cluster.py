@@ -94,6 +94,23 @@ def test_a_killed_worker_costs_nothing(cluster, setup, tmp_path):
     assert comparable(out) == comparable(ref)
 
 
+def test_a_ray_gallery_fills_and_reads_the_mining_cache(cluster, setup, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from featviz.site import cluster as cl
+    handle, targets, corpus = setup
+    cache = str(tmp_path / "cache")
+    first = str(tmp_path / "first")
+    build_gallery(handle, targets, replace(cfg(corpus, ray="auto", ray_workers=2),
+                                           cache_dir=cache), out_dir=first, progress=False)
+    assert len(glob.glob(f"{cache}/**/*.json", recursive=True)) == len(targets)
+    monkeypatch.setattr(cl.RayRunner, "mine", lambda *a, **k: pytest.fail("mined again"))
+    again = str(tmp_path / "again")
+    build_gallery(handle, targets, replace(cfg(corpus, ray="auto", ray_workers=2),
+                                           cache_dir=cache), out_dir=again, progress=False)
+    assert comparable(again) == comparable(first)
+
+
 def test_an_unreachable_ray_address_is_one_line(capsys):
     assert main(["gallery", "--targets", "mlp:1:0", "--ray", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip()
