@@ -24,16 +24,14 @@ class Tokens:
             parts.append(torch.tensor([self.suffix] * b, device=dev, dtype=torch.long))
         return torch.cat(parts, 1)
 
-    def text(self, ids) -> str:
-        return self.handle.decode(list(self.prefix) + list(ids) + list(self.suffix))
-
-    def stable(self, ids) -> bool:
-        return self.stable_many([ids])[0]
+    def round_trip(self, rows) -> list[list[int]]:
+        """Each id row as prefix + row + suffix, decoded to text and encoded again: the
+        tokens a user's copy of the text gives.  One batched tokenizer call each way (it runs
+        on every candidate, so it is the search's main CPU cost on a GPU)."""
+        full = [self.prefix + list(map(int, r)) + self.suffix for r in rows]
+        return self.handle.encode_many(self.handle.decode_many(full))
 
     def stable_many(self, rows) -> list[bool]:
-        """For each id row: does decoding prefix + row + suffix and encoding the text again
-        give back exactly these tokens?  One batched tokenizer call each way (the check
-        runs on every candidate, so it is the search's main CPU cost on a GPU)."""
-        full = [self.prefix + list(map(int, r)) + self.suffix for r in rows]
-        return [again == want for again, want in
-                zip(self.handle.encode_many(self.handle.decode_many(full)), full)]
+        """For each id row: does the round trip give back exactly prefix + row + suffix?"""
+        return [again == self.prefix + list(map(int, r)) + self.suffix
+                for again, r in zip(self.round_trip(rows), rows)]

@@ -133,11 +133,14 @@ def drive(server: "Server", steps) -> list:
 
 
 # ---------------------------------------------------------------- serving requests
-def _joint(targets, owners):
-    """The target of a batch whose row r belongs to search owners[r]."""
-    if len(targets) == 1:
-        return targets[0]
-    return PerRow(tuple(targets), tuple(owners))
+def _joint(items, rows_of=lambda r: len(r.ids)):
+    """The rows of several requests in one batch: (the batch's target, each row reading
+    its own search's target through ``PerRow``; each request's row count)."""
+    sizes = [rows_of(r) for _, r in items]
+    if len(items) == 1:
+        return items[0][0].target, sizes
+    owners = tuple(j for j, n in enumerate(sizes) for _ in range(n))
+    return PerRow(tuple(s.target for s, _ in items), owners), sizes
 
 
 class Server:
@@ -160,19 +163,19 @@ class Server:
         if self.backend == "jax":              # jitted per target: served one by one
             return [s.scorer.evaluate(r.ids, r.with_xe) for s, r in items]
         ids = torch.cat([r.ids for _, r in items])
-        owners = [j for j, (_, r) in enumerate(items) for _ in range(len(r.ids))]
-        targets = [s.target for s, _ in items]
+        target, sizes = _joint(items)
         with_xe = items[0][1].with_xe
         acts, xes, pers = [], [], []
         with items[0][0].autocast:
             for i in range(0, len(ids), self.rows):
                 part = ids[i:i + self.rows]
-                a, x, p = evaluate(self.tokens, _joint(targets, owners[i:i + self.rows]), part,
-                                   batch_size=len(part), with_xe=with_xe)
+                rows = target if len(items) == 1 else PerRow(target.targets,
+                                                              target.rows[i:i + self.rows])
+                a, x, p = evaluate(self.tokens, rows, part, batch_size=len(part),
+                                   with_xe=with_xe)
                 acts.append(a)
                 pers.append(p)
                 xes.append(x)
-        sizes = [len(r.ids) for _, r in items]
         act, per = torch.cat(acts).split(sizes), torch.cat(pers).split(sizes)
         xe = torch.cat(xes).split(sizes) if with_xe else [None] * len(items)
         return list(zip(act, xe, per))
@@ -182,14 +185,11 @@ class Server:
             return [s.scorer.onehot_grads(r.ids, r.lam, r.cap) for s, r in items]
         out = []
         for chunk in self._packs(items, self.grad_rows, lambda r: len(r.ids)):
-            targets = [s.target for s, _ in chunk]
-            owners = [j for j, (_, r) in enumerate(chunk) for _ in range(len(r.ids))]
+            target, sizes = _joint(chunk)
             with chunk[0][0].autocast:
-                g, lm = onehot_grads(self.tokens, _joint(targets, owners),
-                                     torch.cat([r.ids for _, r in chunk]),
+                g, lm = onehot_grads(self.tokens, target, torch.cat([r.ids for _, r in chunk]),
                                      torch.cat([r.lam for _, r in chunk]),
                                      torch.cat([r.cap for _, r in chunk]))
-            sizes = [len(r.ids) for _, r in chunk]
             out += list(zip(g.split(sizes), lm.split(sizes)))
         return out
 
@@ -197,15 +197,13 @@ class Server:
         width = items[0][1].width
         out = []
         for chunk in self._packs(items, self.sweep_rows, lambda r: len(r.ids) * width):
-            targets = [s.target for s, _ in chunk]
-            owners = [j for j, (_, r) in enumerate(chunk) for _ in range(len(r.ids) * width)]
+            target, sizes = _joint(chunk, lambda r: len(r.ids) * width)
             with chunk[0][0].autocast:
-                kids, act, dxe = sweep_last(self.tokens, _joint(targets, owners),
+                kids, act, dxe = sweep_last(self.tokens, target,
                                             torch.cat([r.ids for _, r in chunk]),
                                             torch.cat([r.grad for _, r in chunk]),
                                             torch.cat([r.lm for _, r in chunk]), self.mask,
                                             width)
-            sizes = [len(r.ids) * width for _, r in chunk]
             out += list(zip(kids.split(sizes), act.split(sizes), dxe.split(sizes)))
         return out
 

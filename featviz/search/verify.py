@@ -22,9 +22,7 @@ def verify_jobs(handle, tokens: Tokens, jobs, n, batch: int = 64) -> list[dict]:
     for j, (_, keys) in enumerate(jobs):
         out = {}
         keys = list(dict.fromkeys(keys))
-        again = handle.encode_many(handle.decode_many(
-            [tokens.prefix + list(k) + tokens.suffix for k in keys]))
-        for key, ids in zip(keys, again):
+        for key, ids in zip(keys, tokens.round_trip(keys)):
             body = ids[len(tokens.prefix): len(ids) - len(tokens.suffix)]
             if (len(body) != n or ids[:len(tokens.prefix)] != tokens.prefix
                     or ids[len(ids) - len(tokens.suffix):] != tokens.suffix):
