@@ -26,9 +26,10 @@ from featviz.mining.accumulators import (
 )
 from featviz.mining.grid import target_keys
 from featviz.mining.records import TargetExemplars
-from featviz.model.forward import MLP_POST, RESID_POST, Z, run
+from featviz.model.forward import Z, run
 from featviz.targets.core import Atom, Target, all_sites
-from featviz.targets.kinds import head_norms
+from featviz.targets.kinds import RESIDUAL_KINDS, TORCH_OPS, head_norms
+from featviz.targets.sae import encode
 
 
 @dataclass
@@ -78,23 +79,27 @@ def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
     """Per-position values of many targets, shape (n_targets, batch, seq).
 
     Neurons and basis dimensions of one site are gathered with one index; head norms
-    are computed once per layer; anything else is read target by target.
+    are computed once per layer; an SAE's features come from one encoding of the batch
+    for all of them; anything else is read target by target.
     """
     groups: dict = {}
     single: list = []
     for i, t in enumerate(targets):
         plain = type(t) is Atom          # subclasses may read differently: ask them
-        if plain and (t.kind in ("mlp", "head") or (t.kind == "resid" and t.file is None)):
+        if plain and t.kind == "sae":
+            groups.setdefault(("sae", t.file), []).append(i)
+        elif plain and (t.kind in ("mlp", "head") or (t.kind in RESIDUAL_KINDS and t.file is None)):
             groups.setdefault(t.site, []).append(i)
         else:
             single.append(i)
     parts = []                                            # (target positions, (n, B, S) values)
-    for site, idx in groups.items():
-        x = captures[site]
-        if site[0] == Z:
+    for group, idx in groups.items():
+        first = targets[idx[0]]
+        x = captures[first.site]
+        if group[0] == "sae":
+            x = encode(first.sae_spec, first.sae_weights(handle, x), x, TORCH_OPS)
+        elif group[0] == Z:
             x = head_norms(x, handle.n_heads, handle.head_dim)
-        elif site[0] not in (MLP_POST, RESID_POST):  # pragma: no cover
-            raise ValueError(site)
         sel = [targets[i].index for i in idx]
         vals = x if sel == list(range(x.shape[-1])) else \
             x.index_select(-1, torch.as_tensor(sel, device=x.device))  # all units: no gather

@@ -2,8 +2,9 @@
 
 One hooked forward serves any set of targets; it stops after the deepest block
 that any target needs unless logits are wanted.  Hook sites use TransformerLens
-names: ``blocks.L.mlp.hook_post``, ``blocks.L.attn.hook_z``,
-``blocks.L.attn.hook_pattern`` and ``blocks.L.hook_resid_post``.
+names (``SITES``): per block L, ``hook_resid_pre``, ``hook_resid_mid``,
+``hook_resid_post``, ``hook_attn_out``, ``hook_mlp_out``, ``attn.hook_z`` (heads
+flattened: (batch, seq, n_heads * head_dim)), ``attn.hook_pattern`` and ``mlp.hook_post``.
 """
 from __future__ import annotations
 
@@ -48,8 +49,23 @@ def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits=False,
     def keep(key, value):
         caps[key] = value
 
+    def first_arg(key):          # a module's input: positional, or transformers' keyword
+        return lambda m, args, kwargs: keep(key, args[0] if args else kwargs["hidden_states"])
+
     for site, layer in sites:
-        if site == MLP_POST:
+        if site == RESID_PRE:
+            hooks.append(handle.blocks[layer].register_forward_pre_hook(
+                first_arg((site, layer)), with_kwargs=True))
+        elif site == RESID_MID:
+            hooks.append(handle.ln2(layer).register_forward_pre_hook(
+                first_arg((site, layer)), with_kwargs=True))
+        elif site == ATTN_OUT:
+            hooks.append(handle.attn_out_proj(layer).register_forward_hook(
+                lambda m, args, out, key=(site, layer): keep(key, out)))
+        elif site == MLP_OUT:
+            hooks.append(handle.mlp_module(layer).register_forward_hook(
+                lambda m, args, out, key=(site, layer): keep(key, out)))
+        elif site == MLP_POST:
             hooks.append(handle.mlp_out_proj(layer).register_forward_pre_hook(
                 lambda m, args, key=(site, layer): keep(key, args[0])))
         elif site == Z:
@@ -113,5 +129,10 @@ def xe_from_logits(logits: torch.Tensor, ids: torch.Tensor, start: int = 1) -> t
     """
     return xe_of(logits[:, start - 1:-1], ids[:, start:])
 
-# Hook sites, named as TransformerLens names them.
+# Hook sites, named as TransformerLens names them (blocks.L.<site>).
 MLP_POST, Z, PATTERN, RESID_POST = "mlp.hook_post", "attn.hook_z", "attn.hook_pattern", "hook_resid_post"
+RESID_PRE, RESID_MID, ATTN_OUT, MLP_OUT = ("hook_resid_pre", "hook_resid_mid", "hook_attn_out",
+                                           "hook_mlp_out")
+SITES = (RESID_PRE, RESID_MID, RESID_POST, ATTN_OUT, MLP_OUT, Z, PATTERN, MLP_POST)
+# the sites whose width is d_model (the residual stream and what blocks write into it)
+RESIDUAL_SITES = (RESID_PRE, RESID_MID, RESID_POST, ATTN_OUT, MLP_OUT)

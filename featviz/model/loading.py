@@ -59,6 +59,15 @@ class ModelHandle:
         mlp = self.blocks[layer].mlp
         return mlp.down_proj if self.arch == "llama" else mlp.c_proj
 
+    def mlp_module(self, layer: int):
+        return self.blocks[layer].mlp
+
+    def ln2(self, layer: int):
+        """The norm before the MLP: its input is the residual stream between attention and
+        MLP (TransformerLens' hook_resid_mid)."""
+        block = self.blocks[layer]
+        return block.post_attention_layernorm if self.arch == "llama" else block.ln_2
+
     def attn_module(self, layer: int):
         block = self.blocks[layer]
         return block.self_attn if self.arch == "llama" else block.attn

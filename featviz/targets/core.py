@@ -15,7 +15,8 @@ import torch
 
 from featviz.errors import FeatvizError
 from featviz.targets.directions import load_direction
-from featviz.targets.kinds import KINDS, TORCH_OPS, Read, reduce_with
+from featviz.targets.kinds import KINDS, RESIDUAL_KINDS, TORCH_OPS, Read, reduce_with
+from featviz.targets.sae import SaeSpec, check_model, load_spec, load_weights
 
 
 class Target:
@@ -96,13 +97,14 @@ class Target:
 
 @dataclass(frozen=True)
 class Atom(Target):
-    """One readout: a neuron, head norm, attention probability or residual direction."""
+    """One readout: a neuron, head norm, attention probability, residual direction or SAE
+    feature."""
 
-    kind: str                 # "mlp" | "head" | "attn" | "resid"
+    kind: str                 # "mlp" | "head" | "attn" | "sae" | a residual kind (RESIDUAL_KINDS)
     layer: int
-    index: int | None = None  # neuron, head, or basis dimension
+    index: int | None = None  # neuron, head, basis dimension or SAE feature
     key: int | None = None    # attn key position
-    file: str | None = None   # resid direction file
+    file: str | None = None   # a residual kind's direction file; an SAE's path
     reduction: str = "last"   # "last" | "max" | "mean" | "<int>"
 
     def terms(self):
@@ -110,10 +112,14 @@ class Atom(Target):
 
     @property
     def name(self) -> str:
-        body = {"mlp": f"mlp:{self.layer}:{self.index}",
-                "head": f"head:{self.layer}:{self.index}",
-                "attn": f"attn:{self.layer}:{self.index}:{self.key}",
-                "resid": f"resid:{self.layer}:{self.file if self.file else self.index}"}[self.kind]
+        if self.kind == "attn":
+            body = f"attn:{self.layer}:{self.index}:{self.key}"
+        elif self.kind == "sae":
+            body = f"sae:{self.file}:{self.index}"
+        elif self.kind in RESIDUAL_KINDS:
+            body = f"{self.kind}:{self.layer}:{self.file if self.file else self.index}"
+        else:
+            body = f"{self.kind}:{self.layer}:{self.index}"
         return body + ("" if self.reduction == "last" else f"@{self.reduction}")
 
     def __str__(self):
@@ -121,7 +127,26 @@ class Atom(Target):
 
     @property
     def site(self) -> tuple[str, int]:
+        if self.kind == "sae":
+            return self.sae_spec.site, self.layer
         return KINDS[self.kind].site, self.layer
+
+    # -- SAE features --
+    @property
+    def sae_spec(self) -> SaeSpec:
+        """The SAE an ``sae`` atom reads (its config; ``targets.sae``)."""
+        return load_spec(self.file)
+
+    def sae_weights_np(self) -> dict:
+        return load_weights(self.sae_spec)
+
+    def sae_weights(self, handle, like: torch.Tensor) -> dict:
+        """The SAE's weights as torch tensors on ``like``'s device and dtype (cached)."""
+        key = ("sae", os.path.abspath(self.file), str(like.device), like.dtype)
+        if key not in handle.cache:
+            handle.cache[key] = {k: torch.from_numpy(v).to(like.device, like.dtype)
+                                 for k, v in self.sae_weights_np().items()}
+        return handle.cache[key]
 
     def describe(self, handle=None) -> str:
         red = {"last": "at the last position", "max": "max over positions (BOS excluded)",
@@ -135,6 +160,12 @@ class Atom(Target):
         elif self.kind == "attn":
             what = (f"attention probability of head {self.index}, layer {self.layer}, "
                     f"to key position {self.key}")
+        elif self.kind == "sae":
+            sp = self.sae_spec
+            what = (f"feature {self.index} of the {sp.architecture} SAE {self.file} "
+                    f"(d_sae {sp.d_sae}, reading {sp.hook}"
+                    + (f", head {sp.head}" if sp.head is not None else "")
+                    + (f"; {sp.assumed}" if sp.assumed else "") + ")")
         else:
             if self.file:
                 norm = f", norm {self.direction_norm(handle):.6g}" if handle is not None else ""
@@ -142,13 +173,21 @@ class Atom(Target):
                      f"norm{norm})")
             else:
                 d = f"basis dimension {self.index}"
-            what = f"residual stream after block {self.layer} projected on {d}"
+            where = {"resid": f"residual stream after block {self.layer}",
+                     "resid_pre": f"residual stream before block {self.layer}",
+                     "resid_mid": f"residual stream between attention and MLP of block "
+                                  f"{self.layer}",
+                     "attn_out": f"attention output of block {self.layer}",
+                     "mlp_out": f"MLP output of block {self.layer}"}[self.kind]
+            what = f"{where} projected on {d}"
         return f"{what}, {red}"
 
     # -- validation against a model --
     def validate(self, handle) -> "Atom":
         def bad(msg):
             raise FeatvizError(f"target '{self.name}': {msg}")
+        if self.kind == "sae":
+            check_model(self.sae_spec, handle)
         if not 0 <= self.layer < handle.n_layers:
             bad(f"layer {self.layer} is out of range; this model has layers 0-{handle.n_layers - 1}")
         if self.kind == "mlp" and not 0 <= self.index < handle.d_mlp:
@@ -156,10 +195,11 @@ class Atom(Target):
                 f"0-{handle.d_mlp - 1}")
         if self.kind in ("head", "attn") and not 0 <= self.index < handle.n_heads:
             bad(f"head {self.index} is out of range; this model has heads 0-{handle.n_heads - 1}")
-        if self.kind == "resid" and self.file is None and not 0 <= self.index < handle.d_model:
+        resid = self.kind in RESIDUAL_KINDS
+        if resid and self.file is None and not 0 <= self.index < handle.d_model:
             bad(f"dimension {self.index} is out of range; the residual stream has dimensions "
                 f"0-{handle.d_model - 1}")
-        if self.kind == "resid" and self.file is not None:
+        if resid and self.file is not None:
             self.direction(handle)
         return self
 
@@ -188,9 +228,11 @@ class Atom(Target):
         x = captures[self.site]
         key = self.key_index(length if length is not None else x.shape[-1]) \
             if self.kind == "attn" else None
-        d = self.direction(handle).to(x.device, x.dtype) if self.file is not None else None
-        return KINDS[self.kind].read(x, Read(self.index, key, d, handle.n_heads, handle.head_dim),
-                                     TORCH_OPS)
+        sae = (self.sae_spec, self.sae_weights(handle, x)) if self.kind == "sae" else None
+        d = self.direction(handle).to(x.device, x.dtype) \
+            if self.file is not None and sae is None else None
+        return KINDS[self.kind].read(
+            x, Read(self.index, key, d, handle.n_heads, handle.head_dim, sae), TORCH_OPS)
 
     # index arithmetic shared by both backends (featviz.jaxfwd reads through these too)
     def key_index(self, t: int) -> int:

@@ -1,8 +1,9 @@
 """What each target kind reads: one table that the torch reader (``Atom.per_position``), the
 miner and the JAX reader (``backends.jax.forward``) all use, so a kind is defined once.
 
-To add a kind (an SAE feature, say), add its hook site and reader here and its spec to
-``targets.spec``; see docs/design.md.  A reader takes the captured hook tensor and the
+To add a kind, add its hook site and reader here and its spec to ``targets.spec``; see
+docs/design.md.  An SAE feature's site is the SAE's hook (``targets.sae``), so its entry
+has none.  A reader takes the captured hook tensor and the
 atom's resolved arguments and returns (batch, positions) values.  ``Ops`` holds the few
 array operations torch and JAX spell differently.
 """
@@ -11,7 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from featviz.model.forward import MLP_POST, PATTERN, RESID_POST, Z
+from featviz.model.forward import (
+    ATTN_OUT,
+    MLP_OUT,
+    MLP_POST,
+    PATTERN,
+    RESID_MID,
+    RESID_POST,
+    RESID_PRE,
+    Z,
+)
+from featviz.targets.sae import encode
 
 
 @dataclass(frozen=True)
@@ -22,23 +33,27 @@ class Ops:
     zeros: Callable       # zeros(shape, like)
     max: Callable         # max over the last axis
     mean: Callable        # mean over the last axis
+    kth: Callable         # kth(v, k): the k-th largest value over the last axis
 
 
 TORCH_OPS = Ops(norm=lambda v: v.norm(dim=-1), zeros=lambda shape, like: like.new_zeros(shape),
-                max=lambda v: v.max(dim=-1).values, mean=lambda v: v.mean(dim=-1))
+                max=lambda v: v.max(dim=-1).values, mean=lambda v: v.mean(dim=-1),
+                kth=lambda v, k: v.topk(k, dim=-1).values[..., -1])
 
 
 @dataclass(frozen=True)
 class Read:
     """An atom's arguments, resolved for one capture: ``index`` (neuron, head or dimension;
     a constant or a traced JAX index), ``key`` (attention key position), ``direction``
-    (a unit vector on the capture's device), ``n_heads`` and ``head_dim``."""
+    (a unit vector on the capture's device), ``n_heads``, ``head_dim`` and ``sae`` (an SAE
+    feature's (SaeSpec, weights as arrays of the capture's framework))."""
 
     index: object = None
     key: int | None = None
     direction: object = None
     n_heads: int = 0
     head_dim: int = 0
+    sae: tuple | None = None
 
 
 def head_norms(x, n_heads: int, head_dim: int, ops: Ops = TORCH_OPS):
@@ -66,9 +81,14 @@ def _resid(x, r: Read, ops: Ops):
     return x @ r.direction if r.direction is not None else x[..., r.index]
 
 
+def _sae(x, r: Read, ops: Ops):
+    spec, weights = r.sae
+    return encode(spec, weights, x, ops, r.index)
+
+
 @dataclass(frozen=True)
 class Kind:
-    site: str             # the TransformerLens hook site it reads
+    site: str | None      # the TransformerLens hook site it reads (an SAE's: its hook)
     read: Callable        # (x, Read, Ops) -> (batch, positions)
 
 
@@ -77,7 +97,14 @@ KINDS = {
     "head": Kind(Z, _head),           # |blocks.L.attn.hook_z[..., H, :]|
     "attn": Kind(PATTERN, _attn),     # blocks.L.attn.hook_pattern[:, H, :, K]
     "resid": Kind(RESID_POST, _resid),  # blocks.L.hook_resid_post @ unit direction (or [..., N])
+    "resid_pre": Kind(RESID_PRE, _resid),   # blocks.L.hook_resid_pre, likewise
+    "resid_mid": Kind(RESID_MID, _resid),   # blocks.L.hook_resid_mid
+    "attn_out": Kind(ATTN_OUT, _resid),     # blocks.L.hook_attn_out
+    "mlp_out": Kind(MLP_OUT, _resid),       # blocks.L.hook_mlp_out
+    "sae": Kind(None, _sae),          # feature N of the SAE at a path, at the SAE's hook
 }
+# kinds read along a residual-stream vector: a basis dimension or a direction file
+RESIDUAL_KINDS = ("resid", "resid_pre", "resid_mid", "attn_out", "mlp_out")
 
 
 def reduce_with(how: str, i, values, ops: Ops = TORCH_OPS):

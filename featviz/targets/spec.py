@@ -1,6 +1,9 @@
 """The target spec grammar: ``mlp:L:N``, ``head:L:H``, ``attn:L:H:K``, ``resid:L:N``,
-``resid:L:FILE``, each with an optional ``@last`` (default), ``@max``, ``@mean`` or ``@I``
-suffix; TransformerLens hook names as aliases; ranges (``mlp:6:0-63``) for galleries; and
+``resid:L:FILE`` (and ``resid_pre``, ``resid_mid``, ``attn_out``, ``mlp_out`` likewise),
+``sae:PATH:N`` (feature N of the SAE at PATH; ``sae:PATH:all`` for all of them), each with
+an optional ``@last`` (default), ``@max``, ``@mean`` or ``@I`` suffix; TransformerLens hook
+names (``blocks.6.hook_resid_pre:10``) and ``get_act_name`` shorthands (``resid_pre6:10``,
+``post6:5``, ``z7:3``) as aliases; ranges (``mlp:6:0-63``) for galleries; and
 the target algebra: ``"mlp:3:5 - 0.5*mlp:3:6"`` (binary + and - with spaces around them,
 an optional ``W*`` weight per term) and ``"-mlp:3:5"`` (minimise).  A sum's name
 (``1*mlp:3:5 + -0.5*mlp:3:6``) parses back to the same sum."""
@@ -10,16 +13,25 @@ import re
 
 from featviz.errors import FeatvizError
 from featviz.targets.core import Atom, Sum, Target
+from featviz.targets.kinds import RESIDUAL_KINDS
+from featviz.targets.sae import load_spec
 
 _REDUCTIONS = ("last", "max", "mean")
-_TL_ALIASES = [  # (regex on the part before the reduction, kind)
-    (re.compile(r"^blocks\.(-?\d+)\.mlp\.hook_post:(.+)$"), "mlp"),
-    (re.compile(r"^blocks\.(-?\d+)\.attn\.hook_z:(.+)$"), "head"),
-    (re.compile(r"^blocks\.(-?\d+)\.attn\.hook_pattern:(.+)$"), "attn"),
-    (re.compile(r"^blocks\.(-?\d+)\.hook_resid_post:(.+)$"), "resid"),
-]
-_SYNTAX = ("expected mlp:L:N, head:L:H, attn:L:H:K, resid:L:N or resid:L:FILE, "
-           "optionally followed by @last, @max, @mean or @I")
+# TransformerLens hook -> kind: the full name (blocks.L.<hook>) and get_act_name's shorthand
+_HOOK_KINDS = {"mlp.hook_post": ("mlp", "post"), "attn.hook_z": ("head", "z"),
+               "attn.hook_pattern": ("attn", "pattern"), "hook_resid_post": ("resid", "resid_post"),
+               "hook_resid_pre": ("resid_pre", "resid_pre"),
+               "hook_resid_mid": ("resid_mid", "resid_mid"),
+               "hook_attn_out": ("attn_out", "attn_out"), "hook_mlp_out": ("mlp_out", "mlp_out")}
+_TL_ALIASES = [(re.compile(r"^blocks\.(-?\d+)\." + re.escape(hook) + r":(.+)$"), kind)
+               for hook, (kind, _) in _HOOK_KINDS.items()]
+_TL_ALIASES += [(re.compile(r"^" + short + r"(\d+):(.+)$"), kind)
+                for kind, short in _HOOK_KINDS.values()]
+_ARITY = {"mlp": 3, "head": 3, "attn": 4, **{k: 3 for k in RESIDUAL_KINDS}}
+_SYNTAX = ("expected mlp:L:N, head:L:H, attn:L:H:K, resid:L:N or resid:L:FILE (also "
+           "resid_pre, resid_mid, attn_out, mlp_out), sae:PATH:N, or a TransformerLens hook "
+           "name such as blocks.L.hook_resid_pre:N, optionally followed by @last, @max, "
+           "@mean or @I")
 
 
 def _int(text: str, what: str, spec: str) -> int:
@@ -99,25 +111,49 @@ def parse_targets(spec: str, handle=None) -> list[Target]:
             break
     parts = body.split(":")
     kind = parts[0]
-    arity = {"mlp": 3, "head": 3, "attn": 4, "resid": 3}
-    if kind not in arity:
+    if kind == "sae":
+        atoms = _sae_atoms(parts, red, spec)
+    elif kind not in _ARITY:
         raise FeatvizError(f"bad target '{spec}': unknown kind '{kind}'; {_SYNTAX}")
-    if kind == "resid" and len(parts) > 3:      # a file path may itself contain ':'
+    else:
+        atoms = _atoms(kind, parts, red, spec)
+    if handle is not None:
+        for a in atoms:
+            a.validate(handle)
+    return atoms
+
+
+def _sae_atoms(parts: list, red: str, spec: str) -> list[Atom]:
+    """``sae:PATH:N`` (PATH may contain ':'), ``sae:PATH:A-B`` or ``sae:PATH:all``."""
+    if len(parts) < 3 or not parts[-1]:
+        raise FeatvizError(f"bad target '{spec}': write sae:PATH:N (feature N of the SAE at "
+                           "PATH), sae:PATH:A-B or sae:PATH:all")
+    path, which = ":".join(parts[1:-1]), parts[-1]
+    sae = load_spec(path)
+    feats = list(range(sae.d_sae)) if which == "all" else _expand(which, "feature", spec)
+    for f in (feats[0], feats[-1]):
+        if not 0 <= f < sae.d_sae:
+            raise FeatvizError(f"bad target '{spec}': feature {f} is out of range; the SAE "
+                               f"has features 0-{sae.d_sae - 1}")
+    return [Atom("sae", sae.layer, f, file=path, reduction=red) for f in feats]
+
+
+def _atoms(kind: str, parts: list, red: str, spec: str) -> list[Atom]:
+    resid = kind in RESIDUAL_KINDS
+    if resid and len(parts) > 3:                # a file path may itself contain ':'
         parts = parts[:2] + [":".join(parts[2:])]
-    if len(parts) != arity[kind]:
-        raise FeatvizError(f"bad target '{spec}': {kind} takes {arity[kind] - 1} numbers; {_SYNTAX}")
+    if len(parts) != _ARITY[kind]:
+        raise FeatvizError(f"bad target '{spec}': {kind} takes {_ARITY[kind] - 1} numbers; "
+                           f"{_SYNTAX}")
     layer = _int(parts[1], "layer", spec)
-    if kind == "resid" and not re.fullmatch(r"-?\d+|\d+-\d+", parts[2]):
-        atoms = [Atom("resid", layer, file=parts[2], reduction=red)]
+    if resid and not re.fullmatch(r"-?\d+|\d+-\d+", parts[2]):
+        atoms = [Atom(kind, layer, file=parts[2], reduction=red)]
     elif kind == "attn":
         atoms = [Atom("attn", layer, h, _int(parts[3], "key position", spec), reduction=red)
                  for h in _expand(parts[2], "head", spec)]
     else:
-        what = {"mlp": "neuron", "head": "head", "resid": "dimension"}[kind]
+        what = {"mlp": "neuron", "head": "head"}.get(kind, "dimension")
         atoms = [Atom(kind, layer, i, reduction=red) for i in _expand(parts[2], what, spec)]
-    if handle is not None:
-        for a in atoms:
-            a.validate(handle)
     return atoms
 
 

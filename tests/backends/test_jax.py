@@ -24,7 +24,8 @@ jax = pytest.importorskip("jax")
 jnp = jax.numpy
 
 SPECS = ["mlp:1:3", "mlp:2:7@max", "head:1:2", "head:2:3@mean", "attn:1:1:0", "attn:2:3:-2@3",
-         "resid:0:5", "resid:2:9@max"]
+         "resid:0:5", "resid:2:9@max", "resid_pre:1:3", "resid_mid:2:4@max", "attn_out:1:5",
+         "mlp_out:2:6@mean", "resid_pre:0:2"]
 
 
 def readings_agree(h, specs, text, tol=1e-4, tmp_path=None):
@@ -57,13 +58,14 @@ def readings_agree(h, specs, text, tol=1e-4, tmp_path=None):
 def test_forward_after_a_shared_start_is_the_same_run(tiny, P, logits):
     """BOS + prefix run once at batch 1, the rows after them: same captures, same logits."""
     from featviz.backends.jax.forward import forward_after, forward_raw
-    from featviz.model.forward import MLP_POST, PATTERN, RESID_POST, Z
+    from featviz.model.forward import ATTN_OUT, MLP_OUT, MLP_POST, PATTERN, RESID_MID, RESID_POST, Z
     jm = to_jax(tiny)
     rng = np.random.default_rng(0)
     ids = rng.integers(5, tiny.vocab_size, (3, 8))
     ids[:, :P] = ids[0, :P]                                       # a start all rows share
     x = embed_ids(jm, ids)
-    sites = frozenset({(MLP_POST, 1), (PATTERN, 2), (Z, 0), (RESID_POST, 2)})
+    sites = frozenset({(MLP_POST, 1), (PATTERN, 2), (Z, 0), (RESID_POST, 2), (RESID_MID, 1),
+                       (ATTN_OUT, 0), (MLP_OUT, 2)})
     args = (jm.spec, jm.params, jm.inv_freq, jm.rope_scale)
     want_c, want_l = forward_raw(*args, x, sites, logits)
     got_c, got_l = forward_after(*args, x[:1, :P], x[:, P:], sites, logits)

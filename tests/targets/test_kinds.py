@@ -49,3 +49,54 @@ def test_torch_and_jax_read_through_the_same_table():
         np.testing.assert_allclose(reduce_with(how, i, torch.from_numpy(v)).numpy(),
                                    np.asarray(reduce_with(how, i, jnp.asarray(v), jax_ops())),
                                    rtol=1e-6)
+
+
+def test_residual_hooks_add_up_as_transformer_lens_defines_them(tiny):
+    """hook_resid_pre + hook_attn_out = hook_resid_mid; + hook_mlp_out = hook_resid_post;
+    resid_pre of block L is resid_post of L - 1; attn_out is W_O z (+ b_O); mlp_out is the
+    MLP's down projection of mlp.hook_post."""
+    from featviz.model.forward import (ATTN_OUT, MLP_OUT, MLP_POST, RESID_MID, RESID_POST,
+                                       RESID_PRE, Z)
+    ids = torch.tensor([[tiny.bos_id, 5, 9, 11, 7, 3]])
+    sites = {(s, layer) for s in (RESID_PRE, RESID_MID, RESID_POST, ATTN_OUT, MLP_OUT, Z,
+                                  MLP_POST) for layer in (1, 2)}
+    with torch.no_grad():
+        c, _ = run(tiny, sites, input_ids=ids)
+        for layer in (1, 2):
+            torch.testing.assert_close(c[RESID_PRE, layer] + c[ATTN_OUT, layer], c[RESID_MID, layer])
+            torch.testing.assert_close(c[RESID_MID, layer] + c[MLP_OUT, layer], c[RESID_POST, layer])
+            torch.testing.assert_close(tiny.attn_out_proj(layer)(c[Z, layer]), c[ATTN_OUT, layer])
+            torch.testing.assert_close(tiny.mlp_out_proj(layer)(c[MLP_POST, layer]),
+                                       c[MLP_OUT, layer])
+        torch.testing.assert_close(c[RESID_PRE, 2], c[RESID_POST, 1])
+
+
+TL_NAMES = [  # (TransformerLens name or get_act_name shorthand, featviz spec)
+    ("blocks.1.hook_resid_pre:4", "resid_pre:1:4"), ("resid_pre1:4", "resid_pre:1:4"),
+    ("blocks.2.hook_resid_mid:5@max", "resid_mid:2:5@max"), ("resid_mid2:5@max", "resid_mid:2:5@max"),
+    ("blocks.1.hook_resid_post:6", "resid:1:6"), ("resid_post1:6", "resid:1:6"),
+    ("blocks.0.hook_attn_out:7", "attn_out:0:7"), ("attn_out0:7", "attn_out:0:7"),
+    ("blocks.2.hook_mlp_out:8@mean", "mlp_out:2:8@mean"), ("mlp_out2:8@mean", "mlp_out:2:8@mean"),
+    ("blocks.1.mlp.hook_post:3", "mlp:1:3"), ("post1:3", "mlp:1:3"),
+    ("blocks.2.attn.hook_z:1", "head:2:1"), ("z2:1", "head:2:1"),
+    ("blocks.1.attn.hook_pattern:2:0", "attn:1:2:0"), ("pattern1:2:0", "attn:1:2:0"),
+]
+
+
+@pytest.mark.parametrize("tl,spec", TL_NAMES)
+def test_transformer_lens_names_map_onto_kinds(llama, tl, spec):
+    assert featviz.parse_target(tl, llama) == featviz.parse_target(spec, llama)
+
+
+def test_every_residual_kind_reads_its_own_hook(tiny):
+    from featviz.model.forward import ATTN_OUT, MLP_OUT, RESID_MID, RESID_PRE
+    ids = torch.tensor([[tiny.bos_id, 5, 9, 11, 7]])
+    for kind, site in (("resid_pre", RESID_PRE), ("resid_mid", RESID_MID),
+                       ("attn_out", ATTN_OUT), ("mlp_out", MLP_OUT)):
+        a = featviz.parse_target(f"{kind}:1:4", tiny)
+        with torch.no_grad():
+            caps, _ = run(tiny, {(site, 1)}, input_ids=ids)
+            torch.testing.assert_close(a.per_position(caps, tiny), caps[site, 1][..., 4])
+        assert featviz.parse_target(f"{kind}:1:4@max").name == f"{kind}:1:4@max"
+    with pytest.raises(featviz.FeatvizError, match="dimensions 0-31"):
+        featviz.parse_target("mlp_out:1:32", tiny)

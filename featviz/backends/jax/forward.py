@@ -19,7 +19,16 @@ from functools import lru_cache
 import numpy as np
 
 from featviz.errors import FeatvizError
-from featviz.model.forward import MLP_POST, PATTERN, RESID_POST, Z
+from featviz.model.forward import (
+    ATTN_OUT,
+    MLP_OUT,
+    MLP_POST,
+    PATTERN,
+    RESID_MID,
+    RESID_POST,
+    RESID_PRE,
+    Z,
+)
 
 JAX_TYPES = ("llama", "mistral", "qwen2", "gpt2")   # model_type values the JAX backend runs
 
@@ -312,17 +321,23 @@ def _blocks(spec: Spec, params, inv_freq, rope_scale, x, sites, stop: int, past=
         if rep > 1:
             k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
         z, probs = _attend(q, k, v, spec.scale, off)
+        pre = x
         if spec.arch == "llama":
-            x = x + _lin(z, p["o"], p["ob"])
+            attn_out = _lin(z, p["o"], p["ob"])
+            x = mid = x + attn_out
             h = _rms(x, p["ln2"], spec.eps)
             post = _act(spec.act, _lin(h, p["gate"])) * _lin(h, p["up"])
-            x = x + _lin(post, p["down"])
+            mlp_out = _lin(post, p["down"])
         else:
-            x = x + mm(z, p["o"]) + p["ob"]
+            attn_out = mm(z, p["o"]) + p["ob"]
+            x = mid = x + attn_out
             h = _ln(x, p["ln2"], p["ln2b"], spec.eps)
             post = _act(spec.act, mm(h, p["fc"]) + p["fcb"])
-            x = x + mm(post, p["proj"]) + p["projb"]
-        for key, val in ((Z, z), (PATTERN, probs), (MLP_POST, post), (RESID_POST, x)):
+            mlp_out = mm(post, p["proj"]) + p["projb"]
+        x = x + mlp_out
+        for key, val in ((Z, z), (PATTERN, probs), (MLP_POST, post), (RESID_POST, x),
+                         (RESID_PRE, pre), (RESID_MID, mid), (ATTN_OUT, attn_out),
+                         (MLP_OUT, mlp_out)):
             if (key, l) in want:
                 caps[(key, l)] = val
     return caps, x, (kvs if keep_kv else None)

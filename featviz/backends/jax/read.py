@@ -56,10 +56,12 @@ def canonical(target):
 
 def jax_ops():
     """The array operations of ``targets.kinds`` in JAX."""
+    import jax
     import jax.numpy as jnp
     return Ops(norm=lambda v: jnp.linalg.norm(v, axis=-1),
                zeros=lambda shape, like: jnp.zeros(shape, like.dtype),
-               max=lambda v: v.max(-1), mean=lambda v: v.mean(-1))
+               max=lambda v: v.max(-1), mean=lambda v: v.mean(-1),
+               kth=lambda v, k: jax.lax.top_k(v, k)[0][..., -1])
 
 
 def _atom_values(a, caps, jm, direction, index=None):
@@ -67,7 +69,9 @@ def _atom_values(a, caps, jm, direction, index=None):
     x = caps[a.site]
     key = a.key_index(x.shape[-1]) if a.kind == "attn" else None
     d = direction[a.file] if a.file is not None and direction else None
-    r = Read(a.index if index is None else index, key, d, jm.spec.n_heads, jm.spec.head_dim)
+    sae = (a.sae_spec, d) if a.kind == "sae" else None
+    r = Read(a.index if index is None else index, key, None if sae else d, jm.spec.n_heads,
+             jm.spec.head_dim, sae)
     return KINDS[a.kind].read(x, r, jax_ops())
 
 
@@ -94,7 +98,12 @@ def evaluate(target, caps, jm, directions=None, span=None, indices=None):
 
 
 def directions_for(target, handle) -> dict:
-    """JAX arrays of the residual directions a target reads (by file path)."""
+    """JAX arrays of the residual directions and SAE weights a target reads (by file path)."""
     import jax.numpy as jnp
-    return {a.file: jnp.asarray(a.direction(handle).float().numpy())
-            for _, a in target.terms() if a.kind == "resid" and a.file is not None}
+    out = {}
+    for _, a in target.terms():
+        if a.kind == "sae":
+            out[a.file] = {k: jnp.asarray(v) for k, v in a.sae_weights_np().items()}
+        elif a.file is not None:
+            out[a.file] = jnp.asarray(a.direction(handle).float().numpy())
+    return out
