@@ -16,6 +16,7 @@ import torch
 from featviz.fileio import read_json, write_atomic
 from featviz.mining.miner import MineConfig, mine
 from featviz.mining.records import TargetExemplars
+from featviz.targets.core import input_files
 
 CACHE_VERSION = 2   # 2: per-position and prefix-mean maxima
 
@@ -64,15 +65,20 @@ def corpus_identity(source: str | None) -> dict:
 
 def slug(name: str) -> str:
     """A file-name-safe form of a target name (with a hash when the mapping is lossy)."""
-    s = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")[:80]
+    s = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+    s = s[:80] if len(s) <= 80 or not name.startswith("sae:") else s[-80:].strip("_")
     if not re.fullmatch(r"[a-z]+:\d+:\d+(:-?\d+)?(@(last|max|mean|-?\d+))?", name):
         s += "_" + hashlib.sha256(name.encode()).hexdigest()[:8]
     return s
 
 
-def cache_key(handle, source: str | None, cfg: MineConfig) -> str:
+def cache_key(handle, source: str | None, cfg: MineConfig, files: list | None = None) -> str:
+    """``files``: ``targets.core.input_files`` of the targets (omitted when empty, so
+    neuron caches keep their keys)."""
     doc = {"v": CACHE_VERSION, "model": model_fingerprint(handle),
            "corpus": corpus_identity(source), "mine": cfg.key()}
+    if files:
+        doc["files"] = files
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -108,7 +114,8 @@ def mine_cached(handle, targets: list, source: str | None, cfg: MineConfig, *,
     """
     cfg.check()
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    folder = os.path.join(cache_dir, cache_key(handle, source, cfg)) if cache_dir else None
+    folder = os.path.join(cache_dir, cache_key(handle, source, cfg, input_files(targets))) \
+        if cache_dir else None
     run = mine_with or (lambda ts: mine(handle, ts, cfg, source=source, progress=progress))
     return cached_per_target(folder, [str(t) for t in targets], TargetExemplars.from_json,
                              lambda todo: run([targets[i] for i in todo]))

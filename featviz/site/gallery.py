@@ -47,7 +47,7 @@ from featviz.site.runs import (
     shard_of,
     summarise_runs,
 )
-from featviz.targets.core import Target
+from featviz.targets.core import Target, input_files
 from featviz.targets.effects import logit_effect
 from featviz.targets.read import read_ids
 
@@ -164,6 +164,7 @@ def target_record(handle, target: Target, ex: TargetExemplars, res: DreamResult 
     rec = {
         "schema": "featviz.gallery.target", "version": SCHEMA_VERSION,
         "target": str(target), "description": target.describe(handle),
+        "sae": target.saes() or None,
         "model": handle.name, "settings_key": settings_key, "status": status, "error": error,
         "stats": {k: st[k] for k in ("max", "min", "mean", "std", "n_windows", "n_tokens", "density",
                                      "density_threshold", "nonfinite", "quantiles", "histogram")},
@@ -257,7 +258,7 @@ def build_gallery(handle, targets: list[Target], config: GalleryConfig | None = 
     for stale in glob.glob(os.path.join(glob.escape(out_dir), "**", "*.tmp*"), recursive=True):
         if is_stale_temp(stale):
             os.unlink(stale)                                # left by a killed run
-    settings_key, meta = _write_manifest(handle, cfg, out_dir, names)
+    settings_key, meta = _write_manifest(handle, cfg, out_dir, names, input_files(targets))
     records = _finished(out_dir, names, settings_key)
     mine_set = shard_of(targets, cfg.shard)
     todo = [t for t in mine_set if str(t) not in records]
@@ -369,13 +370,16 @@ def finish_gallery(out_dir: str, settings_key: str | None = None) -> GalleryResu
                                  and records[n].get("status") != "ok"])
 
 
-def _write_manifest(handle, cfg: GalleryConfig, out_dir: str, names: list) -> tuple[str, dict]:
+def _write_manifest(handle, cfg: GalleryConfig, out_dir: str, names: list,
+                    files: list | None = None) -> tuple[str, dict]:
     """Write gallery.json; returns (the settings key that names these results, the index's
     meta lines).  The key covers the model's weights, the corpus, every setting and the
     schema version, so results computed otherwise are recomputed, never mixed."""
     settings = cfg.settings()
     key_doc = {"model": model_fingerprint(handle), "corpus": corpus_identity(cfg.corpus),
                "settings": settings, "schema": SCHEMA_VERSION}
+    if files:                      # direction files and SAEs the targets read (input_files)
+        key_doc["files"] = files
     settings_key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:16]
     meta = {"model": handle.name, "corpus": cfg.corpus or "wiki",
             "tokens mined": cfg.mine.max_tokens, "targets": len(names),

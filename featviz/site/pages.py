@@ -121,7 +121,7 @@ def target_page(rec: dict) -> str:
                      + exemplar_table(b["samples"], scale))
     audit = audit_section(rec["audit"]) if rec.get("audit") else ""
     body = f"""<p><a href="../index.html">&larr; gallery</a></p>
-<h1>{esc(rec["target"])}</h1><p>{esc(rec.get("description", ""))}</p>{status}
+<h1>{esc(rec["target"])}</h1><p>{esc(rec.get("description", ""))}</p>{_saes(rec)}{status}
 <div class="fig"><div class="card"><b>Validation</b><br>
 corpus max {num(cmax)} &middot; best fluent synthetic {num(fluent)} (xe {num(val.get("xe_best_fluent"), ".2f")})
 &middot; best at any fluency {num(best)}<br>ratio fluent/corpus {num(val.get("ratio_fluent"), ".2f")}
@@ -141,6 +141,20 @@ quantiles: 50% {num(q.get("0.5"))} &middot; 90% {num(q.get("0.9"))} &middot; 99%
 <h2>Direct logit effect</h2>{_logits(rec.get("logit_effect"))}
 {audit}"""
     return page(f"featviz: {rec['target']}", body)
+
+
+def _saes(rec: dict) -> str:
+    """The SAEs a feature target reads: path, architecture, hook, d_sae (and what featviz
+    had to assume about them)."""
+    rows = []
+    for s in rec.get("sae") or []:
+        extra = "".join(f" &middot; {esc(k)} {esc(s[k])}" for k in ("head", "k", "normalize_activations")
+                        if k in s)
+        assumed = f'<br><span class="muted">{esc(s["assumed"])}</span>' if s.get("assumed") else ""
+        rows.append(f'<div class="card"><b>SAE</b> {esc(s["path"])} ({esc(s["format"])})<br>'
+                    f'{esc(s["architecture"])} &middot; {esc(s["hook"])} &middot; d_in '
+                    f'{esc(s["d_in"])} &middot; d_sae {esc(s["d_sae"])}{extra}{assumed}</div>')
+    return "".join(rows)
 
 
 def index_page(title: str, meta: dict, rows: list) -> str:

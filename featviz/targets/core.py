@@ -67,6 +67,15 @@ class Target:
             a.validate(handle)
         return self
 
+    def saes(self) -> list[dict]:
+        """What each distinct SAE this target reads says about itself (path, format,
+        architecture, hook, d_in, d_sae ...): for records and pages."""
+        seen = {}
+        for _, a in self.terms():
+            if a.kind == "sae" and a.file not in seen:
+                seen[a.file] = a.sae_spec.describe()
+        return list(seen.values())
+
     def per_position(self, captures: dict, handle, length: int | None = None) -> torch.Tensor:
         """Weighted per-position values, shape (batch, seq); ``length``: see Atom."""
         return sum(w * a.per_position(captures, handle, length) for w, a in self.terms())
@@ -143,10 +152,11 @@ class Atom(Target):
     def sae_weights(self, handle, like: torch.Tensor) -> dict:
         """The SAE's weights as torch tensors on ``like``'s device and dtype (cached)."""
         key = ("sae", os.path.abspath(self.file), str(like.device), like.dtype)
-        if key not in handle.cache:
-            handle.cache[key] = {k: torch.from_numpy(v).to(like.device, like.dtype)
-                                 for k, v in self.sae_weights_np().items()}
-        return handle.cache[key]
+        source = self.sae_weights_np()                # a new dict when the file changed
+        if key not in handle.cache or handle.cache[key][0] is not source:
+            handle.cache[key] = (source, {k: torch.from_numpy(v).to(like.device, like.dtype)
+                                          for k, v in source.items()})
+        return handle.cache[key][1]
 
     def describe(self, handle=None) -> str:
         red = {"last": "at the last position", "max": "max over positions (BOS excluded)",
@@ -327,6 +337,25 @@ class PerRow(Target):
 
     def __str__(self):
         return self.name
+
+
+def input_files(targets: Iterable[Target]) -> list:
+    """[path, size, mtime] of every file the targets read (direction files, SAE folders'
+    files), sorted: caches and gallery settings keys include it, so a retrained SAE or an
+    edited direction saved under the same path is never served stale results."""
+    paths = set()
+    for t in targets:
+        for _, a in t.terms():
+            if a.file is None:
+                continue
+            f = os.path.abspath(a.file)
+            paths |= {os.path.join(f, n) for n in os.listdir(f)} if os.path.isdir(f) else {f}
+    out = []
+    for p in sorted(paths):
+        if os.path.isfile(p):
+            st = os.stat(p)
+            out.append([p, st.st_size, st.st_mtime_ns])
+    return out
 
 
 def all_sites(targets: Iterable[Target]) -> set[tuple[str, int]]:

@@ -230,8 +230,13 @@ _WEIGHTS: dict = {}
 
 
 def _stamp(path: str):
+    """What changes when the SAE at ``path`` is rewritten (its files' sizes and times)."""
     try:
-        return os.path.getmtime(path)
+        if os.path.isdir(path):
+            return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                                for e in os.scandir(path) if e.is_file()))
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
     except OSError:
         return None
 
@@ -306,7 +311,8 @@ def load_weights(spec: SaeSpec) -> dict:
         w["W_mag"] = w["W_enc"] * np.exp(w.pop("r_mag"))[None]
     if spec.architecture == "topk" and spec.rescale_acts_by_decoder_norm:
         w["dec_norm"] = np.linalg.norm(w["W_dec"], axis=-1).astype(np.float32)
-    _WEIGHTS.clear()                                 # keep one SAE's weights in memory
+    for old in [k for k in _WEIGHTS if k[0] == spec.path] + list(_WEIGHTS)[:-3]:
+        _WEIGHTS.pop(old, None)                      # an older version; at most 4 SAEs kept
     _WEIGHTS[key] = w
     return w
 

@@ -58,7 +58,15 @@ def readings_agree(h, specs, text, tol=1e-4, tmp_path=None):
 def test_forward_after_a_shared_start_is_the_same_run(tiny, P, logits):
     """BOS + prefix run once at batch 1, the rows after them: same captures, same logits."""
     from featviz.backends.jax.forward import forward_after, forward_raw
-    from featviz.model.forward import ATTN_OUT, MLP_OUT, MLP_POST, PATTERN, RESID_MID, RESID_POST, Z
+    from featviz.model.forward import (
+        ATTN_OUT,
+        MLP_OUT,
+        MLP_POST,
+        PATTERN,
+        RESID_MID,
+        RESID_POST,
+        Z,
+    )
     jm = to_jax(tiny)
     rng = np.random.default_rng(0)
     ids = rng.integers(5, tiny.vocab_size, (3, 8))

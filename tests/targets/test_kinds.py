@@ -55,8 +55,15 @@ def test_residual_hooks_add_up_as_transformer_lens_defines_them(tiny):
     """hook_resid_pre + hook_attn_out = hook_resid_mid; + hook_mlp_out = hook_resid_post;
     resid_pre of block L is resid_post of L - 1; attn_out is W_O z (+ b_O); mlp_out is the
     MLP's down projection of mlp.hook_post."""
-    from featviz.model.forward import (ATTN_OUT, MLP_OUT, MLP_POST, RESID_MID, RESID_POST,
-                                       RESID_PRE, Z)
+    from featviz.model.forward import (
+        ATTN_OUT,
+        MLP_OUT,
+        MLP_POST,
+        RESID_MID,
+        RESID_POST,
+        RESID_PRE,
+        Z,
+    )
     ids = torch.tensor([[tiny.bos_id, 5, 9, 11, 7, 3]])
     sites = {(s, layer) for s in (RESID_PRE, RESID_MID, RESID_POST, ATTN_OUT, MLP_OUT, Z,
                                   MLP_POST) for layer in (1, 2)}

@@ -12,6 +12,7 @@ import torch
 import featviz
 from featviz import FeatvizError
 from featviz.mining import miner as miner_mod
+from featviz.mining.cache import slug
 from featviz.mining.miner import MineConfig, read_all
 from featviz.model.forward import run, with_bos
 from featviz.targets.effects import logit_effect, output_direction
@@ -294,3 +295,78 @@ def test_cli_bad_sae_exits_2(model_dir, tmp_path, capsys):
                f"sae:{tmp_path / 'missing'}:0", "hello"])
     err = capsys.readouterr().err
     assert rc == 2 and "no such file" in err and "Traceback" not in err
+
+
+def test_gallery_dream_and_audit_of_a_feature(llama, tmp_path):
+    """A feature is mined, dreamed, audited and shown like a neuron; its record and page
+    name the SAE."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from conftest import word_corpus
+
+    from featviz.analysis.audit import AuditConfig, audit
+    from featviz.search.config import DreamConfig
+    from featviz.site.gallery import GalleryConfig, build_gallery
+    sae = make_sae("topk", llama.d_model, 24, "blocks.1.hook_resid_post", k=6)
+    path = saved(sae, tmp_path / "sae")
+    corpus = word_corpus(tmp_path / "c.txt", 0, 30, 30)
+    fast = dict(length=4, batch=4, steps=4, swap_iters=3, children=6, k_grad=8, k_lm=8,
+                hard_samples=2, caps=(5.0,), init_samples=8, beam_lams=())
+    mine = MineConfig(window=16, max_tokens=600, k=4, cells=8, per_band=2, controls=3,
+                      hist_bins=16, batch_size=8)
+    ts = featviz.parse_targets(f"sae:{path}:0-1", llama) + \
+        [featviz.parse_target(f"-sae:{path}:2@max", llama)]
+    out = str(tmp_path / "g")
+    build_gallery(llama, ts, GalleryConfig(mine=mine, dream=DreamConfig(**fast), corpus=corpus,
+                                           cache_dir="", title="sae"), out_dir=out, progress=False)
+    recs = [json.loads(x) for x in open(f"{out}/gallery.jsonl")]
+    assert [r["target"] for r in recs] == [str(t) for t in ts]
+    for r in recs:
+        assert r["sae"][0]["architecture"] == "topk" and r["sae"][0]["d_sae"] == 24
+        assert r["sae"][0]["hook"] == "blocks.1.hook_resid_post"
+    assert recs[0]["logit_effect"]["top"]
+    syn = recs[0]["synthetic"]["best"]
+    t = featviz.parse_target(recs[0]["target"], llama)
+    again = featviz.read_ids(llama, [t], syn["token_ids"])
+    assert abs(again.reduced[str(t)] - syn["activation"]) < 1e-4      # verified in float32
+    page = open(os.path.join(out, "index.html")).read()
+    page = open(os.path.join(out, "targets", slug(recs[0]["target"]) + ".html")).read()
+    assert "d_sae 24" in page and "blocks.1.hook_resid_post" in page
+    rep = audit(llama, [ts[0]], AuditConfig(mine=mine, dream=DreamConfig(**fast), corpus=corpus,
+                                             contexts=3, context_len=6, baseline=8, cache_dir=""),
+                progress=False)
+    checks = {c.name: c for c in rep.targets[0].checks}
+    assert checks["path"].verdict in ("ok", "flag") and checks["path"].figures["layers"] == [0]
+
+
+def test_dreaming_a_feature_on_jax_matches_its_verification(llama, tmp_path):
+    pytest.importorskip("jax")
+    from featviz.search.config import DreamConfig
+    path = saved(make_sae("jumprelu", llama.d_model, 16, "blocks.1.hook_mlp_out"), tmp_path / "j")
+    res = featviz.dream(llama, f"sae:{path}:3@max",
+                        DreamConfig(length=4, batch=4, steps=3, swap_iters=2, children=4,
+                                    k_grad=8, k_lm=8, hard_samples=2, caps=(5.0,),
+                                    init_samples=8, beam_lams=(), backend="jax"), progress=False)
+    t = featviz.parse_target(f"sae:{path}:3@max", llama)
+    again = featviz.read_ids(llama, [t], res.best.token_ids)
+    assert abs(again.reduced[str(t)] - res.best.activation) < 1e-4
+
+
+def test_a_retrained_sae_at_the_same_path_is_mined_again(llama, tmp_path):
+    from featviz.mining.cache import mine_cached
+    corpus = tmp_path / "c.txt"
+    corpus.write_text((TEXT + " ") * 20)
+    cfg = MineConfig(max_tokens=200, window=16, batch_size=8)
+    path = saved(make_sae("standard", llama.d_model, 8, "blocks.1.hook_resid_post"), tmp_path / "s")
+    ts = featviz.parse_targets(f"sae:{path}:0-7", llama)
+    a, hit = mine_cached(llama, ts, str(corpus), cfg, cache_dir=str(tmp_path / "cache"),
+                         progress=False)
+    assert hit == 0
+    _, hit = mine_cached(llama, ts, str(corpus), cfg, cache_dir=str(tmp_path / "cache"),
+                         progress=False)
+    assert hit == 8
+    saved(make_sae("standard", llama.d_model, 8, "blocks.1.hook_resid_post", seed=9), path)
+    os.utime(os.path.join(path, "sae_weights.safetensors"), (1, 1))   # "retrained" earlier
+    b, hit = mine_cached(llama, ts, str(corpus), cfg, cache_dir=str(tmp_path / "cache"),
+                         progress=False)
+    assert hit == 0 and [r.max for r in a] != [r.max for r in b]
