@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_audit_parser(sub, common)
     from featviz.cli.compare import add_compare_parser
     add_compare_parser(sub, common)
+    from featviz.cli.export import add_export_parser
+    add_export_parser(sub, common)
     return p
 
 

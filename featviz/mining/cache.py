@@ -18,7 +18,7 @@ from featviz.mining.miner import MineConfig, mine
 from featviz.mining.records import TargetExemplars
 from featviz.targets.core import input_files
 
-CACHE_VERSION = 2   # 2: per-position and prefix-mean maxima
+CACHE_VERSION = 3   # 2: per-position and prefix-mean maxima; 3: most negative windows
 
 
 def default_cache_dir() -> str:

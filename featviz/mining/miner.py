@@ -9,7 +9,7 @@ targets, so thousands of neurons cost little beyond the forward pass itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,9 +26,9 @@ from featviz.mining.accumulators import (
 )
 from featviz.mining.grid import target_keys
 from featviz.mining.records import TargetExemplars
-from featviz.model.forward import Z, run
+from featviz.model.forward import run
 from featviz.targets.core import Atom, Target, all_sites
-from featviz.targets.kinds import RESIDUAL_KINDS, TORCH_OPS, head_norms
+from featviz.targets.kinds import TORCH_OPS, head_norms
 from featviz.targets.sae import encode
 
 
@@ -88,19 +88,21 @@ def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
         plain = type(t) is Atom          # subclasses may read differently: ask them
         if plain and t.kind == "sae":
             groups.setdefault(("sae", t.file), []).append(i)
-        elif plain and (t.kind in ("mlp", "head") or (t.kind in RESIDUAL_KINDS and t.file is None)):
-            groups.setdefault(t.site, []).append(i)
+        elif plain and t.kind == "head":
+            groups.setdefault(("norm", t.site), []).append(i)
+        elif plain and t.column(handle) is not None:
+            groups.setdefault(("column", t.site), []).append(i)
         else:
             single.append(i)
     parts = []                                            # (target positions, (n, B, S) values)
-    for group, idx in groups.items():
+    for (how, _), idx in groups.items():
         first = targets[idx[0]]
         x = captures[first.site]
-        if group[0] == "sae":
+        if how == "sae":                                   # one encoding: every feature
             x = encode(first.sae_spec, first.sae_weights(handle, x), x, TORCH_OPS)
-        elif group[0] == Z:
+        elif how == "norm":
             x = head_norms(x, handle.n_heads, handle.head_dim)
-        sel = [targets[i].index for i in idx]
+        sel = [targets[i].index if how != "column" else targets[i].column(handle) for i in idx]
         vals = x if sel == list(range(x.shape[-1])) else \
             x.index_select(-1, torch.as_tensor(sel, device=x.device))  # all units: no gather
         parts.append((idx, vals.permute(2, 0, 1)))
@@ -133,6 +135,7 @@ class Miner:
         self.targets, self.cfg, self.W = list(targets), cfg, width
         T = len(targets)
         self.top = TopK(T, cfg.k, width)
+        self.bottom = TopK(T, cfg.k, width)      # ranked by -(window min): the most negative
         self.moments = Moments(T, cfg.hist_bins, cfg.density_threshold)
         self.reservoir = BandReservoir(target_keys(targets, cfg.seed), cfg.cells, cfg.slots,
                                        width)
@@ -154,7 +157,9 @@ class Miner:
         clean = bool(finite.all())           # the common case: no masking passes needed
         mx = body.max(dim=2) if clean else torch.where(finite, body, -torch.inf).max(dim=2)
         wmax, peak = mx.values.numpy(), mx.indices.numpy() + start                  # (T, B)
+        mn = body.min(dim=2) if clean else torch.where(finite, body, torch.inf).min(dim=2)
         self.top.update(wmax, peak, per, ids, win)
+        self.bottom.update(-mn.values.numpy(), mn.indices.numpy() + start, per, ids, win)
         self.moments.update(body.reshape(T, -1), None if clean else finite.reshape(T, -1),
                             mx.values.amax(dim=1))
         self.reservoir.update(wmax, peak, per, ids, win)
@@ -172,7 +177,7 @@ class Miner:
                 other.cfg.key() != self.cfg.key():
             raise FeatvizError("only passes over the same targets with the same mining "
                                "settings can be merged")
-        for name in ("top", "moments", "reservoir", "controls", "positions"):
+        for name in ("top", "bottom", "moments", "reservoir", "controls", "positions"):
             getattr(self, name).merge(getattr(other, name))
         self.n_tok += other.n_tok
         self.n_win += other.n_win
@@ -180,7 +185,7 @@ class Miner:
 
     def finish(self) -> list[TargetExemplars]:
         cfg = self.cfg
-        top = self.top.ranked()
+        top, bottom = self.top.ranked(), self.bottom.ranked()
         bands = self.reservoir.bands(self.moments.vmax, self.top.win, cfg.bands, cfg.per_band)
         controls = self.controls.exemplars(0 if cfg.include_bos else 1)
         out = []
@@ -188,6 +193,7 @@ class Miner:
             r = TargetExemplars(str(target), density_threshold=cfg.density_threshold)
             r.n_windows, r.n_tokens = self.n_win, self.n_tok
             r.top, r.bands, r.controls = top[t], bands[t], controls[t]
+            r.bottom = [replace(e, value=-e.value) for e in bottom[t] if e.value > 0]
             self.moments.fill(r, t, self.n_tok)
             self.positions.fill(r, t)
             out.append(r)

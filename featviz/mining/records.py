@@ -55,6 +55,9 @@ class Band:
 class TargetExemplars:
     target: str
     top: list = field(default_factory=list)       # Exemplar, best first
+    # the k windows with the most negative minimum, most negative first (value: the window's
+    # min, peak: where it is); only windows whose min is below 0
+    bottom: list = field(default_factory=list)
     max: float = float("-inf")
     min: float = float("inf")
     mean: float = float("nan")
@@ -96,6 +99,7 @@ class TargetExemplars:
                 "quantiles": {str(q): self.quantile(q) for q in (0.5, 0.9, 0.99, 0.999)},
                 "histogram": {"edges": self.hist_edges, "counts": self.hist_counts},
                 "top": [e.to_json(handle) for e in self.top],
+                "bottom": [e.to_json(handle) for e in self.bottom],
                 "bands": [b.to_json(handle) for b in self.bands],
                 "controls": [e.to_json(handle) for e in self.controls],
                 "position_max": _json_floats(self.position_max),
@@ -108,6 +112,7 @@ class TargetExemplars:
         def f(v, default=nan):
             return default if v is None else v
         return cls(target=d["target"], top=[Exemplar.from_json(e) for e in d["top"]],
+                   bottom=[Exemplar.from_json(e) for e in d["bottom"]],
                    max=f(d["max"]), min=f(d["min"]), mean=f(d["mean"]), std=f(d.get("std")),
                    n_windows=d["n_windows"], n_tokens=d["n_tokens"], density=f(d["density"]),
                    density_threshold=d["density_threshold"],

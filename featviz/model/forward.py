@@ -3,8 +3,10 @@
 One hooked forward serves any set of targets; it stops after the deepest block
 that any target needs unless logits are wanted.  Hook sites use TransformerLens
 names (``SITES``): per block L, ``hook_resid_pre``, ``hook_resid_mid``,
-``hook_resid_post``, ``hook_attn_out``, ``hook_mlp_out``, ``attn.hook_z`` (heads
-flattened: (batch, seq, n_heads * head_dim)), ``attn.hook_pattern`` and ``mlp.hook_post``.
+``hook_resid_post``, ``hook_attn_out``, ``hook_mlp_out``, ``attn.hook_q/k/v`` (before
+RoPE; k and v with the model's KV heads) and ``attn.hook_z`` (heads flattened: (batch,
+seq, heads * head_dim)), ``attn.hook_pattern``, ``mlp.hook_pre`` (a gated MLP's gate),
+``mlp.hook_pre_linear`` (its linear branch) and ``mlp.hook_post``.
 """
 from __future__ import annotations
 
@@ -62,6 +64,16 @@ def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits=False,
         elif site == ATTN_OUT:
             hooks.append(handle.attn_out_proj(layer).register_forward_hook(
                 lambda m, args, out, key=(site, layer): keep(key, out)))
+        elif site == MLP_PRE:
+            hooks.append(handle.mlp_in_proj(layer).register_forward_hook(
+                lambda m, args, out, key=(site, layer): keep(key, out)))
+        elif site == MLP_PRE_LINEAR:
+            hooks.append(handle.mlp_up_proj(layer).register_forward_hook(
+                lambda m, args, out, key=(site, layer): keep(key, out)))
+        elif site in (Q, K, V):
+            mod, cols = handle.qkv_proj(layer, site[-1])
+            hooks.append(mod.register_forward_hook(
+                lambda m, args, out, key=(site, layer), cols=cols: keep(key, out[..., cols])))
         elif site == MLP_OUT:
             hooks.append(handle.mlp_module(layer).register_forward_hook(
                 lambda m, args, out, key=(site, layer): keep(key, out)))
@@ -133,6 +145,9 @@ def xe_from_logits(logits: torch.Tensor, ids: torch.Tensor, start: int = 1) -> t
 MLP_POST, Z, PATTERN, RESID_POST = "mlp.hook_post", "attn.hook_z", "attn.hook_pattern", "hook_resid_post"
 RESID_PRE, RESID_MID, ATTN_OUT, MLP_OUT = ("hook_resid_pre", "hook_resid_mid", "hook_attn_out",
                                            "hook_mlp_out")
-SITES = (RESID_PRE, RESID_MID, RESID_POST, ATTN_OUT, MLP_OUT, Z, PATTERN, MLP_POST)
+MLP_PRE, MLP_PRE_LINEAR = "mlp.hook_pre", "mlp.hook_pre_linear"
+Q, K, V = "attn.hook_q", "attn.hook_k", "attn.hook_v"     # before RoPE; k, v: the KV heads
+SITES = (RESID_PRE, RESID_MID, RESID_POST, ATTN_OUT, MLP_OUT, Z, PATTERN, MLP_POST, MLP_PRE,
+         MLP_PRE_LINEAR, Q, K, V)
 # the sites whose width is d_model (the residual stream and what blocks write into it)
 RESIDUAL_SITES = (RESID_PRE, RESID_MID, RESID_POST, ATTN_OUT, MLP_OUT)

@@ -62,6 +62,26 @@ class ModelHandle:
     def mlp_module(self, layer: int):
         return self.blocks[layer].mlp
 
+    def mlp_in_proj(self, layer: int):
+        """The projection whose output is mlp.hook_pre: the gate of a gated MLP (as
+        TransformerLens' bridge defines it), GPT-2's c_fc."""
+        mlp = self.blocks[layer].mlp
+        return mlp.gate_proj if self.arch == "llama" else mlp.c_fc
+
+    def mlp_up_proj(self, layer: int):
+        """A gated MLP's linear branch (mlp.hook_pre_linear); None for GPT-2."""
+        return self.blocks[layer].mlp.up_proj if self.arch == "llama" else None
+
+    def qkv_proj(self, layer: int, which: str):
+        """(module, column slice) whose output holds attn.hook_q / hook_k / hook_v flattened
+        (batch, seq, heads * head_dim), before RoPE: llama's q_proj / k_proj / v_proj,
+        GPT-2's fused c_attn (a third of its output each)."""
+        attn = self.attn_module(layer)
+        if self.arch == "llama":
+            return getattr(attn, f"{which}_proj"), slice(None)
+        i = "qkv".index(which)
+        return attn.c_attn, slice(i * self.d_model, (i + 1) * self.d_model)
+
     def ln2(self, layer: int):
         """The norm before the MLP: its input is the residual stream between attention and
         MLP (TransformerLens' hook_resid_mid)."""

@@ -170,6 +170,7 @@ def target_record(handle, target: Target, ex: TargetExemplars, res: DreamResult 
                                      "density_threshold", "nonfinite", "quantiles", "histogram")},
         # field names follow OpenAI's NeuronRecord so a converter is a few lines
         "most_positive_activation_records": [_exemplar_json(handle, e) for e in ex.top],
+        "most_negative_activation_records": [_exemplar_json(handle, e) for e in ex.bottom],
         "random_sample": [_exemplar_json(handle, e) for e in ex.controls],
         "bands": [{"lo": b.lo, "hi": b.hi, "count": b.count,
                    "samples": [_exemplar_json(handle, e) for e in b.samples]} for b in ex.bands],

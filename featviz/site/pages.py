@@ -6,14 +6,15 @@ import math
 from featviz.site.html import esc, histogram_svg, num, page, shaded
 
 
-def exemplar_table(records: list, scale: float) -> str:
+def exemplar_table(records: list, scale: float, value: str = "max") -> str:
     if not records:
         return '<p class="muted">none</p>'
     rows = []
     for r in records:
         rows.append(f'<tr><td class="n">{num(r.get("value"))}</td><td class="n">{r.get("window")}</td>'
                     f'<td>{shaded(r["tokens"], r["activations"], scale, peak=r.get("peak"))}</td></tr>')
-    return ('<table><thead><tr><th>max</th><th>window</th><th>text (BOS not shown; peak outlined)'
+    return (f'<table><thead><tr><th>{value}</th><th>window</th><th>text (BOS not shown; '
+            f'{"peak" if value == "max" else value} outlined)'
             f'</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
 
 
@@ -136,11 +137,22 @@ quantiles: 50% {num(q.get("0.5"))} &middot; 90% {num(q.get("0.9"))} &middot; 99%
 <h2>Activation histogram</h2>{hist}
 <h2>Synthetic text</h2>{_synthetic(rec, scale)}
 <h2>Top corpus exemplars</h2>{exemplar_table(rec.get("most_positive_activation_records", []), scale)}
-<h2>Samples from intervals of the max</h2>{"".join(reversed(bands)) or '<p class="muted">none</p>'}
+{_negative(rec, scale)}<h2>Samples from intervals of the max</h2>{"".join(reversed(bands)) or '<p class="muted">none</p>'}
 <h2>Random control windows</h2>{exemplar_table(rec.get("random_sample", []), scale)}
 <h2>Direct logit effect</h2>{_logits(rec.get("logit_effect"))}
 {audit}"""
     return page(f"featviz: {rec['target']}", body)
+
+
+def _negative(rec: dict, scale: float) -> str:
+    """The windows that drive the target most negative (shaded blue), when any went below 0."""
+    rows = rec.get("most_negative_activation_records") or []
+    if not rows:
+        return ""
+    neg = max(-min(r["value"] for r in rows), 1e-9)
+    return ("<h2>Most negative corpus exemplars</h2>"
+            '<p class="muted">windows by their minimum, most negative first</p>'
+            + exemplar_table(rows, max(scale, neg), "min"))
 
 
 def _saes(rec: dict) -> str:

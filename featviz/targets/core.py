@@ -15,7 +15,15 @@ import torch
 
 from featviz.errors import FeatvizError
 from featviz.targets.directions import load_direction
-from featviz.targets.kinds import KINDS, RESIDUAL_KINDS, TORCH_OPS, Read, reduce_with
+from featviz.targets.kinds import (
+    HEAD_DIM_KINDS,
+    KINDS,
+    RESIDUAL_KINDS,
+    TORCH_OPS,
+    UNIT_KINDS,
+    Read,
+    reduce_with,
+)
 from featviz.targets.sae import SaeSpec, check_model, load_spec, load_weights
 
 
@@ -109,12 +117,13 @@ class Atom(Target):
     """One readout: a neuron, head norm, attention probability, residual direction or SAE
     feature."""
 
-    kind: str                 # "mlp" | "head" | "attn" | "sae" | a residual kind (RESIDUAL_KINDS)
+    kind: str                 # a key of targets.kinds.KINDS ("mlp", "head", "attn", "sae", ...)
     layer: int
     index: int | None = None  # neuron, head, basis dimension or SAE feature
     key: int | None = None    # attn key position
     file: str | None = None   # a residual kind's direction file; an SAE's path
     reduction: str = "last"   # "last" | "max" | "mean" | "<int>"
+    dim: int | None = None    # the dimension within head ``index`` (q, k, v, z)
 
     def terms(self):
         return [(1.0, self)]
@@ -123,6 +132,8 @@ class Atom(Target):
     def name(self) -> str:
         if self.kind == "attn":
             body = f"attn:{self.layer}:{self.index}:{self.key}"
+        elif self.kind in HEAD_DIM_KINDS:
+            body = f"{self.kind}:{self.layer}:{self.index}:{self.dim}"
         elif self.kind == "sae":
             body = f"sae:{self.file}:{self.index}"
         elif self.kind in RESIDUAL_KINDS:
@@ -170,6 +181,17 @@ class Atom(Target):
         elif self.kind == "attn":
             what = (f"attention probability of head {self.index}, layer {self.layer}, "
                     f"to key position {self.key}")
+        elif self.kind in HEAD_DIM_KINDS:
+            part = {"q": "query (before RoPE)", "k": "key (before RoPE)", "v": "value",
+                    "z": "output z"}[self.kind]
+            what = (f"dimension {self.dim} of head {self.index}'s {part} at layer {self.layer} "
+                    f"(attn.hook_{self.kind})")
+        elif self.kind == "mlp_pre":
+            what = (f"MLP pre-activation {self.index} of layer {self.layer} (mlp.hook_pre: the "
+                    "gate of a gated MLP)")
+        elif self.kind == "mlp_pre_linear":
+            what = (f"the linear branch of MLP neuron {self.index} of layer {self.layer} "
+                    "(mlp.hook_pre_linear)")
         elif self.kind == "sae":
             sp = self.sae_spec
             what = (f"feature {self.index} of the {sp.architecture} SAE {self.file} "
@@ -200,7 +222,18 @@ class Atom(Target):
             check_model(self.sae_spec, handle)
         if not 0 <= self.layer < handle.n_layers:
             bad(f"layer {self.layer} is out of range; this model has layers 0-{handle.n_layers - 1}")
-        if self.kind == "mlp" and not 0 <= self.index < handle.d_mlp:
+        if self.kind == "mlp_pre_linear" and handle.arch != "llama":
+            bad("mlp.hook_pre_linear exists only in gated MLPs; this model's MLP is not gated "
+                "(use mlp_pre or mlp)")
+        if self.kind in HEAD_DIM_KINDS:
+            heads = handle.n_kv_heads if self.kind in ("k", "v") else handle.n_heads
+            if not 0 <= self.index < heads:
+                bad(f"head {self.index} is out of range; attn.hook_{self.kind} has heads "
+                    f"0-{heads - 1}")
+            if not 0 <= self.dim < handle.head_dim:
+                bad(f"dimension {self.dim} is out of range; a head has dimensions "
+                    f"0-{handle.head_dim - 1}")
+        if self.kind in UNIT_KINDS and not 0 <= self.index < handle.d_mlp:
             bad(f"neuron {self.index} is out of range; layer {self.layer} has neurons "
                 f"0-{handle.d_mlp - 1}")
         if self.kind in ("head", "attn") and not 0 <= self.index < handle.n_heads:
@@ -242,7 +275,17 @@ class Atom(Target):
         d = self.direction(handle).to(x.device, x.dtype) \
             if self.file is not None and sae is None else None
         return KINDS[self.kind].read(
-            x, Read(self.index, key, d, handle.n_heads, handle.head_dim, sae), TORCH_OPS)
+            x, Read(self.index, key, d, handle.n_heads, handle.head_dim, sae, self.dim), TORCH_OPS)
+
+    def column(self, handle) -> int | None:
+        """The one column of its hook this atom reads (neurons, basis dimensions, a head's
+        dimension), or None when it reads otherwise: the miner gathers columns of a hook
+        with one index."""
+        if self.kind in UNIT_KINDS or (self.kind in RESIDUAL_KINDS and self.file is None):
+            return self.index
+        if self.kind in HEAD_DIM_KINDS:
+            return self.index * handle.head_dim + self.dim
+        return None
 
     # index arithmetic shared by both backends (featviz.jaxfwd reads through these too)
     def key_index(self, t: int) -> int:

@@ -16,10 +16,15 @@ from featviz.model.forward import (
     ATTN_OUT,
     MLP_OUT,
     MLP_POST,
+    MLP_PRE,
+    MLP_PRE_LINEAR,
     PATTERN,
     RESID_MID,
     RESID_POST,
     RESID_PRE,
+    K,
+    Q,
+    V,
     Z,
 )
 from featviz.targets.sae import encode
@@ -45,8 +50,9 @@ TORCH_OPS = Ops(norm=lambda v: v.norm(dim=-1), zeros=lambda shape, like: like.ne
 class Read:
     """An atom's arguments, resolved for one capture: ``index`` (neuron, head or dimension;
     a constant or a traced JAX index), ``key`` (attention key position), ``direction``
-    (a unit vector on the capture's device), ``n_heads``, ``head_dim`` and ``sae`` (an SAE
-    feature's (SaeSpec, weights as arrays of the capture's framework))."""
+    (a unit vector on the capture's device), ``n_heads``, ``head_dim``, ``sae`` (an SAE
+    feature's (SaeSpec, weights as arrays of the capture's framework)) and ``dim`` (a
+    dimension within a head)."""
 
     index: object = None
     key: int | None = None
@@ -54,6 +60,7 @@ class Read:
     n_heads: int = 0
     head_dim: int = 0
     sae: tuple | None = None
+    dim: int | None = None
 
 
 def head_norms(x, n_heads: int, head_dim: int, ops: Ops = TORCH_OPS):
@@ -69,6 +76,10 @@ def _unit(x, r: Read, ops: Ops):
 
 def _head(x, r: Read, ops: Ops):
     return head_norms(x, r.n_heads, r.head_dim, ops)[..., r.index]
+
+
+def _head_dim(x, r: Read, ops: Ops):
+    return x[..., r.index * r.head_dim + r.dim]
 
 
 def _attn(x, r: Read, ops: Ops):
@@ -102,9 +113,19 @@ KINDS = {
     "attn_out": Kind(ATTN_OUT, _resid),     # blocks.L.hook_attn_out
     "mlp_out": Kind(MLP_OUT, _resid),       # blocks.L.hook_mlp_out
     "sae": Kind(None, _sae),          # feature N of the SAE at a path, at the SAE's hook
+    "mlp_pre": Kind(MLP_PRE, _unit),  # blocks.L.mlp.hook_pre[..., N] (a gated MLP's gate)
+    "mlp_pre_linear": Kind(MLP_PRE_LINEAR, _unit),  # blocks.L.mlp.hook_pre_linear[..., N]
+    "q": Kind(Q, _head_dim),          # blocks.L.attn.hook_q[..., H, D] (before RoPE)
+    "k": Kind(K, _head_dim),          # blocks.L.attn.hook_k[..., H, D] (H: a KV head)
+    "v": Kind(V, _head_dim),          # blocks.L.attn.hook_v[..., H, D] (H: a KV head)
+    "z": Kind(Z, _head_dim),          # blocks.L.attn.hook_z[..., H, D]
 }
 # kinds read along a residual-stream vector: a basis dimension or a direction file
 RESIDUAL_KINDS = ("resid", "resid_pre", "resid_mid", "attn_out", "mlp_out")
+# kinds read at one head and a dimension of it: q:L:H:D
+HEAD_DIM_KINDS = ("q", "k", "v", "z")
+# kinds read as one column of their hook (neurons and dimensions)
+UNIT_KINDS = ("mlp", "mlp_pre", "mlp_pre_linear")
 
 
 def reduce_with(how: str, i, values, ops: Ops = TORCH_OPS):

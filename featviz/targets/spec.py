@@ -13,7 +13,7 @@ import re
 
 from featviz.errors import FeatvizError
 from featviz.targets.core import Atom, Sum, Target
-from featviz.targets.kinds import RESIDUAL_KINDS
+from featviz.targets.kinds import HEAD_DIM_KINDS, RESIDUAL_KINDS
 from featviz.targets.sae import load_spec
 
 _REDUCTIONS = ("last", "max", "mean")
@@ -22,16 +22,20 @@ _HOOK_KINDS = {"mlp.hook_post": ("mlp", "post"), "attn.hook_z": ("head", "z"),
                "attn.hook_pattern": ("attn", "pattern"), "hook_resid_post": ("resid", "resid_post"),
                "hook_resid_pre": ("resid_pre", "resid_pre"),
                "hook_resid_mid": ("resid_mid", "resid_mid"),
-               "hook_attn_out": ("attn_out", "attn_out"), "hook_mlp_out": ("mlp_out", "mlp_out")}
+               "hook_attn_out": ("attn_out", "attn_out"), "hook_mlp_out": ("mlp_out", "mlp_out"),
+               "mlp.hook_pre_linear": ("mlp_pre_linear", "pre_linear"),
+               "mlp.hook_pre": ("mlp_pre", "pre"), "attn.hook_q": ("q", "q"),
+               "attn.hook_k": ("k", "k"), "attn.hook_v": ("v", "v")}
 _TL_ALIASES = [(re.compile(r"^blocks\.(-?\d+)\." + re.escape(hook) + r":(.+)$"), kind)
                for hook, (kind, _) in _HOOK_KINDS.items()]
 _TL_ALIASES += [(re.compile(r"^" + short + r"(\d+):(.+)$"), kind)
                 for kind, short in _HOOK_KINDS.values()]
-_ARITY = {"mlp": 3, "head": 3, "attn": 4, **{k: 3 for k in RESIDUAL_KINDS}}
+_ARITY = {"mlp": 3, "head": 3, "attn": 4, "mlp_pre": 3, "mlp_pre_linear": 3,
+          **{k: 3 for k in RESIDUAL_KINDS}, **{k: 4 for k in HEAD_DIM_KINDS}}
 _SYNTAX = ("expected mlp:L:N, head:L:H, attn:L:H:K, resid:L:N or resid:L:FILE (also "
-           "resid_pre, resid_mid, attn_out, mlp_out), sae:PATH:N, or a TransformerLens hook "
-           "name such as blocks.L.hook_resid_pre:N, optionally followed by @last, @max, "
-           "@mean or @I")
+           "resid_pre, resid_mid, attn_out, mlp_out), mlp_pre:L:N, mlp_pre_linear:L:N, "
+           "q/k/v/z:L:H:D, sae:PATH:N, or a TransformerLens hook name such as "
+           "blocks.L.hook_resid_pre:N, optionally followed by @last, @max, @mean or @I")
 
 
 def _int(text: str, what: str, spec: str) -> int:
@@ -111,6 +115,8 @@ def parse_targets(spec: str, handle=None) -> list[Target]:
             break
     parts = body.split(":")
     kind = parts[0]
+    if kind == "head" and len(parts) == 4:     # hook_z:H:D is a dimension, hook_z:H the norm
+        kind = parts[0] = "z"
     if kind == "sae":
         atoms = _sae_atoms(parts, red, spec)
     elif kind not in _ARITY:
@@ -151,8 +157,13 @@ def _atoms(kind: str, parts: list, red: str, spec: str) -> list[Atom]:
     elif kind == "attn":
         atoms = [Atom("attn", layer, h, _int(parts[3], "key position", spec), reduction=red)
                  for h in _expand(parts[2], "head", spec)]
+    elif kind in HEAD_DIM_KINDS:
+        atoms = [Atom(kind, layer, h, reduction=red, dim=d)
+                 for h in _expand(parts[2], "head", spec)
+                 for d in _expand(parts[3], "dimension", spec)]
     else:
-        what = {"mlp": "neuron", "head": "head"}.get(kind, "dimension")
+        what = {"mlp": "neuron", "mlp_pre": "neuron", "mlp_pre_linear": "neuron",
+                "head": "head"}.get(kind, "dimension")
         atoms = [Atom(kind, layer, i, reduction=red) for i in _expand(parts[2], what, spec)]
     return atoms
 

@@ -74,6 +74,17 @@ def test_miner_equals_brute_force(tiny, corpus_file, spec):
             np.testing.assert_allclose(e.activations, per[t, e.window], rtol=1e-5, atol=1e-6)
             # the peak is a position holding the window's max (ties within TOL either way)
             assert body[t, e.window, e.peak - 1] >= wmax[e.window] - TOL * max(1, abs(wmax[e.window]))
+        # the most negative windows: by their min, only those below 0, min at the peak
+        wmin = body[t].min(1)
+        neg = np.nonzero(wmin < 0)[0]
+        assert len(r.bottom) == min(cfg.k, len(neg))
+        if r.bottom:
+            assert_valid_top([e.window for e in r.bottom], [-e.value for e in r.bottom], -wmin,
+                             len(r.bottom))
+        for e in r.bottom:
+            assert e.value < 0 and e.value == pytest.approx(wmin[e.window], rel=1e-5)
+            np.testing.assert_allclose(e.activations, per[t, e.window], rtol=1e-5, atol=1e-6)
+            assert body[t, e.window, e.peak - 1] <= wmin[e.window] + TOL * max(1, abs(wmin[e.window]))
         vals = body[t].ravel()
         assert r.n_tokens == vals.size and r.n_windows == len(ids)
         assert r.max == pytest.approx(vals.max(), rel=1e-5)

@@ -208,20 +208,78 @@ def test_gallery_in_a_browser(built, tmp_path):
     assert os.path.getsize(tmp_path / "index.png") > 1000
 
 
-def test_documented_neuron_record_converter(built, monkeypatch):
-    """The few-line converter in docs/gallery_schema.md runs on a real gallery."""
-    doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "gallery_schema.md")).read()
-    code = doc.split("## Converting", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    monkeypatch.chdir(built[0])
-    ns: dict = {}
-    exec(code, ns)
-    recs = ns["records"]
-    assert len(recs) == len(built[1].done)
-    r = recs[0]
-    assert r["neuron_id"] == {"layer_index": 1, "neuron_index": 0}
-    ex = r["most_positive_activation_records"][0]
-    assert len(ex["tokens"]) == len(ex["activations"]) and max(ex["activations"]) == pytest.approx(
-        r["max_activation"])
+def test_export_neuron_records(built, tmp_path):
+    """OpenAI NeuronRecords: {layer}/{neuron}.json; quantile boundaries are activation
+    quantiles and each by-quantile window's max lies in its bin; BOS dropped."""
+    from featviz.site.exports import export
+    out = str(tmp_path / "nr")
+    s = export("neuron-records", built[0], out)
+    assert s.units == 4 and not s.skipped
+    assert sorted(os.listdir(out)) == ["1", "head"]
+    recs = records(built[0])
+    for n in range(3):
+        r = json.load(open(f"{out}/1/{n}.json"))
+        src = recs[f"mlp_1_{n}.json"]
+        assert r["neuron_id"] == {"dataclass_name": "NeuronId", "layer_index": 1, "neuron_index": n}
+        q = src["stats"]["quantiles"]
+        assert r["quantile_boundaries"] == [q[k] for k in ("0.5", "0.9", "0.99", "0.999")]
+        assert len(r["random_sample_by_quantile"]) == 5
+        bounds = [-float("inf")] + r["quantile_boundaries"] + [float("inf")]
+        for j, b in enumerate(r["random_sample_by_quantile"]):
+            for e in b:
+                assert bounds[j] <= max(e["activations"]) < bounds[j + 1] or \
+                    max(e["activations"]) == pytest.approx(bounds[j + 1])
+        top = r["most_positive_activation_records"][0]
+        want = src["most_positive_activation_records"][0]
+        assert top["tokens"] == want["tokens"][1:] and top["activations"] == want["activations"][1:]
+        assert r["mean"] == src["stats"]["mean"]
+        assert len(r["most_negative_activation_records"]) == len(src["most_negative_activation_records"])
+    assert os.path.isfile(f"{out}/head/2/0.json")
+
+
+def test_export_neuronpedia_layout(built, tmp_path):
+    import gzip
+
+    from featviz.site.exports import export
+    out = str(tmp_path / "np")
+    s = export("neuronpedia", built[0], out, batch_size=2, model_id="tiny")
+    assert s.units == 4
+    assert sorted(os.listdir(f"{out}/tiny")) == ["1-mlp", "2-head"]
+    d = f"{out}/tiny/1-mlp"
+    for name in ("release", "model", "sourceset", "source"):
+        assert len(open(f"{d}/{name}.jsonl").read().splitlines()) == 1
+    assert json.loads(open(f"{d}/source.jsonl").read())["id"] == "1-mlp"
+    assert sorted(os.listdir(f"{d}/features")) == ["batch-0.jsonl.gz", "batch-1.jsonl.gz"]
+    feats = [json.loads(x) for b in (0, 1) for x in gzip.open(f"{d}/features/batch-{b}.jsonl.gz", "rt")]
+    assert [f["index"] for f in feats] == [0, 1, 2] and all(f["layer"] == "1-mlp" for f in feats)
+    acts = [json.loads(x) for x in gzip.open(f"{d}/activations/batch-0.jsonl.gz", "rt")]
+    assert acts and {a["index"] for a in acts} == {0, 1}
+    for a in acts:
+        assert len(a["tokens"]) == len(a["values"])
+        assert a["values"][a["maxValueTokenIndex"]] == a["maxValue"] == max(a["values"])
+        assert a["minValue"] == min(a["values"])
+
+
+def test_export_dashboard_and_bad_input(built, tmp_path, capsys):
+    from featviz.cli.main import main
+    from featviz.site.exports import export
+    out = str(tmp_path / "dash")
+    export("dashboard", built[0], out)
+    d = json.load(open(f"{out}/mlp_1_0.json"))
+    assert {"index", "examples_quantiles", "top_logits", "bottom_logits", "act_min", "act_max",
+            "histogram", "activation_frequency"} <= set(d)
+    top = d["examples_quantiles"][0]
+    assert top["quantile_name"] == "Top activations"
+    ex = top["examples"][0]
+    assert ex["tokens_acts_list"][ex["train_token_ind"]] == max(ex["tokens_acts_list"])
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "x.txt").write_text("earlier output")
+    assert main(["export", "neuron-records", built[0], str(keep)]) == 2
+    assert main(["export", "neuronpedia", str(tmp_path / "nothing"), str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not an empty folder" in err and "no gallery.json" in err and "Traceback" not in err
+    assert (keep / "x.txt").read_text() == "earlier output" and not (tmp_path / "o").exists()
 
 
 def test_audit_embeds_into_gallery(built, hostile, corpus, tmp_path):

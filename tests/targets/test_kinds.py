@@ -87,6 +87,12 @@ TL_NAMES = [  # (TransformerLens name or get_act_name shorthand, featviz spec)
     ("blocks.1.mlp.hook_post:3", "mlp:1:3"), ("post1:3", "mlp:1:3"),
     ("blocks.2.attn.hook_z:1", "head:2:1"), ("z2:1", "head:2:1"),
     ("blocks.1.attn.hook_pattern:2:0", "attn:1:2:0"), ("pattern1:2:0", "attn:1:2:0"),
+    ("blocks.2.attn.hook_z:1:3", "z:2:1:3"), ("z2:1:3", "z:2:1:3"),
+    ("blocks.1.attn.hook_q:3:2", "q:1:3:2"), ("q1:3:2", "q:1:3:2"),
+    ("blocks.1.attn.hook_k:1:2@max", "k:1:1:2@max"), ("k1:1:2@max", "k:1:1:2@max"),
+    ("blocks.2.attn.hook_v:0:5", "v:2:0:5"), ("v2:0:5", "v:2:0:5"),
+    ("blocks.1.mlp.hook_pre:4", "mlp_pre:1:4"), ("pre1:4", "mlp_pre:1:4"),
+    ("blocks.1.mlp.hook_pre_linear:4", "mlp_pre_linear:1:4"), ("pre_linear1:4", "mlp_pre_linear:1:4"),
 ]
 
 
@@ -107,3 +113,58 @@ def test_every_residual_kind_reads_its_own_hook(tiny):
         assert featviz.parse_target(f"{kind}:1:4@max").name == f"{kind}:1:4@max"
     with pytest.raises(featviz.FeatvizError, match="dimensions 0-31"):
         featviz.parse_target("mlp_out:1:32", tiny)
+
+
+def test_attention_and_mlp_input_hooks_read_what_transformer_lens_names(tiny):
+    """attn.hook_q/k/v: the projections of ln1(resid_pre) (before RoPE), per head and
+    dimension; attn.hook_z:H:D a dimension of z; mlp.hook_pre the gate (or GPT-2's c_fc) of
+    ln2(resid_mid), mlp.hook_pre_linear the gated MLP's linear branch, and mlp.hook_post
+    what they make."""
+    from featviz.model.forward import MLP_POST, MLP_PRE, RESID_MID, RESID_PRE, Z
+    ids = torch.tensor([[tiny.bos_id, 5, 9, 11, 7, 3]])
+    llama = tiny.arch == "llama"
+    block, attn = tiny.blocks[1], tiny.attn_module(1)
+    ln1 = block.input_layernorm if llama else block.ln_1
+    specs = ["q:1:2:3", "k:1:1:5", "v:1:0:7", "z:1:3:2", "mlp_pre:1:4", "head:1:3", "mlp:1:4"]
+    if llama:
+        specs.append("mlp_pre_linear:1:4")
+    ts = [featviz.parse_target(s, tiny) for s in specs]
+    sites = {t.site for t in ts} | {(RESID_PRE, 1), (RESID_MID, 1)}
+    with torch.no_grad():
+        c, _ = run(tiny, sites, input_ids=ids)
+        h = ln1(c[RESID_PRE, 1])
+        hd = tiny.head_dim
+        if llama:
+            proj = {w: getattr(attn, f"{w}_proj")(h) for w in "qkv"}
+        else:
+            proj = dict(zip("qkv", attn.c_attn(h).split(tiny.d_model, dim=-1)))
+        want = {"q:1:2:3": proj["q"][..., 2 * hd + 3], "k:1:1:5": proj["k"][..., 1 * hd + 5],
+                "v:1:0:7": proj["v"][..., 7], "z:1:3:2": c[Z, 1][..., 3 * hd + 2]}
+        h2 = tiny.ln2(1)(c[RESID_MID, 1])
+        mlp = tiny.mlp_module(1)
+        pre = mlp.gate_proj(h2) if llama else mlp.c_fc(h2)
+        want["mlp_pre:1:4"] = pre[..., 4]
+        if llama:
+            want["mlp_pre_linear:1:4"] = mlp.up_proj(h2)[..., 4]
+            post = mlp.act_fn(pre) * mlp.up_proj(h2)
+        else:
+            post = mlp.act(pre)
+        torch.testing.assert_close(post, c[MLP_POST, 1])
+        torch.testing.assert_close(c[MLP_PRE, 1], pre)
+        for t in ts:
+            if str(t) in want:
+                torch.testing.assert_close(t.per_position(c, tiny), want[str(t)], msg=str(t))
+        # the miner's gathered read (head norm and z dimension share a hook) agrees
+        from featviz.mining.miner import read_all
+        together = read_all(c, ts, tiny)
+        for j, t in enumerate(ts):
+            torch.testing.assert_close(together[j], t.per_position(c, tiny), msg=str(t))
+
+
+def test_head_dimension_and_gated_errors(llama, gpt2):
+    with pytest.raises(featviz.FeatvizError, match="heads 0-1"):
+        featviz.parse_target("k:1:2:0", llama)                   # 2 KV heads
+    with pytest.raises(featviz.FeatvizError, match="dimensions 0-7"):
+        featviz.parse_target("q:1:0:8", llama)
+    with pytest.raises(featviz.FeatvizError, match="only in gated MLPs"):
+        featviz.parse_target("mlp_pre_linear:1:0", gpt2)

@@ -23,10 +23,15 @@ from featviz.model.forward import (
     ATTN_OUT,
     MLP_OUT,
     MLP_POST,
+    MLP_PRE,
+    MLP_PRE_LINEAR,
     PATTERN,
     RESID_MID,
     RESID_POST,
     RESID_PRE,
+    K,
+    Q,
+    V,
     Z,
 )
 
@@ -307,11 +312,16 @@ def _blocks(spec: Spec, params, inv_freq, rope_scale, x, sites, stop: int, past=
             q = _lin(h, p["q"], p["qb"]).reshape(B, T, spec.n_heads, spec.head_dim)
             k = _lin(h, p["k"], p["kb"]).reshape(B, T, spec.n_kv, spec.head_dim)
             v = _lin(h, p["v"], p["vb"]).reshape(B, T, spec.n_kv, spec.head_dim)
+            raw = (q, k, v)
             q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         else:
             h = _ln(x, p["ln1"], p["ln1b"], spec.eps)
             qkv = mm(h, p["qkv"]) + p["qkvb"]
             q, k, v = (t.reshape(B, T, spec.n_heads, spec.head_dim) for t in jnp.split(qkv, 3, -1))
+            raw = (q, k, v)
+        for key, val in zip((Q, K, V), raw):
+            if (key, l) in want:
+                caps[(key, l)] = val.reshape(B, T, -1)
         if keep_kv:
             kvs.append((k, v))
         if past is not None:
@@ -326,18 +336,20 @@ def _blocks(spec: Spec, params, inv_freq, rope_scale, x, sites, stop: int, past=
             attn_out = _lin(z, p["o"], p["ob"])
             x = mid = x + attn_out
             h = _rms(x, p["ln2"], spec.eps)
-            post = _act(spec.act, _lin(h, p["gate"])) * _lin(h, p["up"])
+            pre_act, pre_lin = _lin(h, p["gate"]), _lin(h, p["up"])
+            post = _act(spec.act, pre_act) * pre_lin
             mlp_out = _lin(post, p["down"])
         else:
             attn_out = mm(z, p["o"]) + p["ob"]
             x = mid = x + attn_out
             h = _ln(x, p["ln2"], p["ln2b"], spec.eps)
-            post = _act(spec.act, mm(h, p["fc"]) + p["fcb"])
+            pre_act, pre_lin = mm(h, p["fc"]) + p["fcb"], None
+            post = _act(spec.act, pre_act)
             mlp_out = mm(post, p["proj"]) + p["projb"]
         x = x + mlp_out
         for key, val in ((Z, z), (PATTERN, probs), (MLP_POST, post), (RESID_POST, x),
                          (RESID_PRE, pre), (RESID_MID, mid), (ATTN_OUT, attn_out),
-                         (MLP_OUT, mlp_out)):
+                         (MLP_OUT, mlp_out), (MLP_PRE, pre_act), (MLP_PRE_LINEAR, pre_lin)):
             if (key, l) in want:
                 caps[(key, l)] = val
     return caps, x, (kvs if keep_kv else None)

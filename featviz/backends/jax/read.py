@@ -71,7 +71,7 @@ def _atom_values(a, caps, jm, direction, index=None):
     d = direction[a.file] if a.file is not None and direction else None
     sae = (a.sae_spec, d) if a.kind == "sae" else None
     r = Read(a.index if index is None else index, key, None if sae else d, jm.spec.n_heads,
-             jm.spec.head_dim, sae)
+             jm.spec.head_dim, sae, a.dim)
     return KINDS[a.kind].read(x, r, jax_ops())
 
 
