@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from featviz.mining.records import TargetExemplars
 from featviz.targets.core import Atom
+from featviz.targets.kinds import KEY_KINDS
 
 
 @dataclass
@@ -55,10 +56,10 @@ def corpus_reference(ex: "TargetExemplars", target, length: int, prefix: int = 0
         return CorpusReference(ex.max, "max over corpus tokens, each with its window's "
                                        "preceding context")
     if fixed:
-        return none(f"@{red} {'attention ' if target.kind == 'attn' else ''}values read "
+        return none(f"@{red} {'attention ' if target.kind in KEY_KINDS else ''}values read "
                     "positions whose context is the fixed prefix or suffix, which no corpus "
                     "text shares")
-    if target.kind == "attn" and target.key < 0:
+    if target.kind in KEY_KINDS and target.key < 0:
         return none(f"key {target.key} counts from the end of the sequence: in a "
                     f"{len(ex.position_max) - 1 or '?'}-token corpus window that is another "
                     f"token than in the dream's {length}")

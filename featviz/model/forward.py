@@ -6,11 +6,13 @@ names (``SITES``): per block L, ``hook_resid_pre``, ``hook_resid_mid``,
 ``hook_resid_post``, ``hook_attn_out``, ``hook_mlp_out``, ``attn.hook_q/k/v`` (before
 RoPE; k and v with the model's KV heads) and ``attn.hook_z`` (heads flattened: (batch,
 seq, heads * head_dim)), ``attn.hook_pattern``, ``mlp.hook_pre`` (a gated MLP's gate),
-``mlp.hook_pre_linear`` (its linear branch) and ``mlp.hook_post``.
+``mlp.hook_pre_linear`` (its linear branch), ``mlp.hook_post`` and
+``attn.hook_attn_scores``; and ``ln_final.hook_normalized`` (at layer -1).
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import torch
 
@@ -54,8 +56,16 @@ def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits=False,
     def first_arg(key):          # a module's input: positional, or transformers' keyword
         return lambda m, args, kwargs: keep(key, args[0] if args else kwargs["hidden_states"])
 
+    last = handle.n_layers - 1
+    scores_of = {}                       # attention module -> (SCORES, layer), see _scores_impl
     for site, layer in sites:
-        if site == RESID_PRE:
+        if site == LN_FINAL:             # layer -1: after the last block
+            hooks.append(handle.blocks[last].register_forward_hook(
+                lambda m, args, out, key=(site, layer): keep(
+                    key, normalized(handle, out[0] if isinstance(out, tuple) else out))))
+        elif site == SCORES:
+            scores_of[handle.attn_module(layer)] = (site, layer)
+        elif site == RESID_PRE:
             hooks.append(handle.blocks[layer].register_forward_pre_hook(
                 first_arg((site, layer)), with_kwargs=True))
         elif site == RESID_MID:
@@ -94,16 +104,17 @@ def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits=False,
             raise ValueError(site)
     stop_layer = None
     if sites and not need_logits:
-        stop_layer = max(layer for _, layer in sites)
+        stop_layer = max(last if layer < 0 else layer for _, layer in sites)
 
         def stop(m, args, out):
             raise _StopForward
 
         hooks.append(handle.blocks[stop_layer].register_forward_hook(stop))
     need_eager = any(site == PATTERN for site, _ in sites)
+    impl = _scores_impl(scores_of, keep) if scores_of else "eager" if need_eager else None
     logits = None
     try:
-        with _attn_impl(handle, "eager" if need_eager else None):
+        with _attn_impl(handle, impl):
             kw = {"use_cache": False, **(model_kwargs or {})}
             out = handle.model(input_ids=input_ids, inputs_embeds=inputs_embeds, **kw)
             logits = out.logits
@@ -112,9 +123,54 @@ def run(handle, sites, *, input_ids=None, inputs_embeds=None, need_logits=False,
     finally:
         for h in hooks:
             h.remove()
+        _SCORES_SINK.clear()
     if span is not None and logits is not None:
         logits = logits[:, span[0]:span[1]]
     return caps, logits
+
+
+def normalized(handle, x: torch.Tensor) -> torch.Tensor:
+    """ln_final.hook_normalized: the final norm's output before its weight (and bias), as
+    TransformerLens defines it: x / rms(x) (RMSNorm) or (x - mean) / std (LayerNorm)."""
+    norm = handle.final_norm
+    if handle.arch == "llama":
+        eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    x = x - x.mean(-1, keepdim=True)
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps)
+
+
+_SCORES_SINK: dict = {}
+
+
+def _scores_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """transformers' eager attention of the module's own model, after keeping
+    attn.hook_attn_scores: query . key * scaling (keys repeated over grouped heads) where the
+    causal mask lets the query see the key, 0 where it hides it (TransformerLens holds -inf
+    there; featviz reads 0 so corpus statistics stay finite)."""
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    sink = _SCORES_SINK.get(module)
+    if sink is not None:
+        rep = query.shape[1] // key.shape[1]
+        k = key.repeat_interleave(rep, dim=1) if rep > 1 else key
+        s = torch.matmul(query, k.transpose(2, 3)) * (scaling if scaling is not None
+                                                      else query.shape[-1] ** -0.5)
+        T, K = s.shape[-2:]
+        seen = torch.ones(T, K, dtype=torch.bool, device=s.device).tril(K - T)
+        sink[1](sink[0], s.masked_fill(~seen, 0.0))
+    return eager(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+
+def _scores_impl(scores_of: dict, keep) -> str:
+    """Register (once) the attention implementation that keeps scores, and route the
+    requested modules' scores to ``keep``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    AttentionInterface.register("featviz_scores", _scores_attention)
+    AttentionMaskInterface.register("featviz_scores", eager_mask)      # eager's additive mask
+    _SCORES_SINK.clear()
+    _SCORES_SINK.update({m: (key, keep) for m, key in scores_of.items()})
+    return "featviz_scores"
 
 
 def with_bos(handle, ids) -> torch.Tensor:
@@ -147,7 +203,9 @@ RESID_PRE, RESID_MID, ATTN_OUT, MLP_OUT = ("hook_resid_pre", "hook_resid_mid", "
                                            "hook_mlp_out")
 MLP_PRE, MLP_PRE_LINEAR = "mlp.hook_pre", "mlp.hook_pre_linear"
 Q, K, V = "attn.hook_q", "attn.hook_k", "attn.hook_v"     # before RoPE; k, v: the KV heads
+SCORES = "attn.hook_attn_scores"         # (batch, head, query, key), before the softmax
+LN_FINAL = "ln_final.hook_normalized"    # read at layer -1: after the last block
 SITES = (RESID_PRE, RESID_MID, RESID_POST, ATTN_OUT, MLP_OUT, Z, PATTERN, MLP_POST, MLP_PRE,
-         MLP_PRE_LINEAR, Q, K, V)
+         MLP_PRE_LINEAR, Q, K, V, SCORES, LN_FINAL)
 # the sites whose width is d_model (the residual stream and what blocks write into it)
 RESIDUAL_SITES = (RESID_PRE, RESID_MID, RESID_POST, ATTN_OUT, MLP_OUT)

@@ -97,6 +97,11 @@ class ModelHandle:
         return attn.o_proj if self.arch == "llama" else attn.c_proj
 
     @property
+    def final_norm(self):
+        """The norm before the unembedding (TransformerLens' ln_final)."""
+        return self.model.model.norm if self.arch == "llama" else self.model.transformer.ln_f
+
+    @property
     def embedding(self) -> torch.Tensor:
         """The input embedding matrix, shape (vocab, d_model)."""
         return self.model.get_input_embeddings().weight

@@ -54,7 +54,7 @@ def search_memory(handle, target: Target, cfg: DreamConfig, B: int) -> int:
     (``pass_rows``)."""
     V, d, f = handle.vocab_size, handle.d_model, handle.d_mlp
     T = cfg.length + 1 + len(cfg.prefix) + len(cfg.suffix)   # chars bound the tokens
-    layers = handle.n_layers if (cfg.rows.lam_max > 0 or cfg.rows.caps) else target.max_layer + 1
+    layers = handle.n_layers if (cfg.rows.lam_max > 0 or cfg.rows.caps) else target.depth(handle) + 1
     vocab = 10 * B * cfg.length * V * 4
     acts = B * T * layers * (12 * d + 4 * f + 2 * handle.n_heads * T) * 4
     rows, grad_rows, _ = pass_rows(handle.device)

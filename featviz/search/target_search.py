@@ -139,7 +139,7 @@ class TargetSearch:
         are scored in two stages, each row's share of LM-guided swaps, and a first guess of
         a full iteration's seconds (from the scoring rate measured at init, with headroom)."""
         cfg, B = self.cfg, self.B
-        depth = (self.target.max_layer + 1) / self.h.n_layers
+        depth = (self.target.depth(self.h) + 1) / self.h.n_layers
         sweep = cfg.swaps.sweep if cfg.swaps.sweep is not None else int(min(2048, max(192, 1500 / (B * depth))))
         sweep = min(sweep, int(self.mask.sum()))
         # rows that weigh fluency draw lm_share of their swaps from the model's own top

@@ -88,8 +88,8 @@ def unit_of(target: str) -> Unit | str:
         return f"cannot read the target name ({e})"
     if not isinstance(t, Atom):
         return "a sum of targets has no single index in these formats"
-    if t.kind == "attn":
-        return "an attention probability has no single index in these formats"
+    if t.key is not None:
+        return "an attention probability or score has no single index in these formats"
     if t.file is not None and t.kind != "sae":
         return "a direction file has no index in these formats"
     if t.kind == "sae":
@@ -97,7 +97,7 @@ def unit_of(target: str) -> Unit | str:
         name = re.sub(r"[^a-z0-9]+", "-", os.path.basename(os.path.normpath(
             spec.path if not spec.path.endswith(".npz") else os.path.dirname(spec.path))).lower())
         return Unit(t.layer, t.index, f"sae-{name.strip('-') or 'sae'}", spec.hook)
-    hook = f"blocks.{t.layer}.{t.site[0]}"
+    hook = t.site[0] if t.layer < 0 else f"blocks.{t.layer}.{t.site[0]}"
     if t.dim is not None:                     # q/k/v/z: one set per head, indexed by dimension
         return Unit(t.layer, t.dim, f"{t.kind}-h{t.index}", hook)
     return Unit(t.layer, t.index, t.kind.replace("_", "-"), hook)

@@ -17,6 +17,7 @@ from featviz.errors import FeatvizError
 from featviz.targets.directions import load_direction
 from featviz.targets.kinds import (
     HEAD_DIM_KINDS,
+    KEY_KINDS,
     KINDS,
     RESIDUAL_KINDS,
     TORCH_OPS,
@@ -65,7 +66,12 @@ class Target:
 
     @property
     def max_layer(self) -> int:
+        """The deepest layer read (-1: ln_final, after the last block; see ``depth``)."""
         return max(a.layer for _, a in self.terms())
+
+    def depth(self, handle) -> int:
+        """The deepest block a reading needs in this model (ln_final: the last)."""
+        return max(handle.n_layers - 1 if a.layer < 0 else a.layer for _, a in self.terms())
 
     def sites(self) -> set[tuple[str, int]]:
         return {a.site for _, a in self.terms()}
@@ -105,7 +111,7 @@ class Target:
         does not exist in a sequence of ``length`` tokens."""
         for _, a in self.terms():
             a.reduce_plan(length, span)
-            if a.kind == "attn":
+            if a.kind in KEY_KINDS:
                 a.key_index(length)
 
     def describe(self, handle=None) -> str:
@@ -130,8 +136,10 @@ class Atom(Target):
 
     @property
     def name(self) -> str:
-        if self.kind == "attn":
-            body = f"attn:{self.layer}:{self.index}:{self.key}"
+        if self.kind in KEY_KINDS:
+            body = f"{self.kind}:{self.layer}:{self.index}:{self.key}"
+        elif self.kind == "ln_final":
+            body = f"ln_final:{self.file if self.file else self.index}"
         elif self.kind in HEAD_DIM_KINDS:
             body = f"{self.kind}:{self.layer}:{self.index}:{self.dim}"
         elif self.kind == "sae":
@@ -181,6 +189,9 @@ class Atom(Target):
         elif self.kind == "attn":
             what = (f"attention probability of head {self.index}, layer {self.layer}, "
                     f"to key position {self.key}")
+        elif self.kind == "scores":
+            what = (f"attention score (before the softmax; 0 where the causal mask hides the "
+                    f"key) of head {self.index}, layer {self.layer}, to key position {self.key}")
         elif self.kind in HEAD_DIM_KINDS:
             part = {"q": "query (before RoPE)", "k": "key (before RoPE)", "v": "value",
                     "z": "output z"}[self.kind]
@@ -210,7 +221,9 @@ class Atom(Target):
                      "resid_mid": f"residual stream between attention and MLP of block "
                                   f"{self.layer}",
                      "attn_out": f"attention output of block {self.layer}",
-                     "mlp_out": f"MLP output of block {self.layer}"}[self.kind]
+                     "mlp_out": f"MLP output of block {self.layer}",
+                     "ln_final": "final norm's normalized stream (before its weight; "
+                                 "ln_final.hook_normalized)"}[self.kind]
             what = f"{where} projected on {d}"
         return f"{what}, {red}"
 
@@ -220,7 +233,7 @@ class Atom(Target):
             raise FeatvizError(f"target '{self.name}': {msg}")
         if self.kind == "sae":
             check_model(self.sae_spec, handle)
-        if not 0 <= self.layer < handle.n_layers:
+        if not 0 <= self.layer < handle.n_layers and not (self.kind == "ln_final" and self.layer == -1):
             bad(f"layer {self.layer} is out of range; this model has layers 0-{handle.n_layers - 1}")
         if self.kind == "mlp_pre_linear" and handle.arch != "llama":
             bad("mlp.hook_pre_linear exists only in gated MLPs; this model's MLP is not gated "
@@ -236,7 +249,7 @@ class Atom(Target):
         if self.kind in UNIT_KINDS and not 0 <= self.index < handle.d_mlp:
             bad(f"neuron {self.index} is out of range; layer {self.layer} has neurons "
                 f"0-{handle.d_mlp - 1}")
-        if self.kind in ("head", "attn") and not 0 <= self.index < handle.n_heads:
+        if self.kind in ("head",) + KEY_KINDS and not 0 <= self.index < handle.n_heads:
             bad(f"head {self.index} is out of range; this model has heads 0-{handle.n_heads - 1}")
         resid = self.kind in RESIDUAL_KINDS
         if resid and self.file is None and not 0 <= self.index < handle.d_model:
@@ -270,7 +283,7 @@ class Atom(Target):
         after the positions present reads 0, as the causal mask makes it in the full pass."""
         x = captures[self.site]
         key = self.key_index(length if length is not None else x.shape[-1]) \
-            if self.kind == "attn" else None
+            if self.kind in KEY_KINDS else None
         sae = (self.sae_spec, self.sae_weights(handle, x)) if self.kind == "sae" else None
         d = self.direction(handle).to(x.device, x.dtype) \
             if self.file is not None and sae is None else None
@@ -346,6 +359,14 @@ class Sum(Target):
     @property
     def name(self) -> str:
         return " + ".join(f"{w:g}*{a.name}" for w, a in self.items)
+
+    def describe(self, handle=None) -> str:
+        if len(self.items) == 1 and self.items[0][0] < 0:      # "-mlp:3:5": minimised
+            w, a = self.items[0]
+            return (f"minimised: {w:g} x ({a.describe(handle)}); its top corpus windows are "
+                    f"where {a.name} is most negative, and the synthetic text drives {a.name} "
+                    "down")
+        return super().describe(handle)
 
     def __str__(self):
         return self.name

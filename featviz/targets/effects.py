@@ -38,9 +38,7 @@ def _sae_direction(handle, target: Atom) -> torch.Tensor:
 
 
 def final_norm_scale(handle) -> torch.Tensor:
-    m = handle.model
-    norm = m.model.norm if handle.arch == "llama" else m.transformer.ln_f
-    return norm.weight.detach().float()
+    return handle.final_norm.weight.detach().float()
 
 
 def output_direction(handle, target: Target) -> torch.Tensor | None:

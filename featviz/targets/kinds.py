@@ -14,6 +14,7 @@ from typing import Callable
 
 from featviz.model.forward import (
     ATTN_OUT,
+    LN_FINAL,
     MLP_OUT,
     MLP_POST,
     MLP_PRE,
@@ -22,6 +23,7 @@ from featviz.model.forward import (
     RESID_MID,
     RESID_POST,
     RESID_PRE,
+    SCORES,
     K,
     Q,
     V,
@@ -119,9 +121,13 @@ KINDS = {
     "k": Kind(K, _head_dim),          # blocks.L.attn.hook_k[..., H, D] (H: a KV head)
     "v": Kind(V, _head_dim),          # blocks.L.attn.hook_v[..., H, D] (H: a KV head)
     "z": Kind(Z, _head_dim),          # blocks.L.attn.hook_z[..., H, D]
+    "scores": Kind(SCORES, _attn),    # blocks.L.attn.hook_attn_scores[:, H, :, K] (0 where masked)
+    "ln_final": Kind(LN_FINAL, _resid),  # ln_final.hook_normalized (layer -1), like resid
 }
 # kinds read along a residual-stream vector: a basis dimension or a direction file
-RESIDUAL_KINDS = ("resid", "resid_pre", "resid_mid", "attn_out", "mlp_out")
+RESIDUAL_KINDS = ("resid", "resid_pre", "resid_mid", "attn_out", "mlp_out", "ln_final")
+# kinds read at a head and a key position: attn:L:H:K
+KEY_KINDS = ("attn", "scores")
 # kinds read at one head and a dimension of it: q:L:H:D
 HEAD_DIM_KINDS = ("q", "k", "v", "z")
 # kinds read as one column of their hook (neurons and dimensions)

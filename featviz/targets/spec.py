@@ -13,7 +13,7 @@ import re
 
 from featviz.errors import FeatvizError
 from featviz.targets.core import Atom, Sum, Target
-from featviz.targets.kinds import HEAD_DIM_KINDS, RESIDUAL_KINDS
+from featviz.targets.kinds import HEAD_DIM_KINDS, KEY_KINDS, RESIDUAL_KINDS
 from featviz.targets.sae import load_spec
 
 _REDUCTIONS = ("last", "max", "mean")
@@ -25,16 +25,18 @@ _HOOK_KINDS = {"mlp.hook_post": ("mlp", "post"), "attn.hook_z": ("head", "z"),
                "hook_attn_out": ("attn_out", "attn_out"), "hook_mlp_out": ("mlp_out", "mlp_out"),
                "mlp.hook_pre_linear": ("mlp_pre_linear", "pre_linear"),
                "mlp.hook_pre": ("mlp_pre", "pre"), "attn.hook_q": ("q", "q"),
-               "attn.hook_k": ("k", "k"), "attn.hook_v": ("v", "v")}
+               "attn.hook_k": ("k", "k"), "attn.hook_v": ("v", "v"),
+               "attn.hook_attn_scores": ("scores", "attn_scores")}
 _TL_ALIASES = [(re.compile(r"^blocks\.(-?\d+)\." + re.escape(hook) + r":(.+)$"), kind)
                for hook, (kind, _) in _HOOK_KINDS.items()]
 _TL_ALIASES += [(re.compile(r"^" + short + r"(\d+):(.+)$"), kind)
                 for kind, short in _HOOK_KINDS.values()]
-_ARITY = {"mlp": 3, "head": 3, "attn": 4, "mlp_pre": 3, "mlp_pre_linear": 3,
+_ARITY = {"mlp": 3, "head": 3, "attn": 4, "scores": 4, "mlp_pre": 3, "mlp_pre_linear": 3,
           **{k: 3 for k in RESIDUAL_KINDS}, **{k: 4 for k in HEAD_DIM_KINDS}}
 _SYNTAX = ("expected mlp:L:N, head:L:H, attn:L:H:K, resid:L:N or resid:L:FILE (also "
            "resid_pre, resid_mid, attn_out, mlp_out), mlp_pre:L:N, mlp_pre_linear:L:N, "
-           "q/k/v/z:L:H:D, sae:PATH:N, or a TransformerLens hook name such as "
+           "q/k/v/z:L:H:D, scores:L:H:K, ln_final:N, sae:PATH:N, or a TransformerLens hook "
+           "name such as "
            "blocks.L.hook_resid_pre:N, optionally followed by @last, @max, @mean or @I")
 
 
@@ -113,6 +115,10 @@ def parse_targets(spec: str, handle=None) -> list[Target]:
         if m:
             body = f"{kind}:{m.group(1)}:{m.group(2)}"
             break
+    if body.startswith("ln_final.hook_normalized:"):
+        body = "ln_final:" + body.split(":", 1)[1]
+    if body.startswith("ln_final:"):           # no layer: after the last block (-1)
+        body = "ln_final:-1:" + body.split(":", 1)[1]
     parts = body.split(":")
     kind = parts[0]
     if kind == "head" and len(parts) == 4:     # hook_z:H:D is a dimension, hook_z:H the norm
@@ -154,8 +160,8 @@ def _atoms(kind: str, parts: list, red: str, spec: str) -> list[Atom]:
     layer = _int(parts[1], "layer", spec)
     if resid and not re.fullmatch(r"-?\d+|\d+-\d+", parts[2]):
         atoms = [Atom(kind, layer, file=parts[2], reduction=red)]
-    elif kind == "attn":
-        atoms = [Atom("attn", layer, h, _int(parts[3], "key position", spec), reduction=red)
+    elif kind in KEY_KINDS:
+        atoms = [Atom(kind, layer, h, _int(parts[3], "key position", spec), reduction=red)
                  for h in _expand(parts[2], "head", spec)]
     elif kind in HEAD_DIM_KINDS:
         atoms = [Atom(kind, layer, h, reduction=red, dim=d)

@@ -26,7 +26,8 @@ jnp = jax.numpy
 SPECS = ["mlp:1:3", "mlp:2:7@max", "head:1:2", "head:2:3@mean", "attn:1:1:0", "attn:2:3:-2@3",
          "resid:0:5", "resid:2:9@max", "resid_pre:1:3", "resid_mid:2:4@max", "attn_out:1:5",
          "mlp_out:2:6@mean", "resid_pre:0:2", "mlp_pre:1:3", "q:1:2:3", "k:2:1:0@max",
-         "v:1:1:5", "z:2:3:1@mean"]
+         "v:1:1:5", "z:2:3:1@mean", "scores:1:2:0", "scores:2:3:-2@3", "ln_final:4",
+         "ln_final:5@max"]
 
 
 def readings_agree(h, specs, text, tol=1e-4, tmp_path=None):
@@ -61,11 +62,13 @@ def test_forward_after_a_shared_start_is_the_same_run(tiny, P, logits):
     from featviz.backends.jax.forward import forward_after, forward_raw
     from featviz.model.forward import (
         ATTN_OUT,
+        LN_FINAL,
         MLP_OUT,
         MLP_POST,
         PATTERN,
         RESID_MID,
         RESID_POST,
+        SCORES,
         Z,
     )
     jm = to_jax(tiny)
@@ -74,7 +77,7 @@ def test_forward_after_a_shared_start_is_the_same_run(tiny, P, logits):
     ids[:, :P] = ids[0, :P]                                       # a start all rows share
     x = embed_ids(jm, ids)
     sites = frozenset({(MLP_POST, 1), (PATTERN, 2), (Z, 0), (RESID_POST, 2), (RESID_MID, 1),
-                       (ATTN_OUT, 0), (MLP_OUT, 2)})
+                       (ATTN_OUT, 0), (MLP_OUT, 2), (SCORES, 1), (LN_FINAL, -1)})
     args = (jm.spec, jm.params, jm.inv_freq, jm.rope_scale)
     want_c, want_l = forward_raw(*args, x, sites, logits)
     got_c, got_l = forward_after(*args, x[:1, :P], x[:, P:], sites, logits)

@@ -6,6 +6,7 @@ import torch
 import featviz
 from featviz.model.forward import run
 from featviz.targets.kinds import KINDS, TORCH_OPS, Read, head_norms, reduce_with
+from featviz.targets.read import evaluate_ids
 
 
 def test_head_norms_is_the_norm_of_each_head():
@@ -93,6 +94,8 @@ TL_NAMES = [  # (TransformerLens name or get_act_name shorthand, featviz spec)
     ("blocks.2.attn.hook_v:0:5", "v:2:0:5"), ("v2:0:5", "v:2:0:5"),
     ("blocks.1.mlp.hook_pre:4", "mlp_pre:1:4"), ("pre1:4", "mlp_pre:1:4"),
     ("blocks.1.mlp.hook_pre_linear:4", "mlp_pre_linear:1:4"), ("pre_linear1:4", "mlp_pre_linear:1:4"),
+    ("blocks.2.attn.hook_attn_scores:1:0", "scores:2:1:0"), ("attn_scores2:1:0", "scores:2:1:0"),
+    ("ln_final.hook_normalized:7@max", "ln_final:7@max"),
 ]
 
 
@@ -168,3 +171,43 @@ def test_head_dimension_and_gated_errors(llama, gpt2):
         featviz.parse_target("q:1:0:8", llama)
     with pytest.raises(featviz.FeatvizError, match="only in gated MLPs"):
         featviz.parse_target("mlp_pre_linear:1:0", gpt2)
+
+
+def test_attention_scores_and_the_final_norm(tiny):
+    """attn.hook_attn_scores: softmax over the keys a query sees gives hook_pattern;
+    ln_final.hook_normalized times the final norm's weight (plus bias) gives the logits."""
+    from featviz.model.forward import LN_FINAL, PATTERN, SCORES
+    ids = torch.tensor([[tiny.bos_id, 5, 9, 11, 7, 3]])
+    with torch.no_grad():
+        c, _ = run(tiny, {(SCORES, 1), (PATTERN, 1), (LN_FINAL, -1)}, input_ids=ids)
+        _, logits = run(tiny, set(), input_ids=ids, need_logits=True)
+    s = c[SCORES, 1]
+    seen = torch.ones(6, 6, dtype=torch.bool).tril()
+    assert not s.masked_select(~seen).any()                      # 0 where the mask hides a key
+    torch.testing.assert_close(torch.softmax(s.masked_fill(~seen, -torch.inf), -1), c[PATTERN, 1])
+    norm = tiny.final_norm
+    out = c[LN_FINAL, -1] * norm.weight + (norm.bias if getattr(norm, "bias", None) is not None else 0)
+    torch.testing.assert_close(out @ tiny.unembedding.T, logits, atol=1e-5, rtol=1e-5)
+    t = featviz.parse_target("scores:1:2:1@max", tiny)
+    torch.testing.assert_close(t.per_position(c, tiny), s[:, 2, :, 1])
+    t = featviz.parse_target("ln_final:4", tiny)
+    torch.testing.assert_close(t.per_position(c, tiny), c[LN_FINAL, -1][..., 4])
+    assert t.depth(tiny) == tiny.n_layers - 1 and t.describe(tiny).startswith("final norm")
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_new_kinds_dream_and_verify(llama, backend):
+    """Every hook kind runs through the whole search (model samples, beams on the KV cache,
+    relaxation, swaps) and its reported value is the float32 re-reading of the text."""
+    if backend == "jax":
+        pytest.importorskip("jax")
+    from featviz.search.config import DreamConfig
+    cfg = DreamConfig(length=4, batch=4, steps=3, swap_iters=2, children=4, k_grad=8, k_lm=8,
+                      hard_samples=2, caps=(5.0,), init_samples=8, beam_lams=(0.5,),
+                      backend=backend)
+    for spec in ("scores:1:2:1@max", "ln_final:3", "q:2:1:0", "mlp_pre_linear:1:5@mean",
+                 "resid_mid:1:4 - 0.5*attn_out:1:4"):
+        res = featviz.dream(llama, spec, cfg, progress=False)
+        t = featviz.parse_target(spec, llama)
+        again, _ = evaluate_ids(llama, [t], res.best.token_ids)
+        assert abs(float(again[0, 0]) - res.best.activation) < 1e-4, spec

@@ -16,6 +16,7 @@ from featviz.mining.cache import slug
 from featviz.mining.miner import MineConfig, read_all
 from featviz.model.forward import run, with_bos
 from featviz.targets.effects import logit_effect, output_direction
+from featviz.targets.read import evaluate_ids
 
 sae_lens = pytest.importorskip("sae_lens")
 from sae_lens.saes.sae import SAEMetadata  # noqa: E402
@@ -325,6 +326,8 @@ def test_gallery_dream_and_audit_of_a_feature(llama, tmp_path):
         assert r["sae"][0]["architecture"] == "topk" and r["sae"][0]["d_sae"] == 24
         assert r["sae"][0]["hook"] == "blocks.1.hook_resid_post"
     assert recs[0]["logit_effect"]["top"]
+    assert recs[2]["description"].startswith("minimised: -1 x (feature 2")
+    assert recs[2]["stats"]["max"] <= 0          # -(a ReLU feature): the minimiser's view
     syn = recs[0]["synthetic"]["best"]
     t = featviz.parse_target(recs[0]["target"], llama)
     again = featviz.read_ids(llama, [t], syn["token_ids"])
@@ -348,8 +351,8 @@ def test_dreaming_a_feature_on_jax_matches_its_verification(llama, tmp_path):
                                     k_grad=8, k_lm=8, hard_samples=2, caps=(5.0,),
                                     init_samples=8, beam_lams=(), backend="jax"), progress=False)
     t = featviz.parse_target(f"sae:{path}:3@max", llama)
-    again = featviz.read_ids(llama, [t], res.best.token_ids)
-    assert abs(again.reduced[str(t)] - res.best.activation) < 1e-4
+    again, _ = evaluate_ids(llama, [t], res.best.token_ids)
+    assert abs(float(again[0, 0]) - res.best.activation) < 1e-4
 
 
 def test_a_retrained_sae_at_the_same_path_is_mined_again(llama, tmp_path):

@@ -102,7 +102,7 @@ def context_check(handle, target, syn_ids, own, ex: TargetExemplars, ctx_rows, c
 
 def path_check(handle, target, syn_full, syn_pos, ex: TargetExemplars, base_rows, cfg):
     th = cfg.thresholds
-    L = target.max_layer
+    L = target.depth(handle)
     if L == 0 or not syn_full or not ex.top:
         return Check("path", "n/a", {}, {"path_z": th.path_z},
                      "needs a target above layer 0, synthetic text and exemplars"), None
@@ -155,7 +155,7 @@ def poly_check(handle, target, ex: TargetExemplars, h_rand_target, cfg) -> Check
         return Check("polysemantic", "n/a", {"exemplars": len(top)},
                      {"poly_min_group": th.poly_min_group, "poly_silhouette": th.poly_silhouette},
                      "needs at least 6 exemplars")
-    L = target.max_layer
+    L = target.depth(handle)
     h = hidden_states(handle, [e.token_ids for e in top], [e.peak for e in top], [L])[0]
     if h_rand_target is not None:
         h = h - h_rand_target.mean(0)

@@ -13,6 +13,7 @@ from featviz.errors import FeatvizError
 from featviz.mining.corpus import windows
 from featviz.model.forward import RESID_POST, run
 from featviz.targets.core import Target
+from featviz.targets.kinds import KEY_KINDS
 from featviz.targets.read import score_ids
 
 
@@ -24,7 +25,7 @@ def span_value(target: Target, captures: dict, handle, span_start: int) -> torch
     span's K-th token (K = 0: BOS; negative K counts from the end, as before)."""
     total = 0
     for w, a in target.terms():
-        if a.kind == "attn":
+        if a.kind in KEY_KINDS:
             t = captures[a.site].shape[-1]                 # keys in the whole sequence
             k = a.key_index(1 + t - span_start)            # in BOS + span
             a = replace(a, key=0 if k == 0 else span_start - 1 + k)

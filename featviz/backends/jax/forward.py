@@ -21,6 +21,7 @@ import numpy as np
 from featviz.errors import FeatvizError
 from featviz.model.forward import (
     ATTN_OUT,
+    LN_FINAL,
     MLP_OUT,
     MLP_POST,
     MLP_PRE,
@@ -29,6 +30,7 @@ from featviz.model.forward import (
     RESID_MID,
     RESID_POST,
     RESID_PRE,
+    SCORES,
     K,
     Q,
     V,
@@ -253,16 +255,16 @@ def _rope(x, cos, sin):
 
 def _attend(q, k, v, scale, offset: int = 0):
     """q (B,T,H,hd) at positions offset.., k/v (B,offset+T,H,hd) -> z (B,T,H*hd),
-    probs (B,H,T,offset+T)."""
+    probs (B,H,T,offset+T), scores (B,H,T,offset+T): 0 where the causal mask hides a key,
+    as the torch capture reads them)."""
     import jax
     import jax.numpy as jnp
     T, K = q.shape[1], k.shape[1]
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
     causal = jnp.arange(K)[None, :] <= (offset + jnp.arange(T))[:, None]
-    s = jnp.where(causal, s, -jnp.inf)
-    p = jax.nn.softmax(s, axis=-1)
+    p = jax.nn.softmax(jnp.where(causal, s, -jnp.inf), axis=-1)
     z = jnp.einsum("bhqk,bkhd->bqhd", p, v)
-    return z.reshape(z.shape[0], T, -1), p
+    return z.reshape(z.shape[0], T, -1), p, jnp.where(causal, s, 0.0)
 
 
 def forward(jm: JaxModel, embeds, *, sites=frozenset(), need_logits: bool = False,
@@ -284,7 +286,10 @@ def _jitted():
 
 
 def _last_layer(spec: Spec, sites, need_logits) -> int:
-    return spec.n_layers - 1 if need_logits or not sites else max(l for _, l in sites)
+    """The deepest block a run needs (layer -1, ln_final, means the last)."""
+    if need_logits or not sites:
+        return spec.n_layers - 1
+    return max(spec.n_layers - 1 if l < 0 else l for _, l in sites)
 
 
 def _blocks(spec: Spec, params, inv_freq, rope_scale, x, sites, stop: int, past=None,
@@ -330,7 +335,7 @@ def _blocks(spec: Spec, params, inv_freq, rope_scale, x, sites, stop: int, past=
             v = jnp.concatenate([jnp.broadcast_to(pv, (B,) + pv.shape[1:]), v], 1)
         if rep > 1:
             k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
-        z, probs = _attend(q, k, v, spec.scale, off)
+        z, probs, scores = _attend(q, k, v, spec.scale, off)
         pre = x
         if spec.arch == "llama":
             attn_out = _lin(z, p["o"], p["ob"])
@@ -349,9 +354,14 @@ def _blocks(spec: Spec, params, inv_freq, rope_scale, x, sites, stop: int, past=
         x = x + mlp_out
         for key, val in ((Z, z), (PATTERN, probs), (MLP_POST, post), (RESID_POST, x),
                          (RESID_PRE, pre), (RESID_MID, mid), (ATTN_OUT, attn_out),
-                         (MLP_OUT, mlp_out), (MLP_PRE, pre_act), (MLP_PRE_LINEAR, pre_lin)):
+                         (MLP_OUT, mlp_out), (MLP_PRE, pre_act), (MLP_PRE_LINEAR, pre_lin),
+                         (SCORES, scores)):
             if (key, l) in want:
                 caps[(key, l)] = val
+    if (LN_FINAL, -1) in want and stop == spec.n_layers - 1:
+        ones = jnp.ones(x.shape[-1], x.dtype)
+        caps[(LN_FINAL, -1)] = (_rms(x, ones, spec.eps) if spec.arch == "llama"
+                                else _ln(x, ones, jnp.zeros_like(ones), spec.eps))
     return caps, x, (kvs if keep_kv else None)
 
 
@@ -391,7 +401,7 @@ def forward_after(spec: Spec, params, inv_freq, rope_scale, fixed, x, sites, nee
     caps = {}
     for key, val in sc.items():
         head = pc[key]
-        if key[0] == PATTERN:             # the start's queries never see x's keys
+        if key[0] in (PATTERN, SCORES):   # the start's queries never see x's keys
             head = jnp.pad(head, ((0, 0), (0, 0), (0, 0), (0, T)))
             caps[key] = jnp.concatenate([jnp.broadcast_to(head, (B,) + head.shape[1:]), val], 2)
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from featviz.backends.jax.forward import JaxModel
-from featviz.targets.kinds import KINDS, Ops, Read, reduce_with
+from featviz.targets.kinds import KEY_KINDS, KINDS, Ops, Read, reduce_with
 
 
 def per_position(target, caps, jm: JaxModel, direction=None, indices=None):
@@ -67,7 +67,7 @@ def jax_ops():
 def _atom_values(a, caps, jm, direction, index=None):
     """An atom's (B, T) values, read through the kind table both backends share."""
     x = caps[a.site]
-    key = a.key_index(x.shape[-1]) if a.kind == "attn" else None
+    key = a.key_index(x.shape[-1]) if a.kind in KEY_KINDS else None
     d = direction[a.file] if a.file is not None and direction else None
     sae = (a.sae_spec, d) if a.kind == "sae" else None
     r = Read(a.index if index is None else index, key, None if sae else d, jm.spec.n_heads,
