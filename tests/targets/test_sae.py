@@ -373,3 +373,14 @@ def test_a_retrained_sae_at_the_same_path_is_mined_again(llama, tmp_path):
     b, hit = mine_cached(llama, ts, str(corpus), cfg, cache_dir=str(tmp_path / "cache"),
                          progress=False)
     assert hit == 0 and [r.max for r in a] != [r.max for r in b]
+
+
+def test_cli_reads_a_feature(model_dir, tmp_path, capsys):
+    from featviz.cli.main import main
+    path = saved(make_sae("jumprelu", 32, 16, "blocks.1.hook_resid_post"), tmp_path / "j")
+    rc = main(["activations", "--model", model_dir, "--target", f"sae:{path}:3",
+               "--target", "blocks.1.hook_resid_post:4", "--json", "hello world"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    doc = json.loads(out)
+    assert f"sae:{path}:3" in json.dumps(doc)
