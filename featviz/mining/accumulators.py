@@ -10,7 +10,13 @@ at once, fed one window batch at a time (``update``), read once at the end.
 * ``PositionMaxima``: maxima over windows of each position's value and of the mean over
   the first m tokens (the like-for-like corpus figures of ``@I`` and ``@mean`` targets).
 
-Memory is O(targets x (k + cells x slots + controls) x window), whatever the corpus length.
+Memory is O(targets x (k + cells x slots + controls) x window), whatever the corpus length;
+token ids are kept once per window a slot holds (``WindowIds``), not once per slot.
+
+The full-size work on a batch runs in torch on the batch as it lies in memory (targets on
+the last axis, one axis reduced at a time: ``per_target``); when most values are exactly 0
+(SAE features) the histogram bins only the nonzero ones.  Window-level bookkeeping runs
+in numpy, vectorised over targets and over the windows of the batch.
 
 Every accumulator is a function of the set of windows it saw, not of their order: grids
 have power-of-two widths fixed by the largest value, samples are the windows of least
@@ -31,6 +37,43 @@ from featviz.mining.grid import fit_width, merge_pairs, pow2_width, target_keys,
 from featviz.mining.records import Band, Exemplar
 
 
+def per_target(x: torch.Tensor, op: str, **kw) -> torch.Tensor:
+    """Reduce ``x`` (..., T) over every axis but the last with the tensor method ``op``
+    ("sum", "amin", ...), one axis at a time: torch reduces one axis of a strided batch
+    many times faster than several at once.  Boolean counts: pass dtype=torch.int32."""
+    for d in range(x.ndim - 2, -1, -1):
+        x = getattr(x, op)(dim=d, **kw)
+    return x
+
+
+class WindowIds:
+    """The token ids of the windows an accumulator's slots hold, kept once per window
+    (however many targets and slots hold it) and pruned to the live ones now and then."""
+
+    def __init__(self):
+        self.rows: dict = {}
+        self._live = 0
+
+    def add(self, win, ids, used) -> None:
+        """Keep the ids of batch rows ``used`` (windows ``win``, ids (B, W))."""
+        for b in np.unique(used).tolist():
+            self.rows[int(win[b])] = ids[b].copy()
+
+    def prune(self, held: np.ndarray) -> None:
+        """Forget the windows no slot holds (``held``: the slots' window indices, -1 for
+        empty), once the store has doubled since the last prune."""
+        if len(self.rows) > 2 * self._live + 64:
+            live = set(np.unique(held[held >= 0]).tolist())
+            self.rows = {w: r for w, r in self.rows.items() if w in live}
+            self._live = len(self.rows)
+
+    def merge(self, o: "WindowIds") -> None:
+        self.rows.update(o.rows)
+
+    def __getitem__(self, w: int) -> np.ndarray:
+        return self.rows[w]
+
+
 # ---------------------------------------------------------------- accumulators
 class TopK:
     """Each target's k best windows in k unordered slots: a newcomer overwrites an evicted
@@ -41,7 +84,7 @@ class TopK:
         self.v = np.full((n_targets, k), -np.inf)
         self.win = np.full((n_targets, k), -1, dtype=np.int64)
         self.peak = np.zeros((n_targets, k), dtype=np.int64)
-        self.ids = np.zeros((n_targets, k, width), dtype=np.int32)
+        self.ids = WindowIds()
         self.acts = np.zeros((n_targets, k, width), dtype=np.float32)
 
     def update(self, wmax, peak, per, ids, win) -> None:
@@ -57,15 +100,16 @@ class TopK:
         # evicted slots (old, not kept) first; entering newcomers (new, kept) first
         evicted = np.argsort(keep[:, :k], axis=1, kind="stable")                 # (R, k)
         entering = np.argsort(~keep[:, k:], axis=1, kind="stable")               # (R, B)
-        m = keep[:, k:].sum(1)
-        for j in range(int(m.max())):
-            sel = m > j
-            r, slot, b = rows[sel], evicted[sel, j], entering[sel, j]
-            self.v[r, slot] = wmax[r, b]
-            self.win[r, slot] = win[b]
-            self.peak[r, slot] = peak[r, b]
-            self.ids[r, slot] = ids[b]
-            self.acts[r, slot] = per[r, b]
+        J = min(k, B)
+        go = np.arange(J) < keep[:, k:].sum(1)[:, None]          # (R, J): newcomer j enters
+        r = np.broadcast_to(rows[:, None], go.shape)[go]
+        slot, b = evicted[:, :J][go], entering[:, :J][go]
+        self.v[r, slot] = wmax[r, b]
+        self.win[r, slot] = win[b]
+        self.peak[r, slot] = peak[r, b]
+        self.acts[r, slot] = per[r, b]
+        self.ids.add(win, ids, b)
+        self.ids.prune(self.win)
 
     def merge(self, o: "TopK") -> None:
         """Keep the best k of both (ties: the earlier window)."""
@@ -76,8 +120,8 @@ class TopK:
         take = lambda a, b: np.take_along_axis(np.concatenate([a, b], 1),  # noqa: E731
                                                order.reshape(order.shape + (1,) * (a.ndim - 2)), 1)
         self.v, self.win = take(self.v, o.v), take(self.win, o.win)
-        self.peak, self.ids, self.acts = take(self.peak, o.peak), take(self.ids, o.ids), \
-            take(self.acts, o.acts)
+        self.peak, self.acts = take(self.peak, o.peak), take(self.acts, o.acts)
+        self.ids.merge(o.ids)
 
     def ranked(self) -> list[list[Exemplar]]:
         """Per target, its windows best first (ties: the earlier window)."""
@@ -86,13 +130,12 @@ class TopK:
                            axis=-1)                      # slots -> ranks
         for name in ("v", "win", "peak"):
             setattr(self, name, np.take_along_axis(getattr(self, name), order, 1))
-        self.ids = np.take_along_axis(self.ids, order[:, :, None], 1)
         self.acts = np.take_along_axis(self.acts, order[:, :, None], 1)
         v, peak, win = self.v.tolist(), self.peak.tolist(), self.win.tolist()
         out = []
         for t in range(len(v)):
-            rows_i, rows_a = list(self.ids[t]), list(self.acts[t])           # row views
-            out.append([Exemplar(a, p, w, rows_i[i], rows_a[i])
+            rows_a = list(self.acts[t])                                      # row views
+            out.append([Exemplar(a, p, w, self.ids[w], rows_a[i])
                         for i, (a, p, w) in enumerate(zip(v[t], peak[t], win[t])) if w >= 0])
         return out
 
@@ -111,19 +154,26 @@ class Moments:
         self.vmin = np.full(n_targets, np.inf)
         self.vmax = np.full(n_targets, -np.inf)
         self.nonfinite = np.zeros(n_targets, dtype=np.int64)
+        self._sparse = True            # bin only the nonzeros (a speed hint, not a result)
 
-    def update(self, flat: torch.Tensor, valid: torch.Tensor | None, vmax: torch.Tensor):
-        """flat: (T, N) torch values; valid: finite mask, or None when all are finite;
-        vmax: (T,) the batch's max over finite values (from the window maxima)."""
+    def update(self, values: torch.Tensor, valid: torch.Tensor | None, vmax: torch.Tensor,
+               vmin: torch.Tensor | None = None):
+        """values: (T, ...) torch values of the batch's tokens, any strides (reductions run
+        with the targets as the last axis, which is how the miner's batches lie in memory);
+        valid: their finite mask, or None when all are finite; vmax: (T,) the batch's max
+        over finite values (from the window maxima); vmin: its min over finite values, when
+        the caller has it."""
         G = self.G
-        T = flat.shape[0]
-        if valid is not None:
-            self.nonfinite += (~valid).sum(1).numpy()
-            lo_f = torch.where(valid, flat, torch.inf)
-            flat = torch.where(valid, flat, 0.0)
-        else:
-            lo_f = flat
-        vmax, vmin = vmax.double().numpy(), lo_f.amin(dim=1).double().numpy()
+        x = values.movedim(0, -1)                               # (..., T)
+        ok = None if valid is None else valid.movedim(0, -1)
+        if ok is not None:
+            self.nonfinite += per_target(~ok, "sum", dtype=torch.int32).numpy()
+            if vmin is None:
+                vmin = per_target(torch.where(ok, x, torch.inf), "amin")
+            x = torch.where(ok, x, 0.0)
+        elif vmin is None:
+            vmin = per_target(x, "amin")
+        vmax, vmin = vmax.double().numpy(), vmin.double().numpy()
         self.vmax = np.fmax(self.vmax, vmax)
         self.vmin = np.fmin(self.vmin, vmin)
         absmax = np.maximum(np.abs(np.where(np.isfinite(vmax), vmax, 0.0)),
@@ -131,26 +181,56 @@ class Moments:
         new = np.isnan(self.hist_w)
         self.hist_w[new] = pow2_width(absmax[new], G)
         d = fit_width(self.hist_w, absmax, G)
-        for t in np.nonzero(d)[0]:
-            self.hist[t, G:] = merge_pairs(self.hist[t, G:], int(d[t]), True)
-            self.hist[t, :G] = merge_pairs(self.hist[t, :G], int(d[t]), False)
-            self.hist_w[t] *= 2.0 ** int(d[t])
-        inv = torch.from_numpy((1.0 / self.hist_w).astype(np.float32))[:, None]
-        b = (flat * inv).floor_().clamp_(-G, G - 1)        # bin, then the target's offset
-        if T * 2 * G < 2 ** 24:                             # (exact in float32: one pass fewer)
-            b += torch.arange(G, T * 2 * G, 2 * G, dtype=torch.float32)[:, None]
-            b = b.long()
-        else:
-            b = b.long() + torch.arange(G, T * 2 * G, 2 * G)[:, None]
-        b = b[valid] if valid is not None else b.reshape(-1)
-        self.hist += torch.bincount(b, minlength=T * 2 * G).reshape(T, 2 * G).numpy()
-        above = flat > self.threshold
-        if valid is not None:
-            above &= valid
-        self.n_above += above.sum(1).numpy()
-        self.sums.append(np.stack([flat.sum(1).double().numpy(),        # per batch in float32
-                                   torch.linalg.vecdot(flat, flat, dim=1).double().numpy()]))
+        grow = np.nonzero(d)[0]
+        if len(grow):
+            for times in np.unique(d[grow]):              # one merge per distinct doubling
+                ts = grow[d[grow] == times]
+                self.hist[ts, G:] = merge_pairs(self.hist[ts, G:], int(times), True)
+                self.hist[ts, :G] = merge_pairs(self.hist[ts, :G], int(times), False)
+            self.hist_w[grow] *= 2.0 ** d[grow]
+        hist, above = self._counts(x, ok)
+        self.hist += hist
+        self.n_above += above
+        self.sums.append(np.stack([per_target(x, "sum").double().numpy(),   # per batch, float32
+                                   per_target(x * x, "sum").double().numpy()]))
         self._totals = None
+
+    def _counts(self, x: torch.Tensor, ok: torch.Tensor | None) -> tuple:
+        """(T, 2G) histogram counts and (T,) counts above the threshold of the batch ``x``
+        (..., T) (non-finite entries zeroed, ``ok`` marking the finite ones).
+
+        Zeros all fall in bin 0 of the positive side and are above the threshold only when
+        it is negative, so when most values are exactly 0 (SAE features, ReLU neurons) only
+        the nonzero ones are binned and the zeros counted.  Both ways give the same counts,
+        so which one runs (decided by the last batch's share of nonzeros) changes nothing."""
+        G, T = self.G, x.shape[-1]
+        inv = torch.from_numpy((1.0 / self.hist_w).astype(np.float32))
+        offset = torch.arange(G, T * 2 * G, 2 * G)
+        if self._sparse and ok is None:
+            where = torch.nonzero(x, as_tuple=True)
+            self._sparse = 4 * len(where[0]) < x.numel()
+            t, v = where[-1], x[where]
+            b = (v * inv[t]).floor_().clamp_(-G, G - 1).long() + offset[t]
+            hist = torch.bincount(b, minlength=T * 2 * G).reshape(T, 2 * G)
+            zeros = x[..., 0].numel() - torch.bincount(t, minlength=T)
+            hist[:, G] += zeros
+            above = torch.bincount(t[v > self.threshold], minlength=T)
+            if self.threshold < 0:
+                above += zeros
+            return hist.numpy(), above.numpy()
+        above = x > self.threshold
+        if ok is not None:
+            above &= ok
+        above = per_target(above, "sum", dtype=torch.int32).numpy()
+        b = (x * inv).floor_().clamp_(-G, G - 1)               # bin, then the target's offset
+        if T * 2 * G < 2 ** 24:                               # (exact in float32: one pass fewer)
+            b = b.add_(offset.float()).long()
+        else:
+            b = b.long() + offset
+        if ok is None:
+            self._sparse = 4 * int(torch.count_nonzero(x)) < x.numel()
+        b = b[ok] if ok is not None else b.reshape(-1)
+        return torch.bincount(b, minlength=T * 2 * G).reshape(T, 2 * G).numpy(), above
 
     def totals(self) -> np.ndarray:
         """(2, T): the exactly rounded sums over batches of the per-batch sums and sums of
@@ -210,8 +290,8 @@ class BandReservoir:
     its ``slots`` windows of least priority, a uniform sample of the cell whatever order
     the windows came in.  ``bands`` draws each interval band's samples from them."""
 
-    _ARRAYS = ("prio", "v", "win", "peak", "ids", "acts")
-    _FILLS = (np.inf, np.nan, -1, 0, 0, 0)
+    _ARRAYS = ("prio", "v", "win", "peak", "acts")
+    _FILLS = (np.inf, np.nan, -1, 0, 0)
 
     def __init__(self, keys: np.ndarray, cells: int, slots: int, width: int):
         T, C, S = len(keys), cells, slots
@@ -222,7 +302,7 @@ class BandReservoir:
         self.v = np.full((T, C, S), np.nan, dtype=np.float32)
         self.win = np.full((T, C, S), -1, dtype=np.int64)
         self.peak = np.zeros((T, C, S), dtype=np.int64)
-        self.ids = np.zeros((T, C, S, width), dtype=np.int32)
+        self.ids = WindowIds()
         self.acts = np.zeros((T, C, S, width), dtype=np.float32)
 
     def update(self, wmax, peak, per, ids, win) -> None:
@@ -233,57 +313,86 @@ class BandReservoir:
         self.cell_w[new] = pow2_width(need[new], C)
         d = fit_width(np.where(np.isnan(self.cell_w), 1.0, self.cell_w), need, C)
         d[np.isnan(self.cell_w)] = 0
-        for t in np.nonzero(d)[0]:
-            self.coarsen(t, int(d[t]))
-        rows = np.arange(T)
-        for b in range(B):
-            ok = (wmax[:, b] > 0) & np.isfinite(wmax[:, b]) & ~np.isnan(self.cell_w)
-            if not ok.any():
-                continue
-            t_i = rows[ok]
-            c_i = np.minimum((wmax[ok, b] / self.cell_w[ok]).astype(np.int64), C - 1)
-            self.seen[t_i, c_i] += 1
-            p = uniform(self.keys[ok], int(win[b]))
-            j = self.prio[t_i, c_i].argmax(1)                 # the slot to give up, if any
-            hit = p < self.prio[t_i, c_i, j]
-            t_i, c_i, j = t_i[hit], c_i[hit], j[hit]
-            self.prio[t_i, c_i, j] = p[hit]
-            self.v[t_i, c_i, j] = wmax[t_i, b]
-            self.win[t_i, c_i, j] = win[b]
-            self.peak[t_i, c_i, j] = peak[t_i, b]
-            self.ids[t_i, c_i, j] = ids[b]
-            self.acts[t_i, c_i, j] = per[t_i, b]
+        for times in np.unique(d[d > 0]):              # targets whose max outgrew the grid
+            self.coarsen(np.nonzero(d == times)[0], int(times))
+        ok = (wmax > 0) & np.isfinite(wmax) & ~np.isnan(self.cell_w)[:, None]
+        t_i, b_i = np.nonzero(ok)
+        if not len(t_i):
+            return
+        c_i = np.minimum((wmax[t_i, b_i] / self.cell_w[t_i]).astype(np.int64), C - 1)
+        self.seen += np.bincount(t_i * C + c_i, minlength=T * C).reshape(T, C)
+        p = uniform(self.keys[t_i], win[b_i])
+        hit = p < self.prio[t_i, c_i].max(1)           # beats the cell's worst kept window
+        if hit.any():
+            self._enter(t_i[hit], c_i[hit], p[hit], wmax[t_i[hit], b_i[hit]], b_i[hit],
+                        peak, per, ids, win)
 
-    def _keep_least(self, t: int, parts: list) -> None:
-        """Target t's cells from ``parts`` (dicts of (C, k, ...) arrays): per cell, the
-        ``slots`` entries of least priority."""
-        cat = {n: np.concatenate([p[n] for p in parts], 1) for n in self._ARRAYS}
-        order = np.argsort(cat["prio"], axis=1, kind="stable")[:, :self.S]
+    def _enter(self, t_i, c_i, p, v, b_i, peak, per, ids, win) -> None:
+        """Let newcomers (target, cell, priority, value, batch row) into their cells: per
+        cell, the ``slots`` of least priority among the kept windows and the newcomers stay
+        (the same as offering the newcomers one by one)."""
+        C, S = self.C, self.S
+        g = t_i * C + c_i
+        order = np.lexsort((p, g))                      # by cell, then priority
+        g, t_i, c_i, p, v, b_i = g[order], t_i[order], c_i[order], p[order], v[order], b_i[order]
+        first = np.r_[True, g[1:] != g[:-1]]
+        group = np.cumsum(first) - 1
+        rank = np.arange(len(g)) - np.nonzero(first)[0][group]
+        few = rank < S                                  # at most S newcomers per cell matter
+        gt, gc = t_i[first], c_i[first]
+        new_p = np.full((len(gt), S), np.inf)
+        src = np.zeros((len(gt), S), dtype=np.int64)
+        new_p[group[few], rank[few]] = p[few]
+        src[group[few], rank[few]] = np.nonzero(few)[0]
+        both = np.concatenate([self.prio[gt, gc], new_p], 1)       # (cells, 2S)
+        keep = np.zeros(both.shape, dtype=bool)         # ties: the kept window stays
+        np.put_along_axis(keep, np.argsort(both, axis=1, kind="stable")[:, :S], True, axis=1)
+        keep[:, S:] &= np.isfinite(new_p)
+        evicted = np.argsort(keep[:, :S], axis=1, kind="stable")   # given-up slots first
+        entering = np.argsort(~keep[:, S:], axis=1, kind="stable")  # kept newcomers first
+        go = np.arange(S) < keep[:, S:].sum(1)[:, None]          # (cells, S): newcomer j enters
+        tt = np.broadcast_to(gt[:, None], go.shape)[go]
+        cc = np.broadcast_to(gc[:, None], go.shape)[go]
+        slot = evicted[go]
+        k = np.take_along_axis(src, entering, 1)[go]
+        self.prio[tt, cc, slot] = p[k]
+        self.v[tt, cc, slot] = v[k]
+        self.win[tt, cc, slot] = win[b_i[k]]
+        self.peak[tt, cc, slot] = peak[t_i[k], b_i[k]]
+        self.acts[tt, cc, slot] = per[t_i[k], b_i[k]]
+        self.ids.add(win, ids, b_i[k])
+        self.ids.prune(self.win)
+
+    def _keep_least(self, ts: np.ndarray, parts: list) -> None:
+        """Targets ``ts``' cells from ``parts`` (dicts of (len(ts), C, k, ...) arrays): per
+        cell, the ``slots`` entries of least priority."""
+        cat = {n: np.concatenate([p[n] for p in parts], 2) for n in self._ARRAYS}
+        order = np.argsort(cat["prio"], axis=2, kind="stable")[:, :, :self.S]
         for n in self._ARRAYS:
             a = cat[n]
-            getattr(self, n)[t] = np.take_along_axis(
-                a, order.reshape(order.shape + (1,) * (a.ndim - 2)), 1)
+            getattr(self, n)[ts] = np.take_along_axis(
+                a, order.reshape(order.shape + (1,) * (a.ndim - 3)), 2)
 
-    def coarsen(self, t: int, times: int) -> None:
-        """Double target t's cell width ``times`` times, merging cells pairwise."""
-        C = self.C
+    def coarsen(self, ts: np.ndarray, times: int) -> None:
+        """Double the cell width of targets ``ts`` ``times`` times, merging cells pairwise."""
+        C, n = self.C, len(ts)
         half, pad = (C + 1) // 2, C % 2
         for _ in range(min(times, int(math.log2(C)) + 1)):
             pairs = {}
-            for n, fill in zip(self._ARRAYS, self._FILLS):
-                a = getattr(self, n)[t]
+            for name, fill in zip(self._ARRAYS, self._FILLS):
+                a = getattr(self, name)[ts]                                # (n, C, S, ...)
                 if pad:
-                    a = np.concatenate([a, np.full((1,) + a.shape[1:], fill, a.dtype)])
-                a = a.reshape((half, 2) + a.shape[1:])
-                out = np.full((C, 2) + a.shape[2:], fill, a.dtype)
-                out[:half] = a
-                pairs[n] = out
-            self._keep_least(t, [{n: pairs[n][:, 0] for n in pairs},
-                                 {n: pairs[n][:, 1] for n in pairs}])
-            seen = np.concatenate([self.seen[t], [0] * pad])
-            self.seen[t] = 0
-            self.seen[t, :half] = seen.reshape(half, 2).sum(1)
-        self.cell_w[t] *= 2.0 ** times
+                    a = np.concatenate([a, np.full((n, 1) + a.shape[2:], fill, a.dtype)], 1)
+                a = a.reshape((n, half, 2) + a.shape[2:])
+                out = np.full((n, C, 2) + a.shape[3:], fill, a.dtype)
+                out[:, :half] = a
+                pairs[name] = out
+            self._keep_least(ts, [{k: v[:, :, 0] for k, v in pairs.items()},
+                                  {k: v[:, :, 1] for k, v in pairs.items()}])
+            seen = np.concatenate([self.seen[ts], np.zeros((n, pad), np.int64)], 1)
+            self.seen[ts] = 0
+            self.seen[ts, :half] = seen.reshape(n, half, 2).sum(2)
+        self.cell_w[ts] *= 2.0 ** times
 
     def merge(self, o: "BandReservoir") -> None:
         """Add another pass's state (disjoint windows): widths aligned, cells united."""
@@ -294,12 +403,14 @@ class BandReservoir:
                 for n in self._ARRAYS + ("seen", "cell_w"):
                     getattr(self, n)[t] = getattr(o, n)[t]
                 continue
+            ts = np.array([t])
             for a, b in ((self, o), (o, self)):
                 if a.cell_w[t] < b.cell_w[t]:
-                    a.coarsen(t, int(round(np.log2(b.cell_w[t] / a.cell_w[t]))))
-            self._keep_least(t, [{n: getattr(self, n)[t] for n in self._ARRAYS},
-                                 {n: getattr(o, n)[t] for n in self._ARRAYS}])
+                    a.coarsen(ts, int(round(np.log2(b.cell_w[t] / a.cell_w[t]))))
+            self._keep_least(ts, [{n: getattr(self, n)[ts] for n in self._ARRAYS},
+                                  {n: getattr(o, n)[ts] for n in self._ARRAYS}])
             self.seen[t] += o.seen[t]
+        self.ids.merge(o.ids)
 
     def bands(self, vmax: np.ndarray, top_win: np.ndarray, n_bands: int,
               per_band: int) -> list[list[Band]]:
@@ -313,7 +424,7 @@ class BandReservoir:
         v, ok, band, w = self._eligible(vmax, ok_t, top_win, n_bands)
         picks = self._picks(v, ok, band, w, n_bands, per_band) if per_band and ok.any() else None
         T, CS = v.shape
-        ids, acts = self.ids.reshape(T, CS, -1), self.acts.reshape(T, CS, -1)
+        acts = self.acts.reshape(T, CS, -1)
         peak, win_l = self.peak.reshape(T, CS).tolist(), self.win.reshape(T, CS).tolist()
         v_l, counts_l = v.tolist(), counts.tolist()
         out = []
@@ -326,7 +437,7 @@ class BandReservoir:
                 b = Band(bi / n_bands, (bi + 1) / n_bands, counts_l[t][bi], [])
                 if picks is not None:
                     order, good = picks[bi]
-                    b.samples = [Exemplar(v_l[t][j], peak[t][j], win_l[t][j], ids[t, j],
+                    b.samples = [Exemplar(v_l[t][j], peak[t][j], win_l[t][j], self.ids[win_l[t][j]],
                                           acts[t, j]) for j, g in zip(order[t], good[t]) if g]
                 bands.append(b)
             out.append(bands)
@@ -415,11 +526,12 @@ class Controls:
         T = self.acts.shape[0]
         if not len(valid):
             return [[] for _ in range(T)]
-        ids, acts = self.ids.tolist(), self.acts[:, valid].tolist()
-        c_max = self.acts[:, valid, first:].max(axis=2)
-        c_peak = self.acts[:, valid, first:].argmax(axis=2) + first
-        return [[Exemplar(float(c_max[t, i]), int(c_peak[t, i]), int(self.win[j]), ids[j],
-                          acts[t][i]) for i, j in enumerate(valid)] for t in range(T)]
+        ids, acts = self.ids.tolist(), self.acts[:, valid]                # numpy rows
+        c_max = acts[:, :, first:].max(axis=2).tolist()
+        c_peak = (acts[:, :, first:].argmax(axis=2) + first).tolist()
+        wins = self.win[valid].tolist()
+        return [[Exemplar(c_max[t][i], c_peak[t][i], w, ids[j], acts[t, i])
+                 for i, (j, w) in enumerate(zip(valid, wins))] for t in range(T)]
 
 
 class PositionMaxima:
@@ -427,22 +539,37 @@ class PositionMaxima:
     first m tokens after BOS (non-finite values never count)."""
 
     def __init__(self, n_targets: int, width: int):
-        self.pos_max = np.full((n_targets, width), -np.inf)
-        self.pmean_max = np.full((n_targets, width), -np.inf)
+        self.pos_max = torch.full((width, n_targets), -torch.inf)       # (W, T): as batches lie
+        self.pmean_max = torch.full((width, n_targets), -torch.inf)
+        self._lists = None                 # per target, as lists (made once, by ``fill``)
 
-    def update(self, per_t: torch.Tensor) -> None:
-        v = torch.where(torch.isfinite(per_t), per_t, -torch.inf)
-        self.pos_max = np.fmax(self.pos_max, v.amax(dim=1).double().numpy())
-        body = per_t[:, :, 1:].double()
-        m = torch.arange(1, body.shape[2] + 1, dtype=torch.float64)
-        means = body.cumsum(dim=2) / m
-        means = torch.where(torch.isfinite(means), means, -torch.inf)
-        self.pmean_max[:, 1:] = np.fmax(self.pmean_max[:, 1:], means.amax(dim=1).numpy())
+    def update(self, per_t: torch.Tensor, clean: bool = False) -> None:
+        """per_t: (T, B, W) torch values, any strides; ``clean``: all are finite."""
+        x = per_t.movedim(0, -1)                                # (B, W, T)
+        B, W, T = x.shape
+        m = torch.arange(1, W, dtype=torch.float32)[:, None]
+        if clean:      # max over windows of the prefix mean = (max of the prefix sum) / m
+            torch.maximum(self.pos_max, x.amax(dim=0), out=self.pos_max)
+            run, best = torch.zeros(B, T), torch.empty(W - 1, T)
+            for w in range(1, W):
+                run += x[:, w]
+                torch.amax(run, 0, out=best[w - 1])
+            means = best / m
+        else:
+            fin = torch.where(torch.isfinite(x), x, -torch.inf)
+            torch.maximum(self.pos_max, fin.amax(dim=0), out=self.pos_max)
+            means = x[:, 1:].cumsum(dim=1) / m
+            means = torch.where(torch.isfinite(means), means, -torch.inf).amax(dim=0)
+        torch.maximum(self.pmean_max[1:], means, out=self.pmean_max[1:])
+        self._lists = None
 
     def merge(self, o: "PositionMaxima") -> None:
-        self.pos_max = np.fmax(self.pos_max, o.pos_max)
-        self.pmean_max = np.fmax(self.pmean_max, o.pmean_max)
+        torch.maximum(self.pos_max, o.pos_max, out=self.pos_max)
+        torch.maximum(self.pmean_max, o.pmean_max, out=self.pmean_max)
+        self._lists = None
 
     def fill(self, r, t: int) -> None:
-        r.position_max = [float(x) for x in self.pos_max[t]]
-        r.prefix_mean_max = [float("nan")] + [float(x) for x in self.pmean_max[t, 1:]]
+        if self._lists is None:
+            self._lists = (self.pos_max.T.double().tolist(), self.pmean_max.T.double().tolist())
+        r.position_max = self._lists[0][t]
+        r.prefix_mean_max = [float("nan")] + self._lists[1][t][1:]

@@ -23,6 +23,7 @@ from featviz.mining.accumulators import (
     Moments,
     PositionMaxima,
     TopK,
+    per_target,
 )
 from featviz.mining.grid import target_keys
 from featviz.mining.records import TargetExemplars
@@ -148,24 +149,38 @@ class Miner:
         indices (B,).  The full-size reductions run in torch (multi-threaded); the
         bookkeeping on small arrays in numpy.  Returns the window maxima (T, B) (BOS
         excluded unless ``include_bos``; -inf where a window has no finite value)."""
-        per_t = torch.as_tensor(per, dtype=torch.float32).contiguous()
+        per_t = torch.as_tensor(per, dtype=torch.float32)
         per = per_t.numpy()
-        T, B, _ = per.shape
+        T, B, W = per.shape
         start = 0 if self.cfg.include_bos else 1
-        body = per_t[:, :, start:]
-        finite = torch.isfinite(body)
-        clean = bool(finite.all())           # the common case: no masking passes needed
-        mx = body.max(dim=2) if clean else torch.where(finite, body, -torch.inf).max(dim=2)
-        wmax, peak = mx.values.numpy(), mx.indices.numpy() + start                  # (T, B)
-        mn = body.min(dim=2) if clean else torch.where(finite, body, torch.inf).min(dim=2)
+        # Reductions run on the batch as it lies in memory: read_all hands over the
+        # (B, W, T) hooked activations permuted to (T, B, W), so x is the contiguous tensor.
+        x = per_t.movedim(0, -1)[:, start:]                                     # (B, W', T)
+        mx, lo = x.max(dim=1), per_target(x, "amin")      # NaN and inf show in these (or BOS)
+        clean = bool(torch.isfinite(mx.values).all() and torch.isfinite(lo).all() and
+                     torch.isfinite(per_t[:, :, 0]).all())
+        finite = None
+        if not clean:                        # again, over the finite values only
+            finite = torch.isfinite(x)
+            mx = torch.where(finite, x, -torch.inf).max(dim=1)
+            lo = per_target(torch.where(finite, x, torch.inf), "amin")
+        wmax, peak = mx.values.T.numpy(), mx.indices.T.numpy() + start         # (T, B)
         self.top.update(wmax, peak, per, ids, win)
-        self.bottom.update(-mn.values.numpy(), mn.indices.numpy() + start, per, ids, win)
-        self.moments.update(body.reshape(T, -1), None if clean else finite.reshape(T, -1),
-                            mx.values.amax(dim=1))
+        neg = np.nonzero((lo < 0).numpy())[0]
+        if len(neg):                       # the most negative windows: targets that go below 0
+            sub = x[:, :, torch.as_tensor(neg)]
+            mn = (sub if clean else torch.where(finite[:, :, torch.as_tensor(neg)], sub,
+                                                torch.inf)).min(dim=1)
+            nmin = np.full((T, B), -np.inf, dtype=np.float32)
+            npeak = np.zeros((T, B), dtype=np.int64)
+            nmin[neg], npeak[neg] = -mn.values.T.numpy(), mn.indices.T.numpy() + start
+            self.bottom.update(nmin, npeak, per, ids, win)
+        self.moments.update(per_t[:, :, start:], None if clean else finite.movedim(-1, 0),
+                            mx.values.amax(dim=0), lo)
         self.reservoir.update(wmax, peak, per, ids, win)
         self.controls.update(per, ids, win)
-        self.positions.update(per_t)
-        self.n_tok += B * body.shape[2]
+        self.positions.update(per_t, clean)
+        self.n_tok += B * (W - start)
         self.n_win += B
         return wmax
 

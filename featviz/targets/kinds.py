@@ -40,12 +40,28 @@ class Ops:
     zeros: Callable       # zeros(shape, like)
     max: Callable         # max over the last axis
     mean: Callable        # mean over the last axis
-    kth: Callable         # kth(v, k): the k-th largest value over the last axis
+    relu: Callable        # max(v, 0)
+    topk_relu: Callable   # topk_relu(v, k): ReLU of v's k largest entries (last axis), zeros
+                          # elsewhere, the k chosen as torch.topk / lax.top_k choose them
+                          # (may overwrite v: pass a temporary)
+    affine: Callable      # affine(x, W, b): x @ W + b
+
+
+def _affine(x, w, b):
+    if x.dim() < 2 or w.dim() != 2 or b.dim() != 1:
+        return x @ w + b
+    return b.addmm(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[1],))
+
+
+def _topk_relu(v, k: int):
+    top = v.topk(k, dim=-1)
+    out = v.new_zeros(v.shape) if v.requires_grad else v.zero_()   # no gradient: reuse v
+    return out.scatter_(-1, top.indices, top.values.clamp(min=0))
 
 
 TORCH_OPS = Ops(norm=lambda v: v.norm(dim=-1), zeros=lambda shape, like: like.new_zeros(shape),
                 max=lambda v: v.max(dim=-1).values, mean=lambda v: v.mean(dim=-1),
-                kth=lambda v, k: v.topk(k, dim=-1).values[..., -1])
+                relu=lambda v: v.clamp(min=0), topk_relu=_topk_relu, affine=_affine)
 
 
 @dataclass(frozen=True)

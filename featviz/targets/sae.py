@@ -354,18 +354,17 @@ def encode(spec: SaeSpec, w: dict, x, ops, index=None):
     if spec.apply_b_dec_to_input and spec.subtract_b_dec:
         x = x - w["b_dec"]
     if spec.architecture == "topk":
-        h = x @ w["W_enc"] + w["b_enc"]
+        h = ops.affine(x, w["W_enc"], w["b_enc"])
         if "dec_norm" in w:
             h = h * w["dec_norm"]
-        keep = h >= ops.kth(h, spec.k)[..., None]
-        acts = h * (h > 0) * keep
+        acts = ops.topk_relu(h, spec.k)             # the k largest, then ReLU (SAELens)
         return acts if index is None else acts[..., index]
     col = (lambda name: w[name]) if index is None else (lambda name: w[name][..., index])
     if spec.architecture == "gated":
-        gate = x @ col("W_enc") + col("b_gate")
-        mag = x @ col("W_mag") + col("b_mag")
-        return mag * (mag > 0) * (gate > 0)
-    h = x @ col("W_enc") + col("b_enc")
+        gate = ops.affine(x, col("W_enc"), col("b_gate"))
+        mag = ops.affine(x, col("W_mag"), col("b_mag"))
+        return ops.relu(mag) * (gate > 0)
+    h = ops.affine(x, col("W_enc"), col("b_enc"))
     if spec.architecture == "jumprelu":
-        return h * (h > 0) * (h > col("threshold"))
-    return h * (h > 0)
+        return ops.relu(h) * (h > col("threshold"))
+    return ops.relu(h)

@@ -61,7 +61,14 @@ def jax_ops():
     return Ops(norm=lambda v: jnp.linalg.norm(v, axis=-1),
                zeros=lambda shape, like: jnp.zeros(shape, like.dtype),
                max=lambda v: v.max(-1), mean=lambda v: v.mean(-1),
-               kth=lambda v, k: jax.lax.top_k(v, k)[0][..., -1])
+               relu=jax.nn.relu, topk_relu=_topk_relu, affine=lambda x, w, b: x @ w + b)
+
+
+def _topk_relu(v, k: int):
+    import jax
+    import jax.numpy as jnp
+    vals, idx = jax.lax.top_k(v, k)
+    return jnp.put_along_axis(jnp.zeros_like(v), idx, jax.nn.relu(vals), axis=-1, inplace=False)
 
 
 def _atom_values(a, caps, jm, direction, index=None):
