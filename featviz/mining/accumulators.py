@@ -74,6 +74,19 @@ class WindowIds:
         return self.rows[w]
 
 
+def sum_per_target(x: torch.Tensor) -> torch.Tensor:
+    """Sum of ``x`` (..., T) over every axis but the last, added in the same order for
+    every target whatever T is (torch's reductions pick their order by shape, so a target's
+    sums would change with the targets mined beside it): one slice at a time, each add
+    elementwise."""
+    while x.ndim > 1:
+        acc = x[0].clone()
+        for i in range(1, x.shape[0]):
+            acc += x[i]
+        x = acc
+    return x
+
+
 # ---------------------------------------------------------------- accumulators
 class TopK:
     """Each target's k best windows in k unordered slots: a newcomer overwrites an evicted
@@ -191,8 +204,8 @@ class Moments:
         hist, above = self._counts(x, ok)
         self.hist += hist
         self.n_above += above
-        self.sums.append(np.stack([per_target(x, "sum").double().numpy(),   # per batch, float32
-                                   per_target(x * x, "sum").double().numpy()]))
+        self.sums.append(np.stack([sum_per_target(x).double().numpy(),    # per batch, float32
+                                   sum_per_target(x * x).double().numpy()]))
         self._totals = None
 
     def _counts(self, x: torch.Tensor, ok: torch.Tensor | None) -> tuple:

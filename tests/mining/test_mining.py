@@ -216,3 +216,27 @@ def test_corpus_parts_merge_into_one_pass(llama, corpus_file, order):
         assert sum(len(band.samples) for band in a.bands) > 0
     with pytest.raises(FeatvizError, match="between 1 and N"):
         mine_part(llama, ts, cfg, source=corpus_file, part=(4, 3))
+
+
+def test_a_targets_record_does_not_depend_on_the_targets_beside_it(llama, corpus_file):
+    """Mined alone, in a small group or among many (another reduction layout in torch, and
+    for sparse targets the nonzero-only histogram), a target's record is bit for bit the
+    same: caches and resumed galleries keep records mined in other company."""
+    cfg = MineConfig(window=16, max_tokens=1200, k=4, cells=8, per_band=2, controls=2,
+                     batch_size=8)
+    many = parse_targets("mlp:1:0-47", llama) + parse_targets("head:2:0-1", llama)
+    together = {str(t): r.to_json() for t, r in
+                zip(many, mine(llama, many, cfg, source=corpus_file, progress=False))}
+    for spec in ("mlp:1:5", "head:2:1", "mlp:1:3-6"):
+        ts = parse_targets(spec, llama)
+        for t, r in zip(ts, mine(llama, ts, cfg, source=corpus_file, progress=False)):
+            assert r.to_json() == together[str(t)]
+    x = torch.zeros(3, 4, 5)             # sparse and dense histograms count alike
+    x[0, 1, 2], x[2, 3, 4], x[1, 0, 0] = 1.5, -0.25, 3.0
+    from featviz.mining.accumulators import Moments
+    a, b = Moments(5, 4, 0.0), Moments(5, 4, 0.0)
+    b._sparse = False
+    for m in (a, b):
+        m.update(x.movedim(-1, 0), None, x.amax(dim=(0, 1)))
+    assert (a.hist == b.hist).all() and (a.n_above == b.n_above).all()
+    assert a.hist.sum() == 5 * 12 and a.n_above.tolist() == [1, 0, 1, 0, 0]
