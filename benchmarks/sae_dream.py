@@ -77,7 +77,7 @@ def train_topk(x: torch.Tensor, d_sae: int, seconds: float, seed: int) -> dict:
         opt.step()
         with torch.no_grad():
             p["W_dec"] /= p["W_dec"].norm(dim=1, keepdim=True)
-        steps, loss = steps + 1, float(err)
+        steps, loss = steps + 1, float(err.detach())
     return {"weights": {k: v.detach().contiguous() for k, v in p.items()}, "steps": steps,
             "fvu": loss}
 
