@@ -32,10 +32,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-import featviz  # noqa: E402
-import featviz.mining.corpus as corpus_mod  # noqa: E402
 from _results import write_result  # noqa: E402
 from dream_quality import run_one  # noqa: E402
+
+import featviz  # noqa: E402
+import featviz.mining.corpus as corpus_mod  # noqa: E402
 from featviz.mining.miner import scan  # noqa: E402
 from featviz.model.forward import run  # noqa: E402
 
