@@ -74,6 +74,18 @@ class WindowIds:
         return self.rows[w]
 
 
+def swaps(keep: np.ndarray, n_old: int) -> tuple:
+    """Where newcomers enter a row of slots.  ``keep`` (R, n_old + n_new): which of a
+    row's old slots and newcomers stay.  Returns (row, old slot, newcomer) index arrays:
+    each kept newcomer overwrites one given-up slot, so only entering windows are copied."""
+    evicted = np.argsort(keep[:, :n_old], axis=1, kind="stable")    # given-up slots first
+    entering = np.argsort(~keep[:, n_old:], axis=1, kind="stable")  # kept newcomers first
+    J = min(n_old, keep.shape[1] - n_old)
+    go = np.arange(J) < keep[:, n_old:].sum(1)[:, None]               # newcomer j enters
+    rows = np.broadcast_to(np.arange(len(keep))[:, None], go.shape)[go]
+    return rows, evicted[:, :J][go], entering[:, :J][go]
+
+
 def sum_per_target(x: torch.Tensor) -> torch.Tensor:
     """Sum of ``x`` (..., T) over every axis but the last, added in the same order for
     every target whatever T is (torch's reductions pick their order by shape, so a target's
@@ -110,13 +122,8 @@ class TopK:
                                         self.win[rows]), np.broadcast_to(win, (len(rows), B))], 1)
         keep = np.zeros(cand.shape, dtype=bool)        # best k; ties go to the earlier window
         np.put_along_axis(keep, np.lexsort((cwin, -cand), axis=-1)[:, :k], True, axis=1)
-        # evicted slots (old, not kept) first; entering newcomers (new, kept) first
-        evicted = np.argsort(keep[:, :k], axis=1, kind="stable")                 # (R, k)
-        entering = np.argsort(~keep[:, k:], axis=1, kind="stable")               # (R, B)
-        J = min(k, B)
-        go = np.arange(J) < keep[:, k:].sum(1)[:, None]          # (R, J): newcomer j enters
-        r = np.broadcast_to(rows[:, None], go.shape)[go]
-        slot, b = evicted[:, :J][go], entering[:, :J][go]
+        i, slot, b = swaps(keep, k)
+        r = rows[i]
         self.v[r, slot] = wmax[r, b]
         self.win[r, slot] = win[b]
         self.peak[r, slot] = peak[r, b]
@@ -361,13 +368,8 @@ class BandReservoir:
         keep = np.zeros(both.shape, dtype=bool)         # ties: the kept window stays
         np.put_along_axis(keep, np.argsort(both, axis=1, kind="stable")[:, :S], True, axis=1)
         keep[:, S:] &= np.isfinite(new_p)
-        evicted = np.argsort(keep[:, :S], axis=1, kind="stable")   # given-up slots first
-        entering = np.argsort(~keep[:, S:], axis=1, kind="stable")  # kept newcomers first
-        go = np.arange(S) < keep[:, S:].sum(1)[:, None]          # (cells, S): newcomer j enters
-        tt = np.broadcast_to(gt[:, None], go.shape)[go]
-        cc = np.broadcast_to(gc[:, None], go.shape)[go]
-        slot = evicted[go]
-        k = np.take_along_axis(src, entering, 1)[go]
+        i, slot, j = swaps(keep, S)
+        tt, cc, k = gt[i], gc[i], src[i, j]
         self.prio[tt, cc, slot] = p[k]
         self.v[tt, cc, slot] = v[k]
         self.win[tt, cc, slot] = win[b_i[k]]
@@ -450,8 +452,9 @@ class BandReservoir:
                 b = Band(bi / n_bands, (bi + 1) / n_bands, counts_l[t][bi], [])
                 if picks is not None:
                     order, good = picks[bi]
-                    b.samples = [Exemplar(v_l[t][j], peak[t][j], win_l[t][j], self.ids[win_l[t][j]],
-                                          acts[t, j]) for j, g in zip(order[t], good[t]) if g]
+                    b.samples = [Exemplar(v_l[t][j], peak[t][j], win_l[t][j],
+                                          self.ids[win_l[t][j]], acts[t, j])
+                                 for j, g in zip(order[t], good[t]) if g]
                 bands.append(b)
             out.append(bands)
         return out
