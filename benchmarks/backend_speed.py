@@ -73,7 +73,7 @@ def jax_steps(h, t, B, n, lam, steps, cap=None, precision="fp32"):
     for i in range(steps + 1):
         t0 = time.perf_counter()
         key = np.uint32(step_key(0, i))        # the noise is drawn inside the compiled step
-        theta, state, act, _ = step(jm.params, theta, state, key, jnp.float32(1.0))
+        theta, state, act, _, _ = step(jm.params, theta, state, key, jnp.float32(1.0))
         act.block_until_ready()
         theta.block_until_ready()
         times.append(time.perf_counter() - t0)

@@ -5,9 +5,11 @@ loading excluded), the best activation at xe <= 5.0, xe <= 6.5 and unbounded, ea
 recomputed by a fresh forward pass on the decoded-and-re-encoded text, over the
 corpus max (first 200,000 tokens, BOS + 63-token windows; benchmarks/corpus_max.py).
 
-Run:  python benchmarks/dream_quality.py [--budget 90] [--methods featviz,epo,gcg]
+Run:  python benchmarks/dream_quality.py [--budget 90] [--methods featviz,epo,gcg] [--seeds 0,1,2]
 Writes benchmarks/results/dream_quality_<tag>.jsonl (one line per run, resumable)
-and benchmarks/results/dream_quality_<tag>.md (the table).
+and benchmarks/results/dream_quality_<tag>.md (the table; with several seeds, the
+table of seed means and the relaxation's bar: each variant against its ``-norelax`` twin).
+Runs are interleaved: for each seed, for each neuron, every method in turn.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ METHODS = {
     "featviz-nolm": {"lm_share": 0.0},
     "featviz-random-init": {"init": "random"},
     "featviz-jax": {"backend": "jax"},          # relaxation and swap scoring on the JAX backend
+    "featviz-jax-norelax": {"backend": "jax", "relax_fraction": 0.0, "steps": 0},
     "featviz-lean": {"sweep": 64, "children": 16},   # cheaper swap iterations, more of them
     "featviz-corpus-init": {"init": "corpus"},       # warm start from the corpus's top windows
                                                      # (sees corpus text: its own rows)
@@ -129,6 +132,53 @@ def table(rows, cmax, methods, specs):
     return "\n".join(out)
 
 
+def seed_table(rows, cmax, methods, specs, seeds):
+    """Per neuron and method, the fluent ratio (xe <= 6.5; 0 when none) as mean ± sd over
+    seeds; per method the median over neurons of the means; and for each method with a
+    ``-norelax`` twin the relaxation's bar: median gain and neurons where it is higher."""
+    by = {}
+    for r in rows:
+        fl = 0.0 if r["act_6.5"] is None else r["act_6.5"] / cmax[r["target"]]
+        by.setdefault((r["target"], r["method"]), {})[r.get("seed", 0)] = fl
+    out = [f"Fluent ratio (best activation at xe ≤ 6.5 / corpus max; 0 when none), mean ± sd "
+           f"over seeds {', '.join(map(str, seeds))}.", "",
+           "| neuron | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    means = {}
+    for s in specs:
+        cells = []
+        for m in methods:
+            v = [by.get((s, m), {}).get(x) for x in seeds]
+            v = [x for x in v if x is not None]
+            if not v:
+                cells.append("")
+                continue
+            means[(s, m)] = statistics.fmean(v)
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            cells.append(f"{means[(s, m)]:.2f} ± {sd:.2f}" + ("" if len(v) == len(seeds)
+                                                              else f" ({len(v)} seeds)"))
+        out.append(f"| {s} | " + " | ".join(cells) + " |")
+    out.append("")
+    for m in methods:
+        ms = [means[(s, m)] for s in specs if (s, m) in means]
+        if ms:
+            out.append(f"- {m}: median over neurons of the seed-mean fluent ratio "
+                       f"{statistics.median(ms):.2f}; ≥ 1.5 on {sum(x >= 1.5 for x in ms)}/{len(ms)}")
+    for m in methods:
+        twin = m + "-norelax" if m == "featviz-jax" else ("featviz-norelax" if m == "featviz" else None)
+        if twin not in methods:
+            continue
+        both = [s for s in specs if (s, m) in means and (s, twin) in means]
+        if not both:
+            continue
+        a = statistics.median(means[(s, m)] for s in both)
+        b = statistics.median(means[(s, twin)] for s in both)
+        higher = sum(means[(s, m)] > means[(s, twin)] for s in both)
+        out.append(f"- relaxation bar, {m} against {twin}: median {a:.2f} vs {b:.2f} "
+                   f"({(a / b - 1) * 100 if b else float('inf'):+.0f} %; bar +15 %); higher on "
+                   f"{higher}/{len(both)} neurons (bar 6/8)")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=float, default=90.0)
@@ -136,6 +186,7 @@ def main():
     ap.add_argument("--neurons", default=DEV)
     ap.add_argument("--only", default=None, help="comma-separated subset of targets")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed)")
     ap.add_argument("--tag", default="cpu")
     ap.add_argument("--corpus-max", default=os.path.join(HERE, "results", "corpus_max_200000.json"))
     args = ap.parse_args()
@@ -144,6 +195,7 @@ def main():
     if args.only:
         specs = [s for s in specs if s in args.only.split(",")]
     methods = args.methods.split(",")
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     for m in methods:
         if m not in METHODS:
             sys.exit(f"unknown method {m}; choose from {', '.join(METHODS)}")
@@ -154,24 +206,31 @@ def main():
     CORPUS_TOP.update({k: v["top_texts"] for k, v in found.items()})
     jl = os.path.join(HERE, "results", f"dream_quality_{args.tag}.jsonl")
     rows = [json.loads(x) for x in open(jl)] if os.path.exists(jl) else []
-    done = {(r["target"], r["method"], r["budget"]) for r in rows}
+    done = {(r["target"], r["method"], r["budget"], r.get("seed", 0)) for r in rows}
     handle = featviz.load_model()
     featviz.model.vocab.readable_mask(handle)
-    for s in specs:
-        for m in methods:
-            if (s, m, args.budget) in done:
-                continue
-            row = run_one(handle, s, m, args.budget, args.seed)
-            row["ratio_6.5"] = None if row["act_6.5"] is None else row["act_6.5"] / cmax[s]
-            rows.append(row)
-            with open(jl, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{s} {m}: ≤6.5 {row['act_6.5']} any {row['act_any']} (xe {row['xe_any']}) "
-                  f"/ max {cmax[s]:.3f}", flush=True)
+    for seed in seeds:
+        for s in specs:
+            for m in methods:
+                if (s, m, args.budget, seed) in done:
+                    continue
+                row = run_one(handle, s, m, args.budget, seed)
+                row["seed"] = seed
+                row["ratio_6.5"] = None if row["act_6.5"] is None else row["act_6.5"] / cmax[s]
+                rows.append(row)
+                with open(jl, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"seed {seed} {s} {m}: ≤6.5 {row['act_6.5']} any {row['act_any']} "
+                      f"(xe {row['xe_any']}) / max {cmax[s]:.3f}", flush=True)
     rows = [r for r in rows if r["budget"] == args.budget]
     all_methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    md = (f"# Dream quality, {args.budget:g} s per neuron (embedded SmolLM2-135M, 2 CPU cores)\n\n"
-          + table(rows, cmax, all_methods, specs) + "\n")
+    all_seeds = sorted({r.get("seed", 0) for r in rows})
+    title = (f"# Dream quality, {args.budget:g} s per neuron (embedded SmolLM2-135M, 2 CPU "
+             f"cores)\n\n")
+    if len(all_seeds) > 1:
+        md = title + seed_table(rows, cmax, all_methods, specs, all_seeds) + "\n"
+    else:
+        md = title + table(rows, cmax, all_methods, specs) + "\n"
     with open(os.path.join(HERE, "results", f"dream_quality_{args.tag}.md"), "w") as f:
         f.write(md)
     print(md)

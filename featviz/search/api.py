@@ -147,23 +147,27 @@ class _Run:
     def init_relax_harden(self, searches) -> None:
         cfg, K = self.cfg, len(searches)
         B = searches[0].B
-        relax_budget = None if self.total is None else self.total * cfg.relax.relax_fraction
-        settings = RelaxSettings(cfg.relax.steps, cfg.relax.lr, cfg.relax.tau0, cfg.relax.tau1, cfg.relax.straight_through,
-                                 cfg.seed, cfg.precision)
+        # each restart's relaxation runs for its own share of the budget, after its init
+        relax_share = None if self.total is None else \
+            self.total * cfg.relax.relax_fraction / cfg.relax.restarts
+        stages_end = None if self.total is None else \
+            self.total * (cfg.start.init_fraction + cfg.relax.relax_fraction)
+        settings = RelaxSettings(cfg.relax.steps, cfg.relax.lr, cfg.relax.tau0, cfg.relax.tau1,
+                                 cfg.relax.straight_through, cfg.seed, cfg.precision,
+                                 cfg.relax.init_scale, cfg.relax.reset_patience)
         relax = relaxer(self.backend, self.handle, self.joint_of(self.targets, B), self.mask,
                         self.tokens, settings, [s.gen for s in searches], searches[0].autocast)
         lam = torch.cat([s.lam for s in searches])
         cap = torch.cat([s.cap for s in searches])
         t_relax, t_init = time.perf_counter(), 0.0
         for r in range(cfg.relax.restarts):
-            if r > 0 and relax_budget is not None and self.clock.elapsed() >= relax_budget:
+            if r > 0 and stages_end is not None and self.clock.elapsed() >= stages_end:
                 break
             t = time.perf_counter()
             deadline = self.init_deadline()
             inits = drive(self.server, [(s, s.start(r, deadline)) for s in searches])
             t_init += time.perf_counter() - t
-            if all(i is None for i in inits) or cfg.relax.steps == 0 or cfg.relax.relax_fraction == 0 or (
-                    relax_budget is not None and self.clock.elapsed() >= relax_budget):
+            if all(i is None for i in inits) or cfg.relax.steps == 0 or cfg.relax.relax_fraction == 0:
                 continue
             theta = torch.zeros(K * B, cfg.length, self.handle.vocab_size,
                                 device=self.handle.device)
@@ -177,11 +181,10 @@ class _Run:
                 if step % 10 == 9 and th is not None:       # argmax snapshots to harden
                     snaps.append((th.detach() + torch.where(self.mask, 0.0, -1e9)).argmax(-1))
 
-            secs = None if relax_budget is None else \
-                (relax_budget - self.clock.elapsed()) / (cfg.relax.restarts - r)
-            theta, trace = relax(theta, lam, cap, seconds=secs, restart=r, on_step=on_step)
+            theta, trace = relax(theta, lam, cap, seconds=relax_share, restart=r, on_step=on_step)
             parts = [slice(i * B, (i + 1) * B) for i in range(K)]
-            drive(self.server, [(s, s.discretize(theta[p], [sn[p] for sn in snaps], trace))
+            drive(self.server, [(s, s.discretize(theta[p], [sn[p] for sn in snaps], trace,
+                                                 [(i[p], a[p], x[p]) for i, a, x in trace.samples]))
                                 for s, p in zip(searches, parts)])
         self.joint_seconds = time.perf_counter() - t_relax
         for s in searches:

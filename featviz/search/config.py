@@ -46,7 +46,8 @@ class RelaxConfig:
 
     steps: int | None = 60          # relaxation steps (upper bound when a budget is set;
                                     # None: no limit, the budget bounds it)
-    relax_fraction: float = 0.2     # share of the budget for the relaxation
+    relax_fraction: float = 0.4     # share of the budget the relaxation runs for (after
+                                    # the init, which has its own share)
     restarts: int = 1               # independent relaxations (each with a fresh init)
     init_scale: float = 3.0         # theta = init_scale * one-hot(init) at start
     lr: float = 0.3
@@ -54,6 +55,8 @@ class RelaxConfig:
     tau1: float = 0.2
     straight_through: bool = True
     hard_samples: int = 16          # hard samples per row drawn from the final theta
+    reset_patience: int = 10        # relaxation steps without a better hard sample before a
+                                    # row restarts from its best (0: never)
 
 
 @dataclass
@@ -82,7 +85,7 @@ OPTIONS = ("length", "batch", "seed", "budget_seconds", "steps", "swap_iters", "
            "beam_expand", "precision", "init_scale", "lr", "tau0", "tau1", "straight_through",
            "hard_samples", "lam_min", "lam_max", "caps", "xe_cap", "children", "k_grad", "k_lm",
            "lm_share", "sweep", "sweep_keep", "distinct", "crossover", "rotate", "xe_share",
-           "vocab", "prefix", "suffix", "corpus_init", "memory_gb", "backend")
+           "vocab", "prefix", "suffix", "corpus_init", "memory_gb", "backend", "reset_patience")
 
 
 @dataclass(init=False)
@@ -156,6 +159,8 @@ class DreamConfig:
                 f"shortest has {min(len(r) for r in self.start.corpus_init)}")
         if not 0 <= self.relax.relax_fraction <= 1:
             bad("relax_fraction must lie in [0, 1]")
+        if not isinstance(self.relax.reset_patience, int) or self.relax.reset_patience < 0:
+            bad(f"reset_patience must be a non-negative integer, got {self.relax.reset_patience!r}")
         if not 0 < self.start.init_fraction <= 1:
             bad("init_fraction must lie in (0, 1]")
         if self.relax.tau0 <= 0 or self.relax.tau1 <= 0:

@@ -22,7 +22,9 @@ def row_params(cfg: DreamConfig, device):
     return lam_t, cap_t
 
 
-def stable_unique(tokens: Tokens, ids: torch.Tensor, archive: Archive | None = None):
+def stable_unique_index(tokens: Tokens, ids: torch.Tensor, archive: Archive | None = None):
+    """Indices of the rows of ``ids`` worth scoring: the first of each distinct row, not
+    in ``archive``, and stable under decode and re-encode."""
     new, seen = [], set()
     for i, row in enumerate(ids.tolist()):
         key = tuple(row)
@@ -31,7 +33,11 @@ def stable_unique(tokens: Tokens, ids: torch.Tensor, archive: Archive | None = N
         seen.add(key)
         new.append((i, row))
     ok = tokens.stable_many([row for _, row in new])
-    return ids[[i for (i, _), good in zip(new, ok) if good]]
+    return [i for (i, _), good in zip(new, ok) if good]
+
+
+def stable_unique(tokens: Tokens, ids: torch.Tensor, archive: Archive | None = None):
+    return ids[stable_unique_index(tokens, ids, archive)]
 
 
 def scores_for_rows(act, xe, lam, cap):

@@ -23,6 +23,7 @@ from featviz.search.population import (
     row_params,
     scores_for_rows,
     stable_unique,
+    stable_unique_index,
 )
 from featviz.search.result import DreamResult
 from featviz.search.verify import assemble_frontier, frontier_keys
@@ -116,10 +117,16 @@ class TargetSearch:
             return None
         return population(self.archive, self.lam, self.cap, self.dev, self.cfg.rows.distinct)
 
-    # -- stage 3: discretize: argmax snapshots + hard samples from theta --
-    def discretize(self, theta, snaps, trace):
+    # -- stage 3: discretize: the relaxation's hard samples, argmax snapshots, draws from theta --
+    def discretize(self, theta, snaps, trace, samples=()):
+        """Archive the relaxation's scored hard samples (``samples``: per step (ids, act,
+        xe), this target's rows; no forward pass needed), then score the argmax of theta,
+        its snapshots and ``hard_samples`` draws per row from it."""
         self.stats["relax_steps"] += trace.steps
+        self.stats["relax_resets"] = self.stats.get("relax_resets", 0) + trace.resets
         self.soft_trace.append({"soft_act": trace.soft_act, "soft_xe": trace.soft_xe})
+        if samples:
+            self.archive_scored(*(torch.cat(part) for part in zip(*samples)))
         logits = theta + torch.where(self.mask, 0.0, -1e9)
         cands = [torch.nan_to_num(logits, nan=-1e9).argmax(-1)] + snaps
         rot = self.take_rotations()
@@ -132,6 +139,14 @@ class TargetSearch:
             s = torch.multinomial(p, self.cfg.relax.hard_samples, replacement=True, generator=self.gen)
             cands.append(s.reshape(self.B, self.n, -1).permute(0, 2, 1).reshape(-1, self.n))
         yield from self.score_into_archive(torch.cat(cands))
+
+    def archive_scored(self, ids, act, xe) -> None:
+        """Archive candidates scored elsewhere (the relaxation's hard samples): the first
+        of each distinct row, if new and round-trip stable."""
+        keep = torch.tensor(stable_unique_index(self.tokens, ids, self.archive), dtype=torch.long)
+        if len(keep):
+            self.archive.add(ids[keep].to(self.dev), act[keep], xe[keep])
+            self.stats["relax_samples_kept"] = self.stats.get("relax_samples_kept", 0) + len(keep)
 
     # -- stage 4: gradient- and LM-guided swaps, scored exactly --
     def swap_plan(self) -> dict:

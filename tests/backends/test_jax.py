@@ -139,7 +139,7 @@ def test_one_relaxation_step_matches_torch(tiny, hard, spec, pre, suf):
     jm = to_jax(h)
     obj = make_objective(jm, t, mask.numpy(), lam.numpy(), cap.numpy(), prefix_ids=pre,
                          suffix_ids=suf, n=n, hard=hard)
-    _, (js, _, _) = obj(jm.params, jnp.asarray(theta.numpy()), jnp.asarray(noise.numpy()), tau)
+    _, (js, _, _, _) = obj(jm.params, jnp.asarray(theta.numpy()), jnp.asarray(noise.numpy()), tau)
     th = theta.clone().requires_grad_(True)
     ts = _torch_objective(h, t, th, noise, tau, lam, cap, mask, n, hard, pre, suf)
     np.testing.assert_allclose(np.asarray(js), ts.detach().numpy(), atol=1e-3, rtol=1e-4)
@@ -150,12 +150,12 @@ def test_one_relaxation_step_matches_torch(tiny, hard, spec, pre, suf):
     step, init = make_step(jm, t, mask.numpy(), lam.numpy(), cap.numpy(), prefix_ids=pre,
                            suffix_ids=suf, n=n, hard=hard, lr=0.3)
     jt = jnp.asarray(theta.numpy())
-    jt2, _, _, _ = step(jm.params, jt, init(jt), key, jnp.float32(tau))
+    jt2, _, _, _, _ = step(jm.params, jt, init(jt), key, jnp.float32(tau))
     # Adam's first update is lr * g / (|g| + eps): ill-conditioned where g is ~eps, so
     # theta is compared where the gradient is not vanishingly small
     big = th.grad.abs().numpy() > 1e-5
     np.testing.assert_allclose(np.asarray(jt2)[big], th.detach().numpy()[big], atol=1e-3)
-    _, (js2, _, _) = obj(jm.params, jt2, jnp.asarray(noise.numpy()), tau)
+    _, (js2, _, _, _) = obj(jm.params, jt2, jnp.asarray(noise.numpy()), tau)
     ts2 = _torch_objective(h, t, th.detach(), noise, tau, lam, cap, mask, n, hard, pre, suf)
     np.testing.assert_allclose(np.asarray(js2), ts2.numpy(), atol=1e-3, rtol=1e-3)
 
@@ -239,7 +239,7 @@ def test_per_row_targets_match_torch_and_compile_once(tiny):
     mask = readable_mask(h)
     obj = make_objective(jm, pr, mask.numpy(), lam.numpy(), cap.numpy(), prefix_ids=[h.bos_id],
                          suffix_ids=[], n=n, hard=True)
-    _, (js, _, _) = obj(jm.params, jnp.asarray(theta.numpy()), jnp.asarray(noise.numpy()), 0.7)
+    _, (js, _, _, _) = obj(jm.params, jnp.asarray(theta.numpy()), jnp.asarray(noise.numpy()), 0.7)
     ts_ = _torch_objective(h, pr, theta, noise, 0.7, lam, cap, mask, n, True)
     np.testing.assert_allclose(np.asarray(js), ts_.detach().numpy(), atol=1e-3, rtol=1e-4)
     out, trace, step = relax_jax(h, pr, theta, mask, lam, cap, steps=5, seconds=None, lr=0.3,

@@ -20,7 +20,7 @@ import numpy as np
 from featviz.backends.jax.forward import JaxModel, embed_matrix, forward_after, mm
 from featviz.backends.jax.read import canonical, directions_for, evaluate
 from featviz.backends.objective import combine
-from featviz.backends.schedule import RelaxSettings, RelaxTrace, schedule
+from featviz.backends.schedule import HardReadout, RelaxSettings, RelaxTrace, schedule
 
 
 def step_key(seed: int, step: int) -> int:
@@ -117,8 +117,8 @@ def _core_objective(jm: JaxModel, canon, *, pre, suf, n: int, hard: bool, fluenc
         E = params["embed"]
         g = -jnp.log(-jnp.log(jnp.clip(noise, 1e-10, 1.0)))
         y = jax.nn.softmax((theta + bias + g) / tau, axis=-1)
+        tok = jnp.argmax(y, -1)                    # the hard sample (scored exactly if hard)
         if hard:
-            tok = jnp.argmax(y, -1)
             emb = st_embed(y, params, tok)         # forward: a gather; backward: g @ E.T
             y = jax.nn.one_hot(tok, y.shape[-1], dtype=y.dtype) + y - jax.lax.stop_gradient(y)
         else:
@@ -138,7 +138,7 @@ def _core_objective(jm: JaxModel, canon, *, pre, suf, n: int, hard: bool, fluenc
         else:
             xe = jnp.full_like(act, jnp.nan)
             score = act
-        return -score.sum(), (score, act, xe)
+        return -score.sum(), (score, act, xe, tok)
     return objective
 
 
@@ -153,7 +153,8 @@ def _arguments(target, mask, lam, cap):
 
 def make_objective(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n: int,
                    hard: bool, directions=None):
-    """objective(params, theta, noise, tau) -> (loss, (score, act, xe)) for uniform noise."""
+    """objective(params, theta, noise, tau) -> (loss, (score, act, xe, hard tokens)) for
+    uniform noise."""
     canon, fluency, extra = _arguments(target, mask, lam, cap)
     core = _core_objective(jm, canon, pre=tuple(prefix_ids), suf=tuple(suffix_ids), n=n,
                            hard=hard, fluency=fluency, directions=directions)
@@ -178,10 +179,10 @@ def make_step(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n
         @jax.jit
         def step(params, theta, opt_state, key, tau, lam, cap, bias, idx):
             noise = hash_uniform(key, theta.shape)
-            (_, (score, act, xe)), grad = jax.value_and_grad(objective, argnums=1, has_aux=True)(
-                params, theta, noise, tau, lam, cap, bias, idx)
+            (_, (score, act, xe, tok)), grad = jax.value_and_grad(
+                objective, argnums=1, has_aux=True)(params, theta, noise, tau, lam, cap, bias, idx)
             updates, opt_state = opt.update(grad, opt_state, theta)
-            return jax.numpy.asarray(theta) + updates, opt_state, act, xe
+            return jax.numpy.asarray(theta) + updates, opt_state, act, xe, tok
         return step, jm, directions
     dirs_key = tuple(sorted((directions or {}).keys()))
     core = shared(("step", id(jm), canon, pre, suf, n, hard, fluency, float(lr), clip, dirs_key),
@@ -196,9 +197,10 @@ def make_step(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n
 
 def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: float | None,
               lr: float, tau0: float, tau1: float, hard: bool, seed: int, prefix_ids, suffix_ids,
-              on_step=None, precision: str = "fp32"):
+              on_step=None, precision: str = "fp32", patience: int = 0, init_scale: float = 3.0):
     """The relaxation loop on the JAX backend.  theta0: (B, n, V) torch tensor.  Returns
-    (final theta as a torch tensor, RelaxTrace).  ``precision`` as in ``to_jax``."""
+    (final theta as a torch tensor, RelaxTrace).  ``precision`` as in ``to_jax``; hard
+    samples and stall resets as in the torch loop (``HardReadout``)."""
     import jax.numpy as jnp
     import torch
 
@@ -212,9 +214,18 @@ def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: fl
     state = init(theta)
     t0 = time.perf_counter()
     trace = RelaxTrace(0, 0.0, [], [])
+    fluency = bool((lam > 0).any() or torch.isfinite(cap).any())
+    readout = HardReadout(lam, cap, patience, trace) if hard else None
     for i, tau in schedule(steps, seconds, tau0, tau1):
-        theta, state, act, xe = step(jm.params, theta, state, np.uint32(step_key(seed, i)),
-                                     jnp.float32(tau))
+        theta, state, act, xe, tok = step(jm.params, theta, state, np.uint32(step_key(seed, i)),
+                                          jnp.float32(tau))
+        if readout is not None:
+            stalled = readout.see(torch.from_numpy(np.array(tok)).long(),
+                                  torch.from_numpy(np.array(act)),
+                                  torch.from_numpy(np.array(xe)) if fluency else None)
+            if stalled is not None:
+                theta, state = reset_rows(theta, state, stalled.numpy(),
+                                          readout.best_ids.numpy(), init_scale)
         trace.steps = i + 1
         if i % 10 == 0:
             trace.soft_act.append(float(act.mean()))
@@ -225,6 +236,19 @@ def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: fl
                     if i % 10 == 9 else None)
     trace.seconds = time.perf_counter() - t0
     return torch.from_numpy(np.array(theta)), trace, step
+
+
+def reset_rows(theta, opt_state, rows: np.ndarray, best: np.ndarray, scale: float):
+    """Restart ``rows`` of theta from ``scale`` * one-hot(their ``best`` ids), with every
+    optimizer moment of theta's shape cleared on those rows (Adam's mu and nu)."""
+    import jax
+    import jax.numpy as jnp
+    idx = np.nonzero(rows)[0]
+    fresh = jax.nn.one_hot(jnp.asarray(best[idx]), theta.shape[-1], dtype=theta.dtype) * scale
+    theta = theta.at[idx].set(fresh)
+    opt_state = jax.tree_util.tree_map(
+        lambda a: a.at[idx].set(0) if getattr(a, "shape", None) == theta.shape else a, opt_state)
+    return theta, opt_state
 
 
 class JaxRelaxer:
@@ -241,5 +265,6 @@ class JaxRelaxer:
             h, self.target, theta, self.mask, lam, cap, steps=st.steps, seconds=seconds,
             lr=st.lr, tau0=st.tau0, tau1=st.tau1, hard=st.hard, seed=st.seed * 1009 + restart,
             prefix_ids=[h.bos_id] + list(self.tokens.prefix),
-            suffix_ids=list(self.tokens.suffix), on_step=on_step, precision=st.precision)
+            suffix_ids=list(self.tokens.suffix), on_step=on_step, precision=st.precision,
+            patience=st.patience, init_scale=st.init_scale)
         return theta.to(h.device), trace

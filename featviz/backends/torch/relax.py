@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from featviz.backends.schedule import RelaxSettings, RelaxTrace, schedule
+from featviz.backends.schedule import HardReadout, RelaxSettings, RelaxTrace, schedule
 from featviz.backends.torch.score import forward_scores
 
 
@@ -35,20 +35,30 @@ def gumbel_softmax(logits: torch.Tensor, tau: float, generator, hard: bool = Fal
 def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor,
           cap: torch.Tensor, *, steps: int, seconds: float | None, lr: float, tau0: float,
           tau1: float, hard: bool, generator: torch.Generator, make_embeds,
-          start: int, on_step=None) -> RelaxTrace:
-    """Adam on theta (batch, n, V) maximising target - lambda * xe_soft."""
+          start: int, on_step=None, patience: int = 0, init_scale: float = 3.0) -> RelaxTrace:
+    """Adam on theta (batch, n, V) maximising target - lambda * xe_soft.  With
+    straight-through samples (``hard``) every step's hard rows and their exact scores go
+    to the trace (``HardReadout``), and a row that has not found a better one for
+    ``patience`` steps restarts from ``init_scale`` * one-hot(its best), its Adam moments
+    cleared."""
     theta.requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
     bias = torch.where(mask, 0.0, -1e9)
     W = handle.embedding
     t0 = time.perf_counter()
     trace = RelaxTrace(0, 0.0, [], [])
+    readout = HardReadout(lam, cap, patience, trace) if hard else None
     for step, tau in schedule(steps, seconds, tau0, tau1):
         y = gumbel_softmax(theta + bias, tau, generator, hard=hard)
         score, act, xe, _ = forward_scores(handle, target, make_embeds(y @ W), y, start, lam, cap)
         opt.zero_grad(set_to_none=True)
         (-score.sum()).backward()
         opt.step()
+        if readout is not None:
+            stalled = readout.see(y.detach().argmax(-1), act, xe)
+            if stalled is not None:
+                reset_rows(theta, opt.state[theta], stalled.to(theta.device),
+                           readout.best_ids.to(theta.device), init_scale)
         trace.steps = step + 1
         if step % 10 == 0:
             trace.soft_act.append(float(act.detach().mean()))
@@ -58,6 +68,18 @@ def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Te
     theta.requires_grad_(False)
     trace.seconds = time.perf_counter() - t0
     return trace
+
+
+def reset_rows(theta: torch.Tensor, adam: dict, rows: torch.Tensor, best: torch.Tensor,
+               scale: float) -> None:
+    """Restart ``rows`` of theta from ``scale`` * one-hot(their ``best`` ids), with their
+    Adam moments cleared (the step count is shared and stays)."""
+    with torch.no_grad():
+        fresh = torch.zeros_like(theta[rows]).scatter_(-1, best[rows][..., None], scale)
+        theta[rows] = fresh
+        for name in ("exp_avg", "exp_avg_sq"):
+            if name in adam:
+                adam[name][rows] = 0.0
 
 
 class TorchRelaxer:
@@ -84,5 +106,5 @@ class TorchRelaxer:
             trace = relax(h, self.target, theta, self.mask, lam, cap, steps=st.steps,
                           seconds=seconds, lr=st.lr, tau0=st.tau0, tau1=st.tau1, hard=st.hard,
                           generator=self.generator, make_embeds=embeds, start=tokens.start,
-                          on_step=on_step)
+                          on_step=on_step, patience=st.patience, init_scale=st.init_scale)
         return theta, trace

@@ -1,0 +1,135 @@
+"""The relaxation's hard readout: every straight-through step's hard rows, with the exact
+scores that step computed, and the reset of a stalled row to its best (both backends)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import featviz
+from featviz.backends.objective import combine
+from featviz.backends.schedule import HardReadout, RelaxTrace
+from featviz.backends.torch.relax import relax, reset_rows
+from featviz.backends.torch.score import evaluate
+from featviz.model.tokens import Tokens
+from featviz.model.vocab import readable_mask
+from featviz.search.api import dream
+from featviz.search.config import DreamConfig
+
+
+def _torch_relax(h, target, lam, cap, steps, patience=0, seed=0, n=5):
+    tokens = Tokens(h, [], [])
+    rows = len(lam)
+    theta = torch.zeros(rows, n, h.vocab_size)
+
+    def embeds(soft):
+        e = h.model.get_input_embeddings()(tokens.full(torch.zeros(rows, n, dtype=torch.long)))
+        return torch.cat([e[:, :1], soft], 1)
+    trace = relax(h, target, theta, readable_mask(h), lam, cap, steps=steps, seconds=None, lr=0.3,
+                  tau0=2.0, tau1=0.2, hard=True, generator=torch.Generator().manual_seed(seed),
+                  make_embeds=embeds, start=1, patience=patience)
+    return tokens, theta, trace
+
+
+def test_each_steps_hard_rows_carry_their_exact_scores(llama):
+    t = featviz.parse_target("mlp:1:3", llama)
+    lam, cap = torch.tensor([0.0, 0.3, 0.0]), torch.tensor([math.inf, math.inf, 6.0])
+    tokens, _, trace = _torch_relax(llama, t, lam, cap, steps=6)
+    assert len(trace.samples) == 6
+    mask = readable_mask(llama)
+    for ids, act, xe in trace.samples:
+        assert ids.shape == (3, 5) and bool(mask[ids].all())
+        a, x, _ = evaluate(tokens, t, ids)          # a fresh forward on the hard tokens
+        np.testing.assert_allclose(act.numpy(), a.numpy(), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(xe.numpy(), x.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_no_fluency_term_keeps_no_samples(llama):
+    t = featviz.parse_target("mlp:1:3", llama)
+    _, _, trace = _torch_relax(llama, t, torch.zeros(2), torch.full((2,), math.inf), steps=3)
+    assert trace.steps == 3 and trace.samples == []      # xe unknown: scored later instead
+
+
+def test_a_stalled_row_restarts_from_its_best():
+    trace = RelaxTrace(0, 0.0, [], [])
+    lam, cap = torch.tensor([0.5, 0.0]), torch.tensor([math.inf, 5.0])
+    r = HardReadout(lam, cap, patience=2, trace=trace)
+    ids = lambda a, b: torch.tensor([[a] * 3, [b] * 3])          # noqa: E731
+    assert r.see(ids(1, 1), torch.tensor([1.0, 1.0]), torch.tensor([4.0, 4.0])) is None
+    # row 0 improves (score 2 - 0.5*1 > 1 - 2), row 1 gets worse (xe above its cap)
+    assert r.see(ids(2, 2), torch.tensor([2.0, 2.0]), torch.tensor([1.0, 9.0])) is None
+    assert r.best_ids.tolist() == [[2] * 3, [1] * 3]
+    stalled = r.see(ids(3, 3), torch.tensor([0.0, 0.0]), torch.tensor([9.0, 9.0]))
+    assert stalled.tolist() == [False, True] and trace.resets == 1
+    want = combine(torch.tensor([2.0, 1.0]), torch.tensor([1.0, 4.0]), lam, cap)
+    assert r.best.tolist() == pytest.approx(want.tolist())
+    assert len(trace.samples) == 3
+    # the reset itself: theta's row becomes scale * one-hot(best), its Adam moments zero
+    theta = torch.randn(2, 3, 7, requires_grad=True)
+    opt = torch.optim.Adam([theta], lr=0.1)
+    (theta ** 2).sum().backward()
+    opt.step()
+    keep = theta.detach()[0].clone()
+    reset_rows(theta, opt.state[theta], stalled, torch.tensor([[1] * 3, [4, 5, 6]]), 3.0)
+    assert torch.equal(theta.detach()[0], keep)
+    assert torch.equal(theta.detach()[1].argmax(-1), torch.tensor([4, 5, 6]))
+    assert float(theta.detach()[1].sum()) == pytest.approx(9.0)
+    assert float(opt.state[theta]["exp_avg"][1].abs().sum()) == 0.0
+    assert float(opt.state[theta]["exp_avg_sq"][0].abs().sum()) > 0.0
+
+
+def test_resets_happen_in_a_long_relaxation(llama):
+    t = featviz.parse_target("mlp:1:3", llama)
+    lam, cap = torch.tensor([0.0, 0.3]), torch.tensor([math.inf, math.inf])
+    _, _, trace = _torch_relax(llama, t, lam, cap, steps=40, patience=3)
+    assert trace.resets > 0
+    _, _, off = _torch_relax(llama, t, lam, cap, steps=40, patience=0)
+    assert off.resets == 0
+
+
+def test_the_jax_relaxation_reads_out_and_resets_the_same_way(llama):
+    pytest.importorskip("jax")
+    from featviz.backends.jax.relax import relax_jax
+    from featviz.backends.jax.relax import reset_rows as jax_reset
+    t = featviz.parse_target("mlp:1:3", llama)
+    mask = readable_mask(llama)
+    lam, cap = torch.tensor([0.0, 0.3, 0.0]), torch.tensor([math.inf, math.inf, 6.0])
+    theta = torch.zeros(3, 5, llama.vocab_size)
+    _, trace, _ = relax_jax(llama, t, theta, mask, lam, cap, steps=30, seconds=None, lr=0.3,
+                            tau0=2.0, tau1=0.2, hard=True, seed=0, prefix_ids=[llama.bos_id],
+                            suffix_ids=[], patience=3)
+    assert len(trace.samples) == 30 and trace.resets > 0
+    tokens = Tokens(llama, [], [])
+    for ids, act, xe in trace.samples[::7]:
+        a, x, _ = evaluate(tokens, t, ids)
+        np.testing.assert_allclose(act.numpy(), a.numpy(), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(xe.numpy(), x.numpy(), atol=1e-4, rtol=1e-4)
+    import jax.numpy as jnp
+    import optax
+    th = jnp.ones((2, 3, 7))
+    state = optax.adam(0.1).init(th)
+    state = (state[0]._replace(mu=state[0].mu + 1.0, nu=state[0].nu + 1.0),) + state[1:]
+    th2, state2 = jax_reset(th, state, np.array([True, False]), np.array([[4, 5, 6], [0, 0, 0]]), 3.0)
+    assert np.asarray(th2[0]).argmax(-1).tolist() == [4, 5, 6] and float(th2[0].sum()) == 9.0
+    assert float(th2[1].sum()) == 21.0
+    assert float(np.abs(np.asarray(state2[0].mu[0])).sum()) == 0.0
+    assert float(np.asarray(state2[0].nu[1]).min()) == 1.0
+
+
+def test_the_relaxations_samples_reach_the_archive(llama):
+    cfg = DreamConfig(steps=12, swap_iters=0, seed=0, batch=4, caps=(6.0,), init_samples=8,
+                      beam_lams=(), hard_samples=0)
+    r = dream(llama, "mlp:1:3", cfg, progress=False)
+    assert r.stats["relax_steps"] == 12 and r.stats["relax_samples_kept"] > 0
+    off = dream(llama, "mlp:1:3", cfg.replace(straight_through=False), progress=False)
+    assert "relax_samples_kept" not in off.stats
+
+
+def test_the_jax_compile_cache_follows_the_environment(monkeypatch, tmp_path):
+    from featviz.backends.jax import forward
+    monkeypatch.setenv("FEATVIZ_JAX_CACHE", str(tmp_path / "jax"))
+    assert forward.compile_cache_dir() == str(tmp_path / "jax")
+    monkeypatch.setenv("FEATVIZ_JAX_CACHE", "")
+    assert forward.compile_cache_dir() is None
+    monkeypatch.delenv("FEATVIZ_JAX_CACHE")
+    assert forward.compile_cache_dir().endswith("featviz/jax")
