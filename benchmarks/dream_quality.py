@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import featviz  # noqa: E402
-from benchmarks.baselines.epo import run_epo, run_gcg  # noqa: E402
+from benchmarks.baselines.epo import run_epo, run_gcg, sweep_grid  # noqa: E402
 from featviz.model.tokens import Tokens  # noqa: E402
 from featviz.search.api import dream
 from featviz.search.config import DreamConfig  # noqa: E402
@@ -55,12 +55,13 @@ METHODS = {
     "epo": run_epo,
     "gcg": run_gcg,
 }
+SWEEP = sweep_grid()      # the baselines' tuning grid, by name ("epo-p8-c32-k512-ref", ...)
 
 
 def run_one(handle, spec, method, budget, seed):
     target = featviz.parse_target(spec, handle)
     t0 = time.perf_counter()
-    how = METHODS[method]
+    how = METHODS[method] if method in METHODS else SWEEP[method]
     if isinstance(how, dict):
         kw = {"budget_seconds": budget, "steps": None, "swap_iters": None, "seed": seed}
         if how.get("init") == "corpus":     # the 12 tokens ending at each top window's peak
@@ -71,7 +72,8 @@ def run_one(handle, spec, method, budget, seed):
         best = {c: (res.best if c == math.inf else res.best_at.get(c)) for c in CAPS}
         stats = {k: v for k, v in res.stats.items() if k != "soft_trace"}
     else:
-        archive, stats = how(handle, target, seconds=budget, seed=seed)
+        fn, kw = how if isinstance(how, tuple) else (how, {})
+        archive, stats = fn(handle, target, seconds=budget, seed=seed, **kw)
         tokens = Tokens(handle, [], [])
         best = {}
         for c in CAPS:
@@ -197,8 +199,9 @@ def main():
     methods = args.methods.split(",")
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     for m in methods:
-        if m not in METHODS:
-            sys.exit(f"unknown method {m}; choose from {', '.join(METHODS)}")
+        if m not in METHODS and m not in SWEEP:
+            sys.exit(f"unknown method {m}; choose from {', '.join(METHODS)} or the baselines' "
+                     f"grid ({', '.join(SWEEP)})")
     if not os.path.exists(args.corpus_max):
         sys.exit(f"{args.corpus_max} is missing; run python benchmarks/corpus_max.py first")
     found = json.load(open(args.corpus_max))["targets"]
@@ -223,7 +226,7 @@ def main():
                 print(f"seed {seed} {s} {m}: ≤6.5 {row['act_6.5']} any {row['act_any']} "
                       f"(xe {row['xe_any']}) / max {cmax[s]:.3f}", flush=True)
     rows = [r for r in rows if r["budget"] == args.budget]
-    all_methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    all_methods = [m for m in list(METHODS) + list(SWEEP) if any(r["method"] == m for r in rows)]
     all_seeds = sorted({r.get("seed", 0) for r in rows})
     title = (f"# Dream quality, {args.budget:g} s per neuron (embedded SmolLM2-135M, 2 CPU "
              f"cores)\n\n")

@@ -25,10 +25,12 @@ def evaluate(tokens: Tokens, target, ids: torch.Tensor, batch_size: int = 64,
     return act[0], xe, per[0]
 
 
-def onehot_grads(tokens: Tokens, target, ids: torch.Tensor, lam, cap):
+def onehot_grads(tokens: Tokens, target, ids: torch.Tensor, lam, cap, with_lm: bool = True):
     """Gradient of each row's score w.r.t. its one-hot tokens, plus next-token logits.
 
     Returns (grad (P, n, V), lm_logits (P, n, V) predicting each optimised position).
+    ``with_lm`` False (only where no row weighs fluency): no logits (None), and the
+    forward stops after the target's layer.
     """
     h = tokens.handle
     W = h.embedding
@@ -39,12 +41,15 @@ def onehot_grads(tokens: Tokens, target, ids: torch.Tensor, lam, cap):
     emb = h.model.get_input_embeddings()(full).detach()
     s, n = tokens.start, ids.shape[1]
     emb = torch.cat([emb[:, :s], x @ W, emb[:, s + n:]], 1)
-    caps, logits = run(h, target.sites(), inputs_embeds=emb, need_logits=(s - 1, s - 1 + n))
+    if not with_lm and needs_fluency(lam, cap):
+        raise ValueError("onehot_grads: rows that weigh fluency need the LM head")
+    caps, logits = run(h, target.sites(), inputs_embeds=emb,
+                       need_logits=(s - 1, s - 1 + n) if with_lm else False)
     act = target.evaluate(caps, h, (s, s + n))
     xe = xe_of(logits, full[:, s:s + n]) if needs_fluency(lam, cap) else None
     score = combine(act, xe, lam, cap)
     grad, = torch.autograd.grad(score.sum(), x)
-    return grad, logits.detach()
+    return grad, (logits.detach() if with_lm else None)
 
 
 def soft_xe(logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
