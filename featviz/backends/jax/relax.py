@@ -19,7 +19,7 @@ import numpy as np
 
 from featviz.backends.jax.forward import JaxModel, embed_matrix, forward_after, mm
 from featviz.backends.jax.read import canonical, directions_for, evaluate
-from featviz.backends.objective import combine
+from featviz.backends.objective import combine, needs_fluency
 from featviz.backends.schedule import HardReadout, RelaxSettings, RelaxTrace, schedule
 
 
@@ -214,7 +214,7 @@ def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: fl
     state = init(theta)
     t0 = time.perf_counter()
     trace = RelaxTrace(0, 0.0, [], [])
-    fluency = bool((lam > 0).any() or torch.isfinite(cap).any())
+    fluency = needs_fluency(lam, cap)
     readout = HardReadout(lam, cap, patience, trace) if hard else None
     for i, tau in schedule(steps, seconds, tau0, tau1):
         theta, state, act, xe, tok = step(jm.params, theta, state, np.uint32(step_key(seed, i)),
