@@ -86,6 +86,15 @@ def swaps(keep: np.ndarray, n_old: int) -> tuple:
     return rows, evicted[:, :J][go], entering[:, :J][go]
 
 
+def take_rows(per, t: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The rows ``per[t, b]`` (each a window's values) of a batch ``per`` (T, B, W), a
+    numpy array or a torch tensor of any strides (torch gathers the miner's strided rows
+    several times faster)."""
+    if isinstance(per, torch.Tensor):
+        return per[torch.from_numpy(np.asarray(t)), torch.from_numpy(np.asarray(b))].numpy()
+    return per[t, b]
+
+
 def sum_per_target(x: torch.Tensor) -> torch.Tensor:
     """Sum of ``x`` (..., T) over every axis but the last, added in the same order for
     every target whatever T is (torch's reductions pick their order by shape, so a target's
@@ -97,6 +106,22 @@ def sum_per_target(x: torch.Tensor) -> torch.Tensor:
             acc += x[i]
         x = acc
     return x
+
+
+def sparse_sums(pos: torch.Tensor, t: torch.Tensor, v: torch.Tensor, n_pos: int,
+                T: int) -> np.ndarray:
+    """(2, T) float64: ``sum_per_target`` of a batch (B, n_pos, T) and of its squares, from
+    its nonzero values ``v`` at positions ``pos`` of targets ``t``, given in (window,
+    position) order.  The same float32 additions in the same order as the dense sums
+    (first over windows at each position, each in window order, then over positions), so
+    the same bits: a zero added changes no float sum."""
+    flat = (pos * T + t).numpy()
+    out = []
+    for vals in (v, v * v):
+        acc = np.zeros(n_pos * T, dtype=np.float32)
+        np.add.at(acc, flat, vals.numpy())           # unbuffered: in the order given
+        out.append(sum_per_target(torch.from_numpy(acc).view(n_pos, T)).double().numpy())
+    return np.stack(out)
 
 
 # ---------------------------------------------------------------- accumulators
@@ -127,7 +152,7 @@ class TopK:
         self.v[r, slot] = wmax[r, b]
         self.win[r, slot] = win[b]
         self.peak[r, slot] = peak[r, b]
-        self.acts[r, slot] = per[r, b]
+        self.acts[r, slot] = take_rows(per, r, b)
         self.ids.add(win, ids, b)
         self.ids.prune(self.win)
 
@@ -177,12 +202,13 @@ class Moments:
         self._sparse = True            # bin only the nonzeros (a speed hint, not a result)
 
     def update(self, values: torch.Tensor, valid: torch.Tensor | None, vmax: torch.Tensor,
-               vmin: torch.Tensor | None = None):
-        """values: (T, ...) torch values of the batch's tokens, any strides (reductions run
+               vmin: torch.Tensor | None = None, nonzero: tuple | None = None):
+        """values: (T, B, P) (or (T, N)) torch values of the batch's tokens, any strides (reductions run
         with the targets as the last axis, which is how the miner's batches lie in memory);
         valid: their finite mask, or None when all are finite; vmax: (T,) the batch's max
         over finite values (from the window maxima); vmin: its min over finite values, when
-        the caller has it."""
+        the caller has it; nonzero: (position, target, value) tensors of every nonzero
+        value, in (window, position) order, when the caller knows them (all finite)."""
         G = self.G
         x = values.movedim(0, -1)                               # (..., T)
         ok = None if valid is None else valid.movedim(0, -1)
@@ -208,28 +234,35 @@ class Moments:
                 self.hist[ts, G:] = merge_pairs(self.hist[ts, G:], int(times), True)
                 self.hist[ts, :G] = merge_pairs(self.hist[ts, :G], int(times), False)
             self.hist_w[grow] *= 2.0 ** d[grow]
-        hist, above = self._counts(x, ok)
+        hist, above, sums = self._counts(x, ok, nonzero)
         self.hist += hist
         self.n_above += above
-        self.sums.append(np.stack([sum_per_target(x).double().numpy(),    # per batch, float32
-                                   sum_per_target(x * x).double().numpy()]))
+        self.sums.append(sums)                  # per batch: sums of float32 values, as float64
         self._totals = None
 
-    def _counts(self, x: torch.Tensor, ok: torch.Tensor | None) -> tuple:
-        """(T, 2G) histogram counts and (T,) counts above the threshold of the batch ``x``
-        (..., T) (non-finite entries zeroed, ``ok`` marking the finite ones).
+    def _counts(self, x: torch.Tensor, ok: torch.Tensor | None, nonzero) -> tuple:
+        """(T, 2G) histogram counts, (T,) counts above the threshold and (2, T) sums and
+        sums of squares (``sum_per_target``) of the batch ``x`` (B, P, T) (non-finite
+        entries zeroed, ``ok`` marking the finite ones).
 
-        Zeros all fall in bin 0 of the positive side and are above the threshold only when
-        it is negative, so when most values are exactly 0 (SAE features, ReLU neurons) only
-        the nonzero ones are binned and the zeros counted.  Both ways give the same counts,
-        so which one runs (decided by the last batch's share of nonzeros) changes nothing."""
+        Zeros all fall in bin 0 of the positive side, are above the threshold only when it
+        is negative and add nothing to a float sum, so when most values are exactly 0 (SAE
+        features, ReLU neurons) only the nonzero ones (``nonzero``, or found here) are
+        binned and added up, in the order the dense sums take, and the zeros counted.  Both
+        ways give the same figures to the bit, so which one runs (decided by the last
+        batch's share of nonzeros, or by the caller knowing them) changes nothing."""
         G, T = self.G, x.shape[-1]
+        if x.ndim == 2:                                  # (N, T): one position per row
+            x, ok = x[:, None], None if ok is None else ok[:, None]
         inv = torch.from_numpy((1.0 / self.hist_w).astype(np.float32))
         offset = torch.arange(G, T * 2 * G, 2 * G)
-        if self._sparse and ok is None:
-            where = torch.nonzero(x, as_tuple=True)
-            self._sparse = 4 * len(where[0]) < x.numel()
-            t, v = where[-1], x[where]
+        if ok is None and (self._sparse or nonzero is not None):
+            if nonzero is None:
+                _, pos, t = torch.nonzero(x, as_tuple=True)     # (window, position) order
+                v = x[_, pos, t]
+                self._sparse = 4 * len(v) < x.numel()
+            else:
+                pos, t, v = nonzero
             b = (v * inv[t]).floor_().clamp_(-G, G - 1).long() + offset[t]
             hist = torch.bincount(b, minlength=T * 2 * G).reshape(T, 2 * G)
             zeros = x[..., 0].numel() - torch.bincount(t, minlength=T)
@@ -237,7 +270,9 @@ class Moments:
             above = torch.bincount(t[v > self.threshold], minlength=T)
             if self.threshold < 0:
                 above += zeros
-            return hist.numpy(), above.numpy()
+            return hist.numpy(), above.numpy(), sparse_sums(pos, t, v, x.shape[1], T)
+        sums = np.stack([sum_per_target(x).double().numpy(),
+                         sum_per_target(x * x).double().numpy()])
         above = x > self.threshold
         if ok is not None:
             above &= ok
@@ -250,7 +285,7 @@ class Moments:
         if ok is None:
             self._sparse = 4 * int(torch.count_nonzero(x)) < x.numel()
         b = b[ok] if ok is not None else b.reshape(-1)
-        return torch.bincount(b, minlength=T * 2 * G).reshape(T, 2 * G).numpy(), above
+        return torch.bincount(b, minlength=T * 2 * G).reshape(T, 2 * G).numpy(), above, sums
 
     def totals(self) -> np.ndarray:
         """(2, T): the exactly rounded sums over batches of the per-batch sums and sums of
@@ -374,7 +409,7 @@ class BandReservoir:
         self.v[tt, cc, slot] = v[k]
         self.win[tt, cc, slot] = win[b_i[k]]
         self.peak[tt, cc, slot] = peak[t_i[k], b_i[k]]
-        self.acts[tt, cc, slot] = per[t_i[k], b_i[k]]
+        self.acts[tt, cc, slot] = take_rows(per, t_i[k], b_i[k])
         self.ids.add(win, ids, b_i[k])
         self.ids.prune(self.win)
 
@@ -527,7 +562,7 @@ class Controls:
             if p[b] < self.prio[j]:
                 self.prio[j], self.win[j] = p[b], win[b]
                 self.ids[j] = ids[b]
-                self.acts[:, j] = per[:, b]
+                self.acts[:, j] = np.asarray(per[:, b])
 
     def merge(self, o: "Controls") -> None:
         prio = np.concatenate([self.prio, o.prio])

@@ -119,8 +119,8 @@ def mine_joint(handles: list, targets_by_model: list[list], config: MineConfig |
         win = np.asarray([w.index for w in batch])
         pers = []
         for m, h in enumerate(handles):
-            per = read_batch(h, targets_by_model[m], sites[m], ids)
-            wmax[m].append(miners[m].update(per, ids.astype(np.int32), win))
+            per, nonzero = read_batch(h, targets_by_model[m], sites[m], ids)
+            wmax[m].append(miners[m].update(per, ids.astype(np.int32), win, nonzero))
             pers.append(per)
         if comoments is not None:
             comoments.update(pers[0][:, :, start:].reshape(T, -1),

@@ -10,6 +10,7 @@ targets, so thousands of neurons cost little beyond the forward pass itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,8 +30,8 @@ from featviz.mining.grid import target_keys
 from featviz.mining.records import TargetExemplars
 from featviz.model.forward import run
 from featviz.targets.core import Atom, Target, all_sites
-from featviz.targets.kinds import TORCH_OPS, head_norms
-from featviz.targets.sae import encode
+from featviz.targets.kinds import TORCH_OPS, head_norms, topk_relu, topk_relu_entries
+from featviz.targets.sae import encode, topk_scores
 
 
 @dataclass
@@ -76,8 +77,24 @@ class MineConfig:
 
 
 # ---------------------------------------------------------------- batched reading
+class Nonzero(NamedTuple):
+    """Where a batch's values (T, B, S) may be nonzero, when that is known without a scan
+    of them: (row, target, value) entries, ``row = b * S + s``, in ascending row order."""
+
+    rows: torch.Tensor
+    targets: torch.Tensor
+    values: torch.Tensor
+
+
 def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
-    """Per-position values of many targets, shape (n_targets, batch, seq).
+    """Per-position values of many targets, shape (n_targets, batch, seq) (``read_values``)."""
+    return read_values(captures, targets, handle)[0]
+
+
+def read_values(captures: dict, targets: list[Target], handle) -> tuple:
+    """Per-position values of many targets (n_targets, batch, seq), and their ``Nonzero``
+    entries where the reading itself gives them (the features of one TopK SAE, all of
+    them in order: the k encoded per token), else None.
 
     Neurons and basis dimensions of one site are gathered with one index; head norms
     are computed once per layer; an SAE's features come from one encoding of the batch
@@ -95,15 +112,27 @@ def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
             groups.setdefault(("column", t.site), []).append(i)
         else:
             single.append(i)
-    parts = []                                            # (target positions, (n, B, S) values)
+    parts, nonzero = [], None                             # (target positions, (n, B, S) values)
     for (how, _), idx in groups.items():
         first = targets[idx[0]]
         x = captures[first.site]
+        sel = [targets[i].index if how != "column" else targets[i].column(handle) for i in idx]
         if how == "sae":                                   # one encoding: every feature
-            x = encode(first.sae_spec, first.sae_weights(handle, x), x, TORCH_OPS)
+            spec, w = first.sae_spec, first.sae_weights(handle, x)
+            if spec.architecture == "topk" and sel == list(range(spec.d_sae)) and \
+                    len(idx) == len(targets):              # the whole dictionary, alone
+                h = topk_scores(spec, w, x, TORCH_OPS)
+                entries = topk_relu_entries(h, spec.k)
+                x = topk_relu(h, spec.k, entries)
+                rows = torch.arange(entries[0][..., 0].numel(), device=x.device)
+                rows = rows[:, None].expand(-1, spec.k).reshape(-1)
+                t, v = entries[0].reshape(-1), entries[1].reshape(-1)
+                keep = v != 0
+                nonzero = Nonzero(rows[keep], t[keep], v[keep].float())
+            else:
+                x = encode(spec, w, x, TORCH_OPS)
         elif how == "norm":
             x = head_norms(x, handle.n_heads, handle.head_dim)
-        sel = [targets[i].index if how != "column" else targets[i].column(handle) for i in idx]
         vals = x if sel == list(range(x.shape[-1])) else \
             x.index_select(-1, torch.as_tensor(sel, device=x.device))  # all units: no gather
         parts.append((idx, vals.permute(2, 0, 1)))
@@ -111,20 +140,22 @@ def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
         parts.append(([i], targets[i].per_position(captures, handle)[None]))
     order = [i for idx, _ in parts for i in idx]
     if order == list(range(len(targets))):                # the usual case: already in order
-        return parts[0][1] if len(parts) == 1 else torch.cat([v for _, v in parts])
+        return (parts[0][1] if len(parts) == 1 else torch.cat([v for _, v in parts])), nonzero
     out = torch.empty((len(targets),) + parts[0][1].shape[1:], dtype=parts[0][1].dtype,
                       device=parts[0][1].device)
     for idx, v in parts:
         out[torch.as_tensor(idx, device=v.device)] = v.to(out.dtype)
-    return out
+    return out, nonzero
 
 
-def read_batch(handle, targets: list[Target], sites, ids: np.ndarray) -> torch.Tensor:
+def read_batch(handle, targets: list[Target], sites, ids: np.ndarray) -> tuple:
     """One forward pass over a batch of windows ``ids`` (B, W): the targets' values at
-    every position as a CPU float32 tensor (T, B, W)."""
+    every position as a CPU float32 tensor (T, B, W), and their ``Nonzero`` entries (CPU)
+    where the reading gives them, else None."""
     with torch.no_grad():
         caps, _ = run(handle, sites, input_ids=torch.as_tensor(ids, device=handle.device))
-        return read_all(caps, targets, handle).float().cpu()
+        per, nz = read_values(caps, targets, handle)
+        return per.float().cpu(), (None if nz is None else Nonzero(*(a.cpu() for a in nz)))
 
 
 class Miner:
@@ -144,14 +175,14 @@ class Miner:
         self.positions = PositionMaxima(T, width)
         self.n_tok = self.n_win = 0
 
-    def update(self, per, ids: np.ndarray, win: np.ndarray) -> np.ndarray:
+    def update(self, per, ids: np.ndarray, win: np.ndarray,
+               nonzero: Nonzero | None = None) -> np.ndarray:
         """per: (T, B, W) values (a CPU torch tensor or numpy array), ids (B, W), window
-        indices (B,).  The full-size reductions run in torch (multi-threaded); the
+        indices (B,); ``nonzero``: where per may be nonzero, when the reading knows it.  The full-size reductions run in torch (multi-threaded); the
         bookkeeping on small arrays in numpy.  Returns the window maxima (T, B) (BOS
         excluded unless ``include_bos``; -inf where a window has no finite value)."""
         per_t = torch.as_tensor(per, dtype=torch.float32)
-        per = per_t.numpy()
-        T, B, W = per.shape
+        T, B, W = per_t.shape
         start = 0 if self.cfg.include_bos else 1
         # Reductions run on the batch as it lies in memory: read_all hands over the
         # (B, W, T) hooked activations permuted to (T, B, W), so x is the contiguous tensor.
@@ -165,7 +196,7 @@ class Miner:
             mx = torch.where(finite, x, -torch.inf).max(dim=1)
             lo = per_target(torch.where(finite, x, torch.inf), "amin")
         wmax, peak = mx.values.T.numpy(), mx.indices.T.numpy() + start         # (T, B)
-        self.top.update(wmax, peak, per, ids, win)
+        self.top.update(wmax, peak, per_t, ids, win)
         neg = np.nonzero((lo < 0).numpy())[0]
         if len(neg):                       # the most negative windows: targets that go below 0
             sub = x[:, :, torch.as_tensor(neg)]
@@ -174,11 +205,16 @@ class Miner:
             nmin = np.full((T, B), -np.inf, dtype=np.float32)
             npeak = np.zeros((T, B), dtype=np.int64)
             nmin[neg], npeak[neg] = -mn.values.T.numpy(), mn.indices.T.numpy() + start
-            self.bottom.update(nmin, npeak, per, ids, win)
+            self.bottom.update(nmin, npeak, per_t, ids, win)
+        nz = None
+        if nonzero is not None and clean:           # (position after BOS, target, value)
+            pos = nonzero.rows % W
+            after = pos >= start
+            nz = (pos[after] - start, nonzero.targets[after], nonzero.values[after])
         self.moments.update(per_t[:, :, start:], None if clean else finite.movedim(-1, 0),
-                            mx.values.amax(dim=0), lo)
-        self.reservoir.update(wmax, peak, per, ids, win)
-        self.controls.update(per, ids, win)
+                            mx.values.amax(dim=0), lo, nz)
+        self.reservoir.update(wmax, peak, per_t, ids, win)
+        self.controls.update(per_t, ids, win)
         self.positions.update(per_t, clean)
         self.n_tok += B * (W - start)
         self.n_win += B
@@ -245,8 +281,8 @@ def mine_part(handle, targets: list[Target], config: MineConfig | None = None, *
         if b % n != i - 1:
             continue
         ids = np.stack([w.ids for w in batch])
-        miner.update(read_batch(handle, targets, sites, ids), ids.astype(np.int32),
-                     np.asarray([w.index for w in batch]))
+        per, nonzero = read_batch(handle, targets, sites, ids)
+        miner.update(per, ids.astype(np.int32), np.asarray([w.index for w in batch]), nonzero)
         bar.update(len(batch) * cfg.window * n)
     bar.close()
     return miner

@@ -53,15 +53,25 @@ def _affine(x, w, b):
     return b.addmm(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[1],))
 
 
-def _topk_relu(v, k: int):
+def topk_relu_entries(v, k: int):
+    """(indices, values) of the ReLU of torch ``v``'s k largest entries (last axis), the
+    k chosen as torch.topk chooses them: the only entries of ``_topk_relu`` that may be
+    nonzero."""
     top = v.topk(k, dim=-1)
+    return top.indices, top.values.clamp(min=0)
+
+
+def topk_relu(v, k: int, entries=None):
+    """ReLU of v's k largest entries, zeros elsewhere (``entries``: the ones of
+    ``topk_relu_entries``, when the caller has them)."""
+    idx, val = entries or topk_relu_entries(v, k)
     out = v.new_zeros(v.shape) if v.requires_grad else v.zero_()   # no gradient: reuse v
-    return out.scatter_(-1, top.indices, top.values.clamp(min=0))
+    return out.scatter_(-1, idx, val)
 
 
 TORCH_OPS = Ops(norm=lambda v: v.norm(dim=-1), zeros=lambda shape, like: like.new_zeros(shape),
                 max=lambda v: v.max(dim=-1).values, mean=lambda v: v.mean(dim=-1),
-                relu=lambda v: v.clamp(min=0), topk_relu=_topk_relu, affine=_affine)
+                relu=lambda v: v.clamp(min=0), topk_relu=topk_relu, affine=_affine)
 
 
 @dataclass(frozen=True)

@@ -338,11 +338,9 @@ def check_model(spec: SaeSpec, handle) -> None:
              "use the SAE trained on this model")
 
 
-def encode(spec: SaeSpec, w: dict, x, ops, index=None):
-    """Feature activations of the hooked activation ``x`` (..., width): all of them
-    (..., d_sae) when ``index`` is None, else feature ``index`` (...,).  ``w``: the weights
-    of ``load_weights`` as arrays of x's framework (torch or JAX), ``ops`` its
-    ``targets.kinds.Ops``.  Outside TopK a feature needs only its own encoder column."""
+def encoder_input(spec: SaeSpec, w: dict, x, ops):
+    """The hooked activation ``x`` (..., width) as the encoder reads it: the SAE's head
+    of a flattened hook_z, the input normalisation, minus ``b_dec`` where applied."""
     if spec.head is not None:                        # one head of the flattened hook_z
         x = x[..., spec.head * spec.d_in:(spec.head + 1) * spec.d_in]
     if spec.normalize == "constant_norm_rescale":
@@ -353,12 +351,25 @@ def encode(spec: SaeSpec, w: dict, x, ops, index=None):
         x = x / (std + 1e-5)[..., None]
     if spec.apply_b_dec_to_input and spec.subtract_b_dec:
         x = x - w["b_dec"]
-    if spec.architecture == "topk":
-        h = ops.affine(x, w["W_enc"], w["b_enc"])
-        if "dec_norm" in w:
-            h = h * w["dec_norm"]
-        acts = ops.topk_relu(h, spec.k)             # the k largest, then ReLU (SAELens)
+    return x
+
+
+def topk_scores(spec: SaeSpec, w: dict, x, ops):
+    """A TopK SAE's scores h (..., d_sae) of the hooked ``x``: its features are the ReLU of
+    the k largest, the others 0."""
+    h = ops.affine(encoder_input(spec, w, x, ops), w["W_enc"], w["b_enc"])
+    return h * w["dec_norm"] if "dec_norm" in w else h
+
+
+def encode(spec: SaeSpec, w: dict, x, ops, index=None):
+    """Feature activations of the hooked activation ``x`` (..., width): all of them
+    (..., d_sae) when ``index`` is None, else feature ``index`` (...,).  ``w``: the weights
+    of ``load_weights`` as arrays of x's framework (torch or JAX), ``ops`` its
+    ``targets.kinds.Ops``.  Outside TopK a feature needs only its own encoder column."""
+    if spec.architecture == "topk":                  # the k largest, then ReLU (SAELens)
+        acts = ops.topk_relu(topk_scores(spec, w, x, ops), spec.k)
         return acts if index is None else acts[..., index]
+    x = encoder_input(spec, w, x, ops)
     col = (lambda name: w[name]) if index is None else (lambda name: w[name][..., index])
     if spec.architecture == "gated":
         gate = ops.affine(x, col("W_enc"), col("b_gate"))

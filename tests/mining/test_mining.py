@@ -240,3 +240,20 @@ def test_a_targets_record_does_not_depend_on_the_targets_beside_it(llama, corpus
         m.update(x.movedim(-1, 0), None, x.amax(dim=(0, 1)))
     assert (a.hist == b.hist).all() and (a.n_above == b.n_above).all()
     assert a.hist.sum() == 5 * 12 and a.n_above.tolist() == [1, 0, 1, 0, 0]
+
+
+def test_sparse_sums_are_the_dense_sums_to_the_bit():
+    """The histogram path over nonzero values adds them in the dense sums' order, so mean
+    and variance do not depend on which path a batch took (or on the entries being known)."""
+    from featviz.mining.accumulators import Moments
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 31, 40, generator=g) * 50              # (B, P, T)
+    x[torch.rand(x.shape, generator=g) > 0.05] = 0
+    ms = [Moments(40, 8, 0.0) for _ in range(3)]
+    ms[1]._sparse = False                                       # the dense path
+    b, p, t = torch.nonzero(x, as_tuple=True)
+    for i, m in enumerate(ms):
+        m.update(x.movedim(-1, 0), None, x.amax(dim=(0, 1)),
+                 nonzero=(p, t, x[b, p, t]) if i == 2 else None)
+    assert ms[0].sums[0].tobytes() == ms[1].sums[0].tobytes() == ms[2].sums[0].tobytes()
+    assert (ms[0].hist == ms[1].hist).all() and (ms[2].hist == ms[1].hist).all()

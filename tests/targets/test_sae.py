@@ -229,6 +229,30 @@ def test_mining_every_feature_encodes_once_per_batch(llama, tmp_path, monkeypatc
     assert abs(alone.values[str(t)][r.top[0].peak] - r.top[0].value) < 1e-4
 
 
+def test_a_whole_topk_dictionary_mines_the_same_from_its_encoded_entries(llama, tmp_path,
+                                                                        monkeypatch):
+    """Mining all features of a TopK SAE takes the k entries per token from the encoding
+    (no scan of the dense values); every figure equals the scan's, to the bit."""
+    sae = make_sae("topk", llama.d_model, 64, "blocks.1.hook_resid_post", k=6)
+    ts = featviz.parse_targets(f"sae:{saved(sae, tmp_path / 'k')}:all", llama)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text((TEXT + " ") * 40)
+    cfg = MineConfig(max_tokens=600, window=24, batch_size=8)
+    real = miner_mod.read_values
+    seen = []
+    monkeypatch.setattr(miner_mod, "read_values",
+                        lambda *a: seen.append(real(*a)[1]) or real(*a))
+    fast = miner_mod.mine(llama, ts, cfg, source=str(corpus), progress=False)
+    assert seen and all(nz is not None and len(nz.rows) <= 6 * 8 * 25 for nz in seen)
+    monkeypatch.setattr(miner_mod, "read_values", lambda *a: (real(*a)[0], None))
+    slow = miner_mod.mine(llama, ts, cfg, source=str(corpus), progress=False)
+    assert [r.to_json() for r in fast] == [r.to_json() for r in slow]
+    assert any(r.mean > 0 for r in fast)
+    # a subset of the features reads the dense values: no entries
+    caps, _ = hooked(llama, ts[0].site[0], ts[0].layer)
+    assert miner_mod.read_values(caps, ts[:5], llama)[1] is None
+
+
 def test_logit_effect_uses_the_decoder_row(tiny, tmp_path):
     sae = make_sae("standard", tiny.d_model, 16, "blocks.1.hook_resid_post")
     t = featviz.parse_target(f"sae:{saved(sae, tmp_path / 'r')}:5", tiny)
