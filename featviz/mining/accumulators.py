@@ -614,6 +614,40 @@ class PositionMaxima:
         torch.maximum(self.pmean_max[1:], means, out=self.pmean_max[1:])
         self._lists = None
 
+    def update_positive(self, rows: torch.Tensor, t: torch.Tensor, v: torch.Tensor,
+                        B: int, W: int) -> None:
+        """``update`` from the entries of a batch (B, W) where it may be nonzero, all
+        positive and finite (the miner's ``Nonzero``, rows ascending), the same figures.
+        A window's prefix sum is its entries added up in position order (a zero added
+        changes no float sum), nondecreasing, so the max over windows of the prefix sum at
+        position w is the running max over positions <= w of the sums at the entries (and
+        0 where no window has one yet)."""
+        T = self.pos_max.shape[1]
+        w = rows % W
+        bmax = torch.zeros(W * T).scatter_reduce_(0, w * T + t, v, "amax").view(W, T)
+        torch.maximum(self.pos_max, bmax, out=self.pos_max)
+        wn, key = w.numpy(), (t * B + rows // W).numpy()
+        order = np.argsort(wn.astype(np.uint8 if W <= 256 else np.int32), kind="stable")
+        ends = np.cumsum(np.bincount(wn, minlength=W))      # entries by position, rows kept in order
+        vals = v.numpy()[order]
+        key = key[order]
+        run = np.zeros(T * B, dtype=np.float32)             # each window's prefix sum
+        sums = np.empty_like(vals)
+        for p in range(1, W):                               # a window's entries at p: one each
+            sl = slice(ends[p - 1], ends[p])
+            run[key[sl]] += vals[sl]
+            sums[sl] = run[key[sl]]
+        at = slice(ends[0], len(vals))                      # positions >= 1
+        best = np.zeros(W * T, dtype=np.float32)
+        np.maximum.at(best, (wn[order] * T + t.numpy()[order])[at], sums[at])
+        best = best.reshape(W, T)[1:]
+        for p in range(1, W - 1):                           # running max over positions
+            np.maximum(best[p - 1], best[p], out=best[p])
+        best = torch.from_numpy(best)
+        means = best / torch.arange(1, W, dtype=torch.float32)[:, None]
+        torch.maximum(self.pmean_max[1:], means, out=self.pmean_max[1:])
+        self._lists = None
+
     def merge(self, o: "PositionMaxima") -> None:
         torch.maximum(self.pos_max, o.pos_max, out=self.pos_max)
         torch.maximum(self.pmean_max, o.pmean_max, out=self.pmean_max)

@@ -178,12 +178,17 @@ class Miner:
     def update(self, per, ids: np.ndarray, win: np.ndarray,
                nonzero: Nonzero | None = None) -> np.ndarray:
         """per: (T, B, W) values (a CPU torch tensor or numpy array), ids (B, W), window
-        indices (B,); ``nonzero``: where per may be nonzero, when the reading knows it.  The full-size reductions run in torch (multi-threaded); the
+        indices (B,); ``nonzero``: where per may be nonzero, when the reading knows it (then
+        the reductions over the batch run on those entries alone, when all are positive:
+        the same figures).  The full-size reductions run in torch (multi-threaded); the
         bookkeeping on small arrays in numpy.  Returns the window maxima (T, B) (BOS
         excluded unless ``include_bos``; -inf where a window has no finite value)."""
         per_t = torch.as_tensor(per, dtype=torch.float32)
         T, B, W = per_t.shape
         start = 0 if self.cfg.include_bos else 1
+        if nonzero is not None and bool(((nonzero.values > 0) &
+                                         torch.isfinite(nonzero.values)).all()):
+            return self._update_positive(per_t, ids, win, nonzero, start)
         # Reductions run on the batch as it lies in memory: read_all hands over the
         # (B, W, T) hooked activations permuted to (T, B, W), so x is the contiguous tensor.
         x = per_t.movedim(0, -1)[:, start:]                                     # (B, W', T)
@@ -206,19 +211,42 @@ class Miner:
             npeak = np.zeros((T, B), dtype=np.int64)
             nmin[neg], npeak[neg] = -mn.values.T.numpy(), mn.indices.T.numpy() + start
             self.bottom.update(nmin, npeak, per_t, ids, win)
-        nz = None
-        if nonzero is not None and clean:           # (position after BOS, target, value)
-            pos = nonzero.rows % W
-            after = pos >= start
-            nz = (pos[after] - start, nonzero.targets[after], nonzero.values[after])
         self.moments.update(per_t[:, :, start:], None if clean else finite.movedim(-1, 0),
-                            mx.values.amax(dim=0), lo, nz)
+                            mx.values.amax(dim=0), lo)
+        self.positions.update(per_t, clean)
+        return self._windows(wmax, peak, per_t, ids, win)
+
+    def _windows(self, wmax, peak, per_t, ids, win) -> np.ndarray:
+        """The accumulators that keep windows (after top and bottom), and the counts."""
         self.reservoir.update(wmax, peak, per_t, ids, win)
         self.controls.update(per_t, ids, win)
-        self.positions.update(per_t, clean)
-        self.n_tok += B * (W - start)
-        self.n_win += B
+        self.n_tok += per_t.shape[1] * (per_t.shape[2] - (0 if self.cfg.include_bos else 1))
+        self.n_win += per_t.shape[1]
         return wmax
+
+    def _update_positive(self, per_t, ids, win, nz: Nonzero, start: int) -> np.ndarray:
+        """``update`` from the entries ``nz`` where the batch may be nonzero, all positive
+        (the features of an SAE: every architecture ends in a ReLU): a window's max is its
+        largest entry or 0, its peak the first position holding it (the first position
+        when it is 0), as the dense reductions find them; no full-size pass."""
+        T, B, W = per_t.shape
+        b, w = nz.rows // W, nz.rows % W
+        a = w >= start                                       # BOS excluded unless asked
+        t, v, wa = nz.targets[a], nz.values[a], w[a]
+        key = t * B + b[a]
+        mx = torch.zeros(T * B).scatter_reduce_(0, key, v, "amax")
+        at_max = v == mx[key]
+        first = torch.full((T * B,), W).scatter_reduce_(0, key[at_max], wa[at_max], "amin")
+        wmax = mx.view(T, B).numpy()
+        peak = torch.where(first < W, first, start).view(T, B).numpy()
+        count = torch.bincount(t, minlength=T)
+        lo = torch.full((T,), torch.inf).scatter_reduce_(0, t, v, "amin")
+        lo = torch.where(count < B * (W - start), 0.0, lo)  # a zero among the values
+        self.top.update(wmax, peak, per_t, ids, win)
+        self.moments.update(per_t[:, :, start:], None, mx.view(T, B).amax(dim=1), lo,
+                            (wa - start, t, v))
+        self.positions.update_positive(nz.rows, nz.targets, nz.values, B, W)
+        return self._windows(wmax, peak, per_t, ids, win)
 
     def merge(self, other: "Miner") -> "Miner":
         """Add the state of a pass over other batches of the same corpus (``mine_part``):
