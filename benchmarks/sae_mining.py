@@ -60,15 +60,15 @@ def random_sae(folder, arch, d_in, d_sae, hook, seed=0, acts=None):
 
 def one_by_one(handle, targets, wins, cfg):
     """The miner with the SAE group path off: every feature reads (and encodes) alone."""
-    real = miner_mod.read_all
+    real = miner_mod.read_values
 
     def per_target(caps, ts, h):
-        return torch.stack([t.per_position(caps, h) for t in ts])
-    miner_mod.read_all = per_target
+        return torch.stack([t.per_position(caps, h) for t in ts]), None
+    miner_mod.read_values = per_target
     try:
         return mined(handle, targets, wins, cfg)
     finally:
-        miner_mod.read_all = real
+        miner_mod.read_values = real
 
 
 def main():

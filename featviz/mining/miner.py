@@ -93,8 +93,8 @@ def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
 
 def read_values(captures: dict, targets: list[Target], handle) -> tuple:
     """Per-position values of many targets (n_targets, batch, seq), and their ``Nonzero``
-    entries where the reading itself gives them (the features of one TopK SAE, all of
-    them in order: the k encoded per token), else None.
+    entries when the targets are all the features of one SAE in order (for TopK the k
+    encoded per token; otherwise one scan of the encoding), else None.
 
     Neurons and basis dimensions of one site are gathered with one index; head norms
     are computed once per layer; an SAE's features come from one encoding of the batch
@@ -119,8 +119,8 @@ def read_values(captures: dict, targets: list[Target], handle) -> tuple:
         sel = [targets[i].index if how != "column" else targets[i].column(handle) for i in idx]
         if how == "sae":                                   # one encoding: every feature
             spec, w = first.sae_spec, first.sae_weights(handle, x)
-            if spec.architecture == "topk" and sel == list(range(spec.d_sae)) and \
-                    len(idx) == len(targets):              # the whole dictionary, alone
+            whole = sel == list(range(spec.d_sae)) and len(idx) == len(targets)
+            if whole and spec.architecture == "topk":      # the k entries per token it chose
                 h = topk_scores(spec, w, x, TORCH_OPS)
                 entries = topk_relu_entries(h, spec.k)
                 x = topk_relu(h, spec.k, entries)
@@ -131,6 +131,9 @@ def read_values(captures: dict, targets: list[Target], handle) -> tuple:
                 nonzero = Nonzero(rows[keep], t[keep], v[keep].float())
             else:
                 x = encode(spec, w, x, TORCH_OPS)
+                if whole:                                  # one scan, where the miner needs it
+                    rows, t = torch.nonzero(x.reshape(-1, spec.d_sae), as_tuple=True)
+                    nonzero = Nonzero(rows, t, x.reshape(-1, spec.d_sae)[rows, t].float())
         elif how == "norm":
             x = head_norms(x, handle.n_heads, handle.head_dim)
         vals = x if sel == list(range(x.shape[-1])) else \
