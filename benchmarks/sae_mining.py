@@ -10,7 +10,7 @@ reading the first 32 features target by target (each atom encoding for itself) o
 first 5,000 tokens, which is what the one-encoding path replaces.  Runs alternate and the
 best of --repeats is kept.  Random weights: the throughput, not the features, is the point.
 
-Run: python benchmarks/sae_mining.py [--tokens 50000] [--repeats 2]
+Run: python benchmarks/sae_mining.py [--tokens 50000] [--repeats 2] [--mults 8,32]
 Writes benchmarks/results/sae_mining_cpu.md
 """
 import argparse
@@ -62,7 +62,7 @@ def one_by_one(handle, targets, wins, cfg):
     """The miner with the SAE group path off: every feature reads (and encodes) alone."""
     real = miner_mod.read_values
 
-    def per_target(caps, ts, h):
+    def per_target(caps, ts, h, plan=None):
         return torch.stack([t.per_position(caps, h) for t in ts]), None
     miner_mod.read_values = per_target
     try:
@@ -75,6 +75,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=50_000)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--mults", default="8,32", help="d_sae / d_model, comma-separated")
+    ap.add_argument("--out", default="sae_mining_cpu.md")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     m = featviz.load_model()
@@ -89,7 +91,7 @@ def main():
     acts = caps[site][:, 1:].reshape(-1, m.d_model).double().numpy()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for mult in (8, 32):
+        for mult in [int(x) for x in args.mults.split(",")]:
             for arch in ("topk", "jumprelu"):
                 d_sae = mult * m.d_model
                 path = random_sae(os.path.join(tmp, f"{arch}{d_sae}"), arch, m.d_model, d_sae,
@@ -129,7 +131,7 @@ def main():
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {a} | {d} ({x} x d_model) | {b:.0f} | {s:.0f} | {r:.0%} | {e:.0%} | {f:.1f} "
               f"| {o:.0f} |" for a, d, x, b, s, r, e, f, o in rows]
-    write_result("sae_mining_cpu.md", lines)
+    write_result(args.out, lines)
 
 
 if __name__ == "__main__":

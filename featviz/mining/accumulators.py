@@ -74,6 +74,43 @@ class WindowIds:
         return self.rows[w]
 
 
+class RowPool:
+    """Per-token value rows (each a window's values for one target) that an accumulator's
+    slots point at (-1: empty), allocated as slots fill, so a sparse grid of slots costs
+    the rows it holds, not its size.  Rows are written in allocation order, so a fresh
+    pool's memory is touched page by page, not one page per row (first touches of fresh
+    pages dominate a first batch otherwise)."""
+
+    def __init__(self, width: int):
+        self.rows = np.zeros((0, width), dtype=np.float32)
+        self.n = 0
+
+    def alloc(self, n: int, live: np.ndarray) -> np.ndarray:
+        """Indices of ``n`` new rows; ``live``: the slots' row indices (-1 empty), which are
+        renumbered in place when the pool is compacted to make room."""
+        if self.n + n > len(self.rows):
+            used = live[live >= 0]
+            if 2 * len(used) < self.n:                    # most rows orphaned: compact
+                keep = np.unique(used)
+                self.rows[:len(keep)] = self.rows[keep]
+                live[live >= 0] = np.searchsorted(keep, live[live >= 0])
+                self.n = len(keep)
+            if self.n + n > len(self.rows):
+                grown = np.empty((max(2 * len(self.rows), self.n + n, 64), self.rows.shape[1]),
+                                 dtype=np.float32)
+                grown[:self.n] = self.rows[:self.n]
+                self.rows = grown
+        self.n += n
+        return np.arange(self.n - n, self.n)
+
+    def add(self, o: "RowPool", o_live: np.ndarray, live: np.ndarray) -> np.ndarray:
+        """Append ``o``'s rows (``live``: this pool's slots, as in ``alloc``); returns ``o``'s
+        slots ``o_live`` renumbered to them."""
+        self.alloc(o.n, live)
+        self.rows[self.n - o.n:self.n] = o.rows[:o.n]
+        return np.where(o_live >= 0, o_live + (self.n - o.n), -1)
+
+
 def swaps(keep: np.ndarray, n_old: int) -> tuple:
     """Where newcomers enter a row of slots.  ``keep`` (R, n_old + n_new): which of a
     row's old slots and newcomers stay.  Returns (row, old slot, newcomer) index arrays:
@@ -345,8 +382,8 @@ class BandReservoir:
     its ``slots`` windows of least priority, a uniform sample of the cell whatever order
     the windows came in.  ``bands`` draws each interval band's samples from them."""
 
-    _ARRAYS = ("prio", "v", "win", "peak", "acts")
-    _FILLS = (np.inf, np.nan, -1, 0, 0)
+    _ARRAYS = ("prio", "v", "win", "peak", "row")
+    _FILLS = (np.inf, np.nan, -1, 0, -1)
 
     def __init__(self, keys: np.ndarray, cells: int, slots: int, width: int):
         T, C, S = len(keys), cells, slots
@@ -358,7 +395,8 @@ class BandReservoir:
         self.win = np.full((T, C, S), -1, dtype=np.int64)
         self.peak = np.zeros((T, C, S), dtype=np.int64)
         self.ids = WindowIds()
-        self.acts = np.zeros((T, C, S, width), dtype=np.float32)
+        self.row = np.full((T, C, S), -1, dtype=np.int64)   # each slot's values: pool.rows
+        self.pool = RowPool(width)
 
     def update(self, wmax, peak, per, ids, win) -> None:
         C = self.C
@@ -409,7 +447,12 @@ class BandReservoir:
         self.v[tt, cc, slot] = v[k]
         self.win[tt, cc, slot] = win[b_i[k]]
         self.peak[tt, cc, slot] = peak[t_i[k], b_i[k]]
-        self.acts[tt, cc, slot] = take_rows(per, t_i[k], b_i[k])
+        fresh = np.nonzero(self.row[tt, cc, slot] < 0)[0]   # an evicted slot's row is reused
+        new = self.pool.alloc(len(fresh), self.row)     # (which may renumber self.row)
+        r = self.row[tt, cc, slot]
+        r[fresh] = new
+        self.row[tt, cc, slot] = r
+        self.pool.rows[r] = take_rows(per, t_i[k], b_i[k])
         self.ids.add(win, ids, b_i[k])
         self.ids.prune(self.win)
 
@@ -446,6 +489,7 @@ class BandReservoir:
 
     def merge(self, o: "BandReservoir") -> None:
         """Add another pass's state (disjoint windows): widths aligned, cells united."""
+        o.row, o.pool = self.pool.add(o.pool, o.row, self.row), self.pool
         for t in range(len(self.keys)):
             if np.isnan(o.cell_w[t]):
                 continue
@@ -474,7 +518,7 @@ class BandReservoir:
         v, ok, band, w = self._eligible(vmax, ok_t, top_win, n_bands)
         picks = self._picks(v, ok, band, w, n_bands, per_band) if per_band and ok.any() else None
         T, CS = v.shape
-        acts = self.acts.reshape(T, CS, -1)
+        row = self.row.reshape(T, CS)
         peak, win_l = self.peak.reshape(T, CS).tolist(), self.win.reshape(T, CS).tolist()
         v_l, counts_l = v.tolist(), counts.tolist()
         out = []
@@ -488,7 +532,7 @@ class BandReservoir:
                 if picks is not None:
                     order, good = picks[bi]
                     b.samples = [Exemplar(v_l[t][j], peak[t][j], win_l[t][j],
-                                          self.ids[win_l[t][j]], acts[t, j])
+                                          self.ids[win_l[t][j]], self.pool.rows[row[t, j]])
                                  for j, g in zip(order[t], good[t]) if g]
                 bands.append(b)
             out.append(bands)

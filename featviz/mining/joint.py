@@ -32,7 +32,7 @@ from featviz.mining.cache import (
     default_cache_dir,
     model_fingerprint,
 )
-from featviz.mining.miner import MineConfig, Miner, read_batch
+from featviz.mining.miner import MineConfig, Miner, plan_reading, read_batch
 from featviz.mining.records import TargetExemplars
 from featviz.targets.core import all_sites
 
@@ -106,6 +106,7 @@ def mine_joint(handles: list, targets_by_model: list[list], config: MineConfig |
         return []
     W, T, M = cfg.window + 1, len(names[0]), len(handles)
     sites = [all_sites(ts) for ts in targets_by_model]
+    plans = [plan_reading(ts, h) for ts, h in zip(targets_by_model, handles)]
     miners = [Miner(ts, cfg, W) for ts in targets_by_model]
     comoments = Comoments(T) if M == 2 else None
     wmax: list[list] = [[] for _ in handles]
@@ -119,7 +120,7 @@ def mine_joint(handles: list, targets_by_model: list[list], config: MineConfig |
         win = np.asarray([w.index for w in batch])
         pers = []
         for m, h in enumerate(handles):
-            per, nonzero = read_batch(h, targets_by_model[m], sites[m], ids)
+            per, nonzero = read_batch(h, targets_by_model[m], sites[m], ids, plans[m])
             wmax[m].append(miners[m].update(per, ids.astype(np.int32), win, nonzero))
             pers.append(per)
         if comoments is not None:

@@ -91,15 +91,23 @@ def read_all(captures: dict, targets: list[Target], handle) -> torch.Tensor:
     return read_values(captures, targets, handle)[0]
 
 
-def read_values(captures: dict, targets: list[Target], handle) -> tuple:
-    """Per-position values of many targets (n_targets, batch, seq), and their ``Nonzero``
-    entries when the targets are all the features of one SAE in order (for TopK the k
-    encoded per token; otherwise one scan of the encoding), else None.
+@dataclass(frozen=True)
+class ReadPlan:
+    """How ``read_values`` reads a list of targets on a model, worked out once per list
+    (for a whole SAE dictionary the per-target Python work costs milliseconds per batch):
+    ``groups`` of (how, target positions, selected units, whether they are 0..n-1) and
+    the positions read target by target; ``in_order``: whether groups then singles list
+    the targets in their order (the usual case: the parts are stacked as they come)."""
 
-    Neurons and basis dimensions of one site are gathered with one index; head norms
+    groups: tuple
+    single: tuple
+    in_order: bool
+
+
+def plan_reading(targets: list[Target], handle) -> ReadPlan:
+    """Neurons and basis dimensions of one site are gathered with one index; head norms
     are computed once per layer; an SAE's features come from one encoding of the batch
-    for all of them; anything else is read target by target.
-    """
+    for all of them; anything else is read target by target."""
     groups: dict = {}
     single: list = []
     for i, t in enumerate(targets):
@@ -112,14 +120,28 @@ def read_values(captures: dict, targets: list[Target], handle) -> tuple:
             groups.setdefault(("column", t.site), []).append(i)
         else:
             single.append(i)
-    parts, nonzero = [], None                             # (target positions, (n, B, S) values)
+    out = []
     for (how, _), idx in groups.items():
+        sel = [targets[i].index if how != "column" else targets[i].column(handle) for i in idx]
+        out.append((how, tuple(idx), torch.as_tensor(sel), sel == list(range(len(sel)))))
+    order = [i for _, idx, _, _ in out for i in idx] + single
+    return ReadPlan(tuple(out), tuple(single), order == list(range(len(targets))))
+
+
+def read_values(captures: dict, targets: list[Target], handle,
+                plan: ReadPlan | None = None) -> tuple:
+    """Per-position values of many targets (n_targets, batch, seq), and their ``Nonzero``
+    entries when the targets are all the features of one SAE in order (for TopK the k
+    encoded per token; otherwise one scan of the encoding), else None.  ``plan``: the
+    targets' ``plan_reading``, when the caller reads them batch after batch."""
+    plan = plan or plan_reading(targets, handle)
+    parts, nonzero = [], None                             # (target positions, (n, B, S) values)
+    for how, idx, sel, from_zero in plan.groups:
         first = targets[idx[0]]
         x = captures[first.site]
-        sel = [targets[i].index if how != "column" else targets[i].column(handle) for i in idx]
         if how == "sae":                                   # one encoding: every feature
             spec, w = first.sae_spec, first.sae_weights(handle, x)
-            whole = sel == list(range(spec.d_sae)) and len(idx) == len(targets)
+            whole = from_zero and len(sel) == spec.d_sae and len(idx) == len(targets)
             if whole and spec.architecture == "topk":      # the k entries per token it chose
                 h = topk_scores(spec, w, x, TORCH_OPS)
                 entries = topk_relu_entries(h, spec.k)
@@ -136,13 +158,12 @@ def read_values(captures: dict, targets: list[Target], handle) -> tuple:
                     nonzero = Nonzero(rows, t, x.reshape(-1, spec.d_sae)[rows, t].float())
         elif how == "norm":
             x = head_norms(x, handle.n_heads, handle.head_dim)
-        vals = x if sel == list(range(x.shape[-1])) else \
-            x.index_select(-1, torch.as_tensor(sel, device=x.device))  # all units: no gather
+        every = from_zero and len(sel) == x.shape[-1]     # all units in order: no gather
+        vals = x if every else x.index_select(-1, sel.to(x.device))
         parts.append((idx, vals.permute(2, 0, 1)))
-    for i in single:
+    for i in plan.single:
         parts.append(([i], targets[i].per_position(captures, handle)[None]))
-    order = [i for idx, _ in parts for i in idx]
-    if order == list(range(len(targets))):                # the usual case: already in order
+    if plan.in_order:
         return (parts[0][1] if len(parts) == 1 else torch.cat([v for _, v in parts])), nonzero
     out = torch.empty((len(targets),) + parts[0][1].shape[1:], dtype=parts[0][1].dtype,
                       device=parts[0][1].device)
@@ -151,13 +172,14 @@ def read_values(captures: dict, targets: list[Target], handle) -> tuple:
     return out, nonzero
 
 
-def read_batch(handle, targets: list[Target], sites, ids: np.ndarray) -> tuple:
+def read_batch(handle, targets: list[Target], sites, ids: np.ndarray,
+               plan: ReadPlan | None = None) -> tuple:
     """One forward pass over a batch of windows ``ids`` (B, W): the targets' values at
     every position as a CPU float32 tensor (T, B, W), and their ``Nonzero`` entries (CPU)
     where the reading gives them, else None."""
     with torch.no_grad():
         caps, _ = run(handle, sites, input_ids=torch.as_tensor(ids, device=handle.device))
-        per, nz = read_values(caps, targets, handle)
+        per, nz = read_values(caps, targets, handle, plan)
         return per.float().cpu(), (None if nz is None else Nonzero(*(a.cpu() for a in nz)))
 
 
@@ -303,7 +325,7 @@ def mine_part(handle, targets: list[Target], config: MineConfig | None = None, *
     i, n = part or (1, 1)
     if not (isinstance(i, int) and isinstance(n, int) and 1 <= i <= n):
         raise FeatvizError(f"corpus part {i}/{n}: i must be between 1 and N")
-    sites = all_sites(targets)
+    sites, plan = all_sites(targets), plan_reading(targets, handle)
     miner = Miner(targets, cfg, cfg.window + 1)
     bar = tqdm(total=(cfg.max_tokens // cfg.window) * cfg.window, unit="tok", desc="mining",
                disable=not progress, leave=False)
@@ -312,7 +334,7 @@ def mine_part(handle, targets: list[Target], config: MineConfig | None = None, *
         if b % n != i - 1:
             continue
         ids = np.stack([w.ids for w in batch])
-        per, nonzero = read_batch(handle, targets, sites, ids)
+        per, nonzero = read_batch(handle, targets, sites, ids, plan)
         miner.update(per, ids.astype(np.int32), np.asarray([w.index for w in batch]), nonzero)
         bar.update(len(batch) * cfg.window * n)
     bar.close()

@@ -8,6 +8,7 @@ from featviz.mining.accumulators import (
     Controls,
     Moments,
     PositionMaxima,
+    RowPool,
     TopK,
 )
 from featviz.mining.grid import merge_pairs, target_keys, uniform
@@ -91,6 +92,28 @@ def test_band_reservoir_counts_every_positive_window_and_samples_real_ones():
             for e in b.samples:
                 assert e.value == pytest.approx(wmax[t, e.window])
                 assert b.lo * wmax[t].max() - 1e-6 <= e.value
+                np.testing.assert_array_equal(e.activations, per[t, e.window])
+    assert res.pool.n >= (res.row >= 0).sum()       # rows only for filled slots
+
+
+def test_row_pool_compacts_orphaned_rows_and_renumbers_the_slots():
+    pool = RowPool(3)
+    live = np.full(10, -1)
+    live[:8] = pool.alloc(8, live)
+    pool.rows[live[:8]] = np.arange(24, dtype=np.float32).reshape(8, 3)
+    live[[0, 2, 3, 5, 6, 7]] = -1                    # slots given up: their rows orphaned
+    kept = pool.rows[live[[1, 4]]].copy()
+    cap = len(pool.rows)
+    new = pool.alloc(cap - pool.n + 1, live)         # no room: compacts instead of growing
+    assert pool.n == 2 + cap - 8 + 1 and new[0] == 2
+    np.testing.assert_array_equal(pool.rows[live[[1, 4]]], kept)
+    other = RowPool(3)
+    o_live = np.array([-1, 0])
+    at = other.alloc(1, o_live[:0])
+    other.rows[at] = 7.0
+    moved = pool.add(other, o_live, live)
+    assert moved[0] == -1 and (pool.rows[moved[1]] == 7.0).all()
+    np.testing.assert_array_equal(pool.rows[live[[1, 4]]], kept)
 
 
 def test_controls_are_a_uniform_reservoir_shared_by_all_targets():
