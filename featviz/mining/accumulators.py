@@ -173,10 +173,11 @@ class TopK:
         self.peak = np.zeros((n_targets, k), dtype=np.int64)
         self.ids = WindowIds()
         self.acts = np.zeros((n_targets, k, width), dtype=np.float32)
+        self.low = np.zeros(n_targets, dtype=np.int64)   # each target's weakest slot
 
     def update(self, wmax, peak, per, ids, win) -> None:
         k, B = self.k, wmax.shape[1]
-        rows = np.nonzero((wmax > self.v.min(1, keepdims=True)).any(1))[0]
+        rows = np.nonzero((wmax > self.v[np.arange(len(self.v)), self.low][:, None]).any(1))[0]
         if not len(rows):
             return
         cand = np.concatenate([self.v[rows], wmax[rows]], axis=1)               # (R, k+B)
@@ -190,6 +191,7 @@ class TopK:
         self.win[r, slot] = win[b]
         self.peak[r, slot] = peak[r, b]
         self.acts[r, slot] = take_rows(per, r, b)
+        self.low[rows] = self.v[rows].argmin(1)
         self.ids.add(win, ids, b)
         self.ids.prune(self.win)
 
@@ -203,6 +205,7 @@ class TopK:
                                                order.reshape(order.shape + (1,) * (a.ndim - 2)), 1)
         self.v, self.win = take(self.v, o.v), take(self.win, o.win)
         self.peak, self.acts = take(self.peak, o.peak), take(self.acts, o.acts)
+        self.low = self.v.argmin(1)
         self.ids.merge(o.ids)
 
     def ranked(self) -> list[list[Exemplar]]:
@@ -213,6 +216,7 @@ class TopK:
         for name in ("v", "win", "peak"):
             setattr(self, name, np.take_along_axis(getattr(self, name), order, 1))
         self.acts = np.take_along_axis(self.acts, order[:, :, None], 1)
+        self.low = self.v.argmin(1)
         v, peak, win = self.v.tolist(), self.peak.tolist(), self.win.tolist()
         out = []
         for t in range(len(v)):
@@ -401,7 +405,7 @@ class BandReservoir:
     def update(self, wmax, peak, per, ids, win) -> None:
         C = self.C
         T, B = wmax.shape
-        need = np.where(np.isfinite(wmax), wmax, 0.0).max(1)
+        need = np.maximum(wmax.max(1), 0.0)   # (no NaN or +inf; -inf: no finite value)
         new = np.isnan(self.cell_w) & (need > 0)
         self.cell_w[new] = pow2_width(need[new], C)
         d = fit_width(np.where(np.isnan(self.cell_w), 1.0, self.cell_w), need, C)
