@@ -244,8 +244,9 @@ class Moments:
 
     def update(self, values: torch.Tensor, valid: torch.Tensor | None, vmax: torch.Tensor,
                vmin: torch.Tensor | None = None, nonzero: tuple | None = None):
-        """values: (T, B, P) (or (T, N)) torch values of the batch's tokens, any strides (reductions run
-        with the targets as the last axis, which is how the miner's batches lie in memory);
+        """values: (T, B, P) (or (T, N)) torch values of the batch's tokens, any strides
+        (reductions run with the targets as the last axis, which is how the miner's batches
+        lie in memory);
         valid: their finite mask, or None when all are finite; vmax: (T,) the batch's max
         over finite values (from the window maxima); vmin: its min over finite values, when
         the caller has it; nonzero: (position, target, value) tensors of every nonzero
@@ -299,8 +300,8 @@ class Moments:
         offset = torch.arange(G, T * 2 * G, 2 * G)
         if ok is None and (self._sparse or nonzero is not None):
             if nonzero is None:
-                _, pos, t = torch.nonzero(x, as_tuple=True)     # (window, position) order
-                v = x[_, pos, t]
+                win, pos, t = torch.nonzero(x, as_tuple=True)   # (window, position) order
+                v = x[win, pos, t]
                 self._sparse = 4 * len(v) < x.numel()
             else:
                 pos, t, v = nonzero
@@ -676,7 +677,7 @@ class PositionMaxima:
         torch.maximum(self.pos_max, bmax, out=self.pos_max)
         wn, key = w.numpy(), (t * B + rows // W).numpy()
         order = np.argsort(wn.astype(np.uint8 if W <= 256 else np.int32), kind="stable")
-        ends = np.cumsum(np.bincount(wn, minlength=W))      # entries by position, rows kept in order
+        ends = np.cumsum(np.bincount(wn, minlength=W))      # by position, rows in order
         vals = v.numpy()[order]
         key = key[order]
         run = np.zeros(T * B, dtype=np.float32)             # each window's prefix sum

@@ -55,7 +55,7 @@ def _affine(x, w, b):
 
 def topk_relu_entries(v, k: int):
     """(indices, values) of the ReLU of torch ``v``'s k largest entries (last axis), the
-    k chosen as torch.topk chooses them: the only entries of ``_topk_relu`` that may be
+    k chosen as torch.topk chooses them: the only entries of ``topk_relu`` that may be
     nonzero."""
     top = v.topk(k, dim=-1)
     return top.indices, top.values.clamp(min=0)
