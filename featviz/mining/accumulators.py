@@ -123,10 +123,34 @@ def swaps(keep: np.ndarray, n_old: int) -> tuple:
     return rows, evicted[:, :J][go], entering[:, :J][go]
 
 
+class EntryRows:
+    """A batch (T, B, W) known by its nonzero entries, zeros elsewhere (the miner's SAE
+    batches), for ``take_rows``: a kept row is filled from the entries that fall in it, one
+    pass over the entries, instead of gathered from the dense batch (each row a strided
+    walk over the batch's memory, a cache miss per value).  ``key``: target * B + window
+    of each entry, ``w`` its position, ``v`` its value (CPU tensors)."""
+
+    def __init__(self, key: torch.Tensor, w: torch.Tensor, v: torch.Tensor, T: int, B: int,
+                 W: int):
+        self.key, self.w, self.v, self.TB, self.B, self.W = key, w, v, T * B, B, W
+
+    def take(self, t: np.ndarray, b: np.ndarray) -> np.ndarray:
+        want, back = np.unique(np.asarray(t) * self.B + np.asarray(b), return_inverse=True)
+        slot = torch.full((self.TB,), -1, dtype=torch.int64)
+        slot[torch.from_numpy(want)] = torch.arange(len(want))
+        s = slot[self.key]
+        hit = torch.nonzero(s >= 0).squeeze(1)
+        out = torch.zeros(len(want), self.W)
+        out[s[hit], self.w[hit]] = self.v[hit]
+        return out.numpy()[back.reshape(-1)]
+
+
 def take_rows(per, t: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The rows ``per[t, b]`` (each a window's values) of a batch ``per`` (T, B, W), a
-    numpy array or a torch tensor of any strides (torch gathers the miner's strided rows
-    several times faster)."""
+    """The rows ``per[t, b]`` (each a window's values) of a batch ``per`` (T, B, W): a numpy
+    array, a torch tensor of any strides (torch gathers the miner's strided rows several
+    times faster) or ``EntryRows``."""
+    if isinstance(per, EntryRows):
+        return per.take(t, b)
     if isinstance(per, torch.Tensor):
         return per[torch.from_numpy(np.asarray(t)), torch.from_numpy(np.asarray(b))].numpy()
     return per[t, b]

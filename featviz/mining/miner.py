@@ -21,6 +21,7 @@ from featviz.errors import FeatvizError
 from featviz.mining.accumulators import (
     BandReservoir,
     Controls,
+    EntryRows,
     Moments,
     PositionMaxima,
     TopK,
@@ -241,9 +242,10 @@ class Miner:
         self.positions.update(per_t, clean)
         return self._windows(wmax, peak, per_t, ids, win)
 
-    def _windows(self, wmax, peak, per_t, ids, win) -> np.ndarray:
-        """The accumulators that keep windows (after top and bottom), and the counts."""
-        self.reservoir.update(wmax, peak, per_t, ids, win)
+    def _windows(self, wmax, peak, per_t, ids, win, rows=None) -> np.ndarray:
+        """The accumulators that keep windows (after top and bottom), and the counts;
+        ``rows``: where kept rows are taken from, when not ``per_t`` (``EntryRows``)."""
+        self.reservoir.update(wmax, peak, per_t if rows is None else rows, ids, win)
         self.controls.update(per_t, ids, win)
         self.n_tok += per_t.shape[1] * (per_t.shape[2] - (0 if self.cfg.include_bos else 1))
         self.n_win += per_t.shape[1]
@@ -256,9 +258,9 @@ class Miner:
         when it is 0), as the dense reductions find them; no full-size pass."""
         T, B, W = per_t.shape
         b, w = nz.rows // W, nz.rows % W
+        key_all = nz.targets * B + b
         a = w >= start                                       # BOS excluded unless asked
-        t, v, wa = nz.targets[a], nz.values[a], w[a]
-        key = t * B + b[a]
+        t, v, wa, key = nz.targets[a], nz.values[a], w[a], key_all[a]
         mx = torch.zeros(T * B).scatter_reduce_(0, key, v, "amax")
         at_max = v == mx[key]
         first = torch.full((T * B,), W).scatter_reduce_(0, key[at_max], wa[at_max], "amin")
@@ -267,11 +269,12 @@ class Miner:
         count = torch.bincount(t, minlength=T)
         lo = torch.full((T,), torch.inf).scatter_reduce_(0, t, v, "amin")
         lo = torch.where(count < B * (W - start), 0.0, lo)  # a zero among the values
-        self.top.update(wmax, peak, per_t, ids, win)
+        rows = EntryRows(key_all, w, nz.values, T, B, W)    # kept rows built from the entries
+        self.top.update(wmax, peak, rows, ids, win)
         self.moments.update(per_t[:, :, start:], None, mx.view(T, B).amax(dim=1), lo,
                             (wa - start, t, v))
         self.positions.update_positive(nz.rows, nz.targets, nz.values, B, W)
-        return self._windows(wmax, peak, per_t, ids, win)
+        return self._windows(wmax, peak, per_t, ids, win, rows)
 
     def merge(self, other: "Miner") -> "Miner":
         """Add the state of a pass over other batches of the same corpus (``mine_part``):

@@ -56,9 +56,62 @@ def _affine(x, w, b):
 def topk_relu_entries(v, k: int):
     """(indices, values) of the ReLU of torch ``v``'s k largest entries (last axis), the
     k chosen as torch.topk chooses them: the only entries of ``topk_relu`` that may be
-    nonzero."""
-    top = v.topk(k, dim=-1)
-    return top.indices, top.values.clamp(min=0)
+    nonzero.  Without a gradient on the CPU, by ``blocked_topk`` (the same k)."""
+    if v.requires_grad or v.device.type != "cpu":
+        top = v.topk(k, dim=-1)
+        return top.indices, top.values.clamp(min=0)
+    idx, val = blocked_topk(v, k)
+    return idx, val.clamp(min=0)
+
+
+def _blocks(n: int, k: int) -> int:
+    """How many blocks ``blocked_topk`` splits n entries into (0: too few to gain)."""
+    for nb in (512, 256, 1024, 128, 64):
+        if n % nb == 0 and nb >= 2 * k and n // nb >= 8:
+            return nb
+    return 0
+
+
+def blocked_topk(v, k: int):
+    """(indices, values) of the k largest entries of torch ``v`` along its last axis, the
+    same k entries as ``v.topk(k)`` (in another order within the k), about twice as fast on
+    a CPU for k much below the axis (an SAE's d_sae): the axis is split into ``nb`` strided
+    blocks (block j holds entries j, j + nb, ...); the k largest entries all lie in the k
+    blocks of largest max (a block outside holds nothing above those k maxima), and among
+    those blocks in the entries at least the k-th largest max, a few more than k per row.
+    Rows with a tie at the k-th value (where torch.topk's own choice decides) or a NaN are
+    redone by torch.topk."""
+    import torch
+    n = v.shape[-1]
+    nb = _blocks(n, k)
+    if not nb or v.numel() == 0 or not v.dtype.is_floating_point:
+        top = v.topk(k, dim=-1)
+        return top.indices, top.values
+    h = v.reshape(-1, n)
+    R, m = h.shape[0], n // nb
+    hv = h.view(R, m, nb)
+    bmax = hv.amax(1)                                                # (R, nb) block maxima
+    bt = bmax.topk(k + 1, dim=1)
+    blk, tau, nxt = bt.indices[:, :k], bt.values[:, k - 1], bt.values[:, k]
+    cand = hv.gather(2, blk[:, None, :].expand(R, m, k)).reshape(R, m * k)
+    row, j = torch.nonzero(cand >= tau[:, None], as_tuple=True)     # >= k per row
+    cnt = torch.bincount(row, minlength=R)
+    width = int(cnt.max()) if R else k
+    at = torch.arange(len(row)) - (cnt.cumsum(0) - cnt)[row]
+    vals = torch.full((R, width), -torch.inf, dtype=h.dtype)
+    vals[row, at] = cand[row, j]
+    cols = torch.zeros((R, width), dtype=torch.int64)
+    cols[row, at] = (j // k) * nb + blk[row, j % k]
+    top = vals.topk(min(k + 1, width), dim=1)
+    out_v, out_i = top.values[:, :k], cols.gather(1, top.indices[:, :k])
+    redo = (out_v[:, -1] == nxt) | torch.isnan(bmax).any(1)
+    if width > k:
+        redo |= top.values[:, k] == out_v[:, -1]
+    if bool(redo.any()):
+        r = torch.nonzero(redo).squeeze(1)
+        full = h[r].topk(k, dim=-1)
+        out_v, out_i = out_v.index_put((r,), full.values), out_i.index_put((r,), full.indices)
+    return out_i.reshape(v.shape[:-1] + (k,)), out_v.reshape(v.shape[:-1] + (k,))
 
 
 def topk_relu(v, k: int, entries=None):

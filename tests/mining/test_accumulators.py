@@ -152,3 +152,20 @@ def test_grid_helpers():
     u = uniform(target_keys(["x"], 0), np.arange(10_000))
     assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.02
     assert (uniform(target_keys(["x"], 0), [3]) == u[3]).all()        # a pure function
+
+
+def test_entry_rows_are_the_dense_rows():
+    """Rows built from a batch's nonzero entries (the miner's SAE path) equal the rows
+    gathered from the dense batch, asked in any order and more than once."""
+    from featviz.mining.accumulators import EntryRows, take_rows
+    g = torch.Generator().manual_seed(1)
+    T, B, W = 7, 5, 9
+    per = torch.rand(B, W, T, generator=g)
+    per[per < 0.8] = 0
+    per = per.permute(2, 0, 1)                                  # (T, B, W), as the miner's
+    r, t = torch.nonzero(per.permute(1, 2, 0).reshape(B * W, T), as_tuple=True)
+    rows = EntryRows(t * B + r // W, r % W, per.permute(1, 2, 0).reshape(B * W, T)[r, t],
+                     T, B, W)
+    ts, bs = np.array([6, 0, 3, 0, 2, 6]), np.array([4, 0, 2, 0, 1, 3])
+    assert np.array_equal(take_rows(rows, ts, bs), take_rows(per, ts, bs))
+    assert take_rows(rows, ts[:0], bs[:0]).shape == (0, W)

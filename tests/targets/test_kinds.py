@@ -211,3 +211,30 @@ def test_new_kinds_dream_and_verify(llama, backend):
         t = featviz.parse_target(spec, llama)
         again, _ = evaluate_ids(llama, [t], res.best.token_ids)
         assert abs(float(again[0, 0]) - res.best.activation) < 1e-4, spec
+
+
+def test_blocked_topk_picks_the_k_entries_torch_topk_picks():
+    """The mining path's top-k (blocks, then the few candidates in the best blocks) chooses
+    the same k entries as torch.topk: on plain scores, on ties at the k-th value (rows
+    redone by torch.topk), on NaN and infinities, on any leading shape, and on sizes the
+    blocks do not fit (torch.topk itself)."""
+    import torch
+
+    from featviz.targets.kinds import blocked_topk, topk_relu_entries
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(300, 4608, generator=g)
+    odd = h.clone()
+    odd[3, 100], odd[5], odd[6, 7] = float("nan"), -torch.inf, torch.inf
+    cases = [(h, 64), (h, 8), (h.view(3, 100, 4608), 32), (torch.round(h * 2) / 2, 64),
+             (torch.zeros(4, 4608), 64), (odd, 64), (torch.randn(5, 1000, generator=g), 10),
+             (torch.randn(0, 4608, generator=g), 64)]
+    for v, k in cases:
+        ref = v.topk(k, dim=-1)
+        idx, val = blocked_topk(v, k)
+        assert idx.shape == ref.indices.shape
+        assert torch.equal(idx.sort(-1).values, ref.indices.sort(-1).values)
+        assert torch.equal(v.gather(-1, idx).nan_to_num(), val.nan_to_num())
+    i, r = topk_relu_entries(h, 64)
+    assert torch.equal(i.sort(-1).values, h.topk(64).indices.sort(-1).values)
+    assert (r >= 0).all()
