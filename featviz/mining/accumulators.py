@@ -115,6 +115,10 @@ def swaps(keep: np.ndarray, n_old: int) -> tuple:
     """Where newcomers enter a row of slots.  ``keep`` (R, n_old + n_new): which of a
     row's old slots and newcomers stay.  Returns (row, old slot, newcomer) index arrays:
     each kept newcomer overwrites one given-up slot, so only entering windows are copied."""
+    out, came = ~keep[:, :n_old], keep[:, n_old:]
+    if (out.sum(1) == came.sum(1)).all():       # as many given up as came in (the usual)
+        rows, slot = np.nonzero(out)            # row by row, both in index order
+        return rows, slot, np.nonzero(came)[1]
     evicted = np.argsort(keep[:, :n_old], axis=1, kind="stable")    # given-up slots first
     entering = np.argsort(~keep[:, n_old:], axis=1, kind="stable")  # kept newcomers first
     J = min(n_old, keep.shape[1] - n_old)
@@ -125,35 +129,54 @@ def swaps(keep: np.ndarray, n_old: int) -> tuple:
 
 class EntryRows:
     """A batch (T, B, W) known by its nonzero entries, zeros elsewhere (the miner's SAE
-    batches), for ``take_rows``: a kept row is filled from the entries that fall in it, one
-    pass over the entries, instead of gathered from the dense batch (each row a strided
-    walk over the batch's memory, a cache miss per value).  ``key``: target * B + window
-    of each entry, ``w`` its position, ``v`` its value (CPU tensors)."""
+    batches), for ``put_rows``: kept rows are zeroed in place and their entries written
+    in, one pass over the entries, instead of gathered from the dense batch (each row a
+    strided walk over the batch's memory, a cache miss per value).  ``key``: target * B +
+    window of each entry, ``w`` its position, ``v`` its value (CPU tensors)."""
 
     def __init__(self, key: torch.Tensor, w: torch.Tensor, v: torch.Tensor, T: int, B: int,
                  W: int):
-        self.key, self.w, self.v, self.TB, self.B, self.W = key, w, v, T * B, B, W
+        self.key, self.w, self.v, self.B, self.W = key, w, v, B, W
+        self.slot = torch.full((T * B,), -1, dtype=torch.int64)    # reset after each put
 
-    def take(self, t: np.ndarray, b: np.ndarray) -> np.ndarray:
-        want, back = np.unique(np.asarray(t) * self.B + np.asarray(b), return_inverse=True)
-        slot = torch.full((self.TB,), -1, dtype=torch.int64)
-        slot[torch.from_numpy(want)] = torch.arange(len(want))
-        s = slot[self.key]
+    def put(self, dest: np.ndarray, at: np.ndarray, t: np.ndarray, b: np.ndarray) -> None:
+        """dest[at[i]] = row (t[i], b[i]); the pairs distinct (as the accumulators ask)."""
+        want = torch.from_numpy(np.asarray(t) * self.B + np.asarray(b))
+        self.slot[want] = torch.from_numpy(np.asarray(at, dtype=np.int64))
+        s = self.slot[self.key]
         hit = torch.nonzero(s >= 0).squeeze(1)
-        out = torch.zeros(len(want), self.W)
-        out[s[hit], self.w[hit]] = self.v[hit]
-        return out.numpy()[back.reshape(-1)]
+        dest[at] = 0
+        torch.from_numpy(dest).view(-1)[s[hit] * self.W + self.w[hit]] = self.v[hit]
+        self.slot[want] = -1
 
 
-def take_rows(per, t: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The rows ``per[t, b]`` (each a window's values) of a batch ``per`` (T, B, W): a numpy
-    array, a torch tensor of any strides (torch gathers the miner's strided rows several
-    times faster) or ``EntryRows``."""
+_WIN_CAP = 2 ** 31 - 1
+
+
+def best_first_keys(v: np.ndarray, win: np.ndarray) -> np.ndarray | None:
+    """int64 keys ordering windows as the miner ranks them, larger first: by value (float32
+    values, held as float64), then the earlier window (an empty slot, window -1, after every
+    window of its value); the value's order-preserving bits high, the window low.  None
+    when a value is not a float32 or a window index is beyond 2**31 - 2."""
+    f = v.astype(np.float32)
+    if not np.array_equal(f, v) or (len(win) and win.max() >= _WIN_CAP):
+        return None
+    bits = (f + np.float32(0)).view(np.int32).astype(np.int64)        # (-0 counts as 0)
+    bits = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)                 # ascending as floats
+    return (bits << 32) | (_WIN_CAP - np.where(win < 0, _WIN_CAP, win))
+
+
+def put_rows(dest: np.ndarray, at: np.ndarray, per, t: np.ndarray, b: np.ndarray) -> None:
+    """dest[at] = per[t, b]: rows (each a window's values) of a batch ``per`` (T, B, W), a
+    numpy array, a torch tensor of any strides (torch gathers the miner's strided rows
+    several times faster) or ``EntryRows``, into rows ``at`` of ``dest`` (N, W), a
+    contiguous float32 array."""
     if isinstance(per, EntryRows):
-        return per.take(t, b)
-    if isinstance(per, torch.Tensor):
-        return per[torch.from_numpy(np.asarray(t)), torch.from_numpy(np.asarray(b))].numpy()
-    return per[t, b]
+        per.put(dest, at, t, b)
+    elif isinstance(per, torch.Tensor):
+        dest[at] = per[torch.from_numpy(np.asarray(t)), torch.from_numpy(np.asarray(b))].numpy()
+    else:
+        dest[at] = per[t, b]
 
 
 def sum_per_target(x: torch.Tensor) -> torch.Tensor:
@@ -205,16 +228,21 @@ class TopK:
         if not len(rows):
             return
         cand = np.concatenate([self.v[rows], wmax[rows]], axis=1)               # (R, k+B)
-        cwin = np.concatenate([np.where(self.win[rows] < 0, np.iinfo(np.int64).max,
-                                        self.win[rows]), np.broadcast_to(win, (len(rows), B))], 1)
+        cwin = np.concatenate([self.win[rows], np.broadcast_to(win, (len(rows), B))], 1)
         keep = np.zeros(cand.shape, dtype=bool)        # best k; ties go to the earlier window
-        np.put_along_axis(keep, np.lexsort((cwin, -cand), axis=-1)[:, :k], True, axis=1)
+        key = best_first_keys(cand, cwin)
+        if key is not None:                            # one number per candidate: partition
+            best = np.argpartition(key, key.shape[1] - k, axis=1)[:, key.shape[1] - k:]
+        else:
+            best = np.lexsort((np.where(cwin < 0, np.iinfo(np.int64).max, cwin), -cand),
+                              axis=-1)[:, :k]
+        np.put_along_axis(keep, best, True, axis=1)
         i, slot, b = swaps(keep, k)
         r = rows[i]
         self.v[r, slot] = wmax[r, b]
         self.win[r, slot] = win[b]
         self.peak[r, slot] = peak[r, b]
-        self.acts[r, slot] = take_rows(per, r, b)
+        put_rows(self.acts.reshape(-1, self.acts.shape[2]), r * k + slot, per, r, b)
         self.low[rows] = self.v[rows].argmin(1)
         self.ids.add(win, ids, b)
         self.ids.prune(self.win)
@@ -444,7 +472,7 @@ class BandReservoir:
         c_i = np.minimum((wmax[t_i, b_i] / self.cell_w[t_i]).astype(np.int64), C - 1)
         self.seen += np.bincount(t_i * C + c_i, minlength=T * C).reshape(T, C)
         p = uniform(self.keys[t_i], win[b_i])
-        hit = p < self.prio[t_i, c_i].max(1)           # beats the cell's worst kept window
+        hit = p < self.prio.reshape(T * C, -1)[t_i * C + c_i].max(1)   # beats the cell's worst
         if hit.any():
             self._enter(t_i[hit], c_i[hit], p[hit], wmax[t_i[hit], b_i[hit]], b_i[hit],
                         peak, per, ids, win)
@@ -481,7 +509,7 @@ class BandReservoir:
         r = self.row[tt, cc, slot]
         r[fresh] = new
         self.row[tt, cc, slot] = r
-        self.pool.rows[r] = take_rows(per, t_i[k], b_i[k])
+        put_rows(self.pool.rows, r, per, t_i[k], b_i[k])
         self.ids.add(win, ids, b_i[k])
         self.ids.prune(self.win)
 

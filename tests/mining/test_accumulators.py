@@ -156,8 +156,8 @@ def test_grid_helpers():
 
 def test_entry_rows_are_the_dense_rows():
     """Rows built from a batch's nonzero entries (the miner's SAE path) equal the rows
-    gathered from the dense batch, asked in any order and more than once."""
-    from featviz.mining.accumulators import EntryRows, take_rows
+    gathered from the dense batch, asked in any order, over rows that held others."""
+    from featviz.mining.accumulators import EntryRows, put_rows
     g = torch.Generator().manual_seed(1)
     T, B, W = 7, 5, 9
     per = torch.rand(B, W, T, generator=g)
@@ -166,6 +166,13 @@ def test_entry_rows_are_the_dense_rows():
     r, t = torch.nonzero(per.permute(1, 2, 0).reshape(B * W, T), as_tuple=True)
     rows = EntryRows(t * B + r // W, r % W, per.permute(1, 2, 0).reshape(B * W, T)[r, t],
                      T, B, W)
-    ts, bs = np.array([6, 0, 3, 0, 2, 6]), np.array([4, 0, 2, 0, 1, 3])
-    assert np.array_equal(take_rows(rows, ts, bs), take_rows(per, ts, bs))
-    assert take_rows(rows, ts[:0], bs[:0]).shape == (0, W)
+    ts, bs = np.array([6, 0, 3, 5, 2, 6]), np.array([4, 0, 2, 0, 1, 3])
+    at = np.array([9, 2, 0, 5, 7, 3])
+    for _ in range(2):
+        got, want = np.full((10, W), 5.0, np.float32), np.full((10, W), 5.0, np.float32)
+        put_rows(got, at, rows, ts, bs)
+        put_rows(want, at, per, ts, bs)
+        assert np.array_equal(got, want)
+        assert np.array_equal(want[at], per[ts, bs].numpy())
+        ts, bs = ts[::-1].copy(), bs[::-1].copy()
+    put_rows(got, at[:0], rows, ts[:0], bs[:0])
