@@ -32,7 +32,7 @@ from featviz.mining.records import TargetExemplars
 from featviz.model.forward import run
 from featviz.targets.core import Atom, Target, all_sites
 from featviz.targets.kinds import TORCH_OPS, head_norms, topk_relu, topk_relu_entries
-from featviz.targets.sae import encode, topk_scores
+from featviz.targets.sae import encode, relu_entries, topk_scores
 
 
 @dataclass
@@ -152,6 +152,9 @@ def read_values(captures: dict, targets: list[Target], handle,
                 t, v = entries[0].reshape(-1), entries[1].reshape(-1)
                 keep = v != 0
                 nonzero = Nonzero(rows[keep], t[keep], v[keep].float())
+            elif whole and (got := relu_entries(spec, w, x, TORCH_OPS)) is not None:
+                x, rows, t, v = got                        # entries from the mask, no scan
+                nonzero = Nonzero(rows, t, v.float())
             else:
                 x = encode(spec, w, x, TORCH_OPS)
                 if whole:                                  # one scan, where the miner needs it

@@ -361,6 +361,29 @@ def topk_scores(spec: SaeSpec, w: dict, x, ops):
     return h * w["dec_norm"] if "dec_norm" in w else h
 
 
+def relu_entries(spec: SaeSpec, w: dict, x, ops):
+    """A standard or JumpReLU SAE's features of the hooked torch ``x`` (no gradient) as
+    ``encode`` gives them, (..., d_sae), and (row, feature, value) of the nonzero ones
+    (rows of the flattened leading axes, ascending): a feature is its pre-activation h
+    where h > 0 and h > its threshold, else 0.  One compare and a scan of the mask, where
+    encode takes three passes and the miner a scan of the result.  None for the other
+    architectures, and when h is not all finite (then encode, whose NaN propagate)."""
+    if spec.architecture not in ("standard", "jumprelu"):
+        return None
+    h = ops.affine(encoder_input(spec, w, x, ops), w["W_enc"], w["b_enc"])
+    if not bool(h.sum().isfinite()):              # (a finite sum: every entry finite)
+        return None
+    flat = h.reshape(-1, spec.d_sae)
+    on = flat > 0
+    if spec.architecture == "jumprelu":
+        thr = w["threshold"]
+        on = flat > thr if bool((thr >= 0).all()) else on & (flat > thr)
+    rows, feats = on.nonzero(as_tuple=True)
+    vals = flat[rows, feats]
+    flat.zero_()[rows, feats] = vals               # h is ours: the features in place
+    return flat.view(h.shape), rows, feats, vals
+
+
 def encode(spec: SaeSpec, w: dict, x, ops, index=None):
     """Feature activations of the hooked activation ``x`` (..., width): all of them
     (..., d_sae) when ``index`` is None, else feature ``index`` (...,).  ``w``: the weights

@@ -16,6 +16,8 @@ from featviz.mining.cache import slug
 from featviz.mining.miner import MineConfig, read_all
 from featviz.model.forward import run, with_bos
 from featviz.targets.effects import logit_effect, output_direction
+from featviz.targets.kinds import TORCH_OPS
+from featviz.targets.sae import encode
 from featviz.targets.read import evaluate_ids
 
 sae_lens = pytest.importorskip("sae_lens")
@@ -229,7 +231,32 @@ def test_mining_every_feature_encodes_once_per_batch(llama, tmp_path, monkeypatc
     assert abs(alone.values[str(t)][r.top[0].peak] - r.top[0].value) < 1e-4
 
 
-@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "standard", "gated"])
+def test_a_whole_dictionary_reads_as_encode_does(llama, tmp_path, arch):
+    """The whole-dictionary reading (TopK by blocked_topk, ReLU and JumpReLU from the mask
+    of their pre-activations, the rest by encode and a scan) gives the dense features of
+    ``encode`` to the bit and exactly their nonzero entries, NaN inputs included."""
+    cfg_k = {"k": 6} if arch == "topk" else {}
+    sae = make_sae(arch, llama.d_model, 64, "blocks.1.hook_resid_post", **cfg_k)
+    ts = featviz.parse_targets(f"sae:{saved(sae, tmp_path / 'k')}:all", llama)
+    caps, _ = hooked(llama, ts[0].site[0], ts[0].layer)
+    x = caps[ts[0].site]
+    spec, w = ts[0].sae_spec, ts[0].sae_weights(llama, x)
+    for poison in (False, True):
+        if poison:
+            x[0, 1, 3] = float("nan")
+        per, nz = miner_mod.read_values(caps, ts, llama)
+        want = encode(spec, w, x, TORCH_OPS)
+        assert torch.equal(per.permute(1, 2, 0), want.float()) or \
+            (poison and torch.equal(per.permute(1, 2, 0).nan_to_num(), want.nan_to_num()))
+        if not poison:
+            flat = want.reshape(-1, spec.d_sae)
+            r, t = torch.nonzero(flat, as_tuple=True)
+            got = sorted(zip(nz.rows.tolist(), nz.targets.tolist(), nz.values.tolist()))
+            assert got == sorted(zip(r.tolist(), t.tolist(), flat[r, t].tolist()))
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu", "standard"])
 def test_a_whole_dictionary_mines_the_same_from_its_entries(llama, tmp_path, monkeypatch,
                                                              arch):
     """Mining all features of an SAE reduces each batch from its nonzero entries (for TopK
