@@ -217,8 +217,15 @@ def test_mining_every_feature_encodes_once_per_batch(llama, tmp_path, monkeypatc
     corpus.write_text((TEXT + " ") * 40)
     ts = featviz.parse_targets(f"sae:{path}:all", llama)
     calls, batches = [], []
-    real, real_batch = miner_mod.encode, miner_mod.read_batch
+    real, real_batch, real_relu = miner_mod.encode, miner_mod.read_batch, miner_mod.relu_entries
     monkeypatch.setattr(miner_mod, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def relu_entries(*a):                                   # an encoding when it gives one
+        got = real_relu(*a)
+        if got is not None:
+            calls.append(1)
+        return got
+    monkeypatch.setattr(miner_mod, "relu_entries", relu_entries)
     monkeypatch.setattr(miner_mod, "read_batch",
                         lambda *a, **k: batches.append(1) or real_batch(*a, **k))
     cfg = MineConfig(max_tokens=600, window=24, batch_size=8)
