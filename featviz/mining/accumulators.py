@@ -142,11 +142,13 @@ class EntryRows:
     def put(self, dest: np.ndarray, at: np.ndarray, t: np.ndarray, b: np.ndarray) -> None:
         """dest[at[i]] = row (t[i], b[i]); the pairs distinct (as the accumulators ask)."""
         want = torch.from_numpy(np.asarray(t) * self.B + np.asarray(b))
-        self.slot[want] = torch.from_numpy(np.asarray(at, dtype=np.int64))
+        at = torch.from_numpy(np.asarray(at, dtype=np.int64))
+        self.slot[want] = at
         s = self.slot[self.key]
         hit = torch.nonzero(s >= 0).squeeze(1)
-        dest[at] = 0
-        torch.from_numpy(dest).view(-1)[s[hit] * self.W + self.w[hit]] = self.v[hit]
+        d = torch.from_numpy(dest)
+        d.index_fill_(0, at, 0.0)                       # (numpy's dest[at] = 0: 10x slower)
+        d.view(-1)[s[hit] * self.W + self.w[hit]] = self.v[hit]
         self.slot[want] = -1
 
 
