@@ -176,3 +176,25 @@ def test_entry_rows_are_the_dense_rows():
         assert np.array_equal(want[at], per[ts, bs].numpy())
         ts, bs = ts[::-1].copy(), bs[::-1].copy()
     put_rows(got, at[:0], rows, ts[:0], bs[:0])
+
+
+def test_best_first_keys_rank_as_the_two_key_sort():
+    """TopK's one-number keys order candidates as (value descending, then the earlier
+    window; an empty slot last among its value) does, over ties, signed zeros, infinities
+    and empty slots; values that are not float32 get no keys (the two-key sort then)."""
+    from featviz.mining.accumulators import best_first_keys
+    rng = np.random.default_rng(0)
+    pool = np.array([-np.inf, -3.0, -1.0, -0.0, 0.0, float(np.float32(1e-30)), 2.5, np.inf,
+                     float(np.float32(0.1)), -float(np.float32(0.1))])
+    for _ in range(50):
+        v = rng.choice(pool, size=(5, 30))
+        w = np.stack([rng.permutation(40)[:30] for _ in range(5)])
+        w[rng.random((5, 30)) < 0.2] = -1
+        key = best_first_keys(v, w)
+        for r in range(5):
+            mine = np.argsort(-key[r], kind="stable")
+            ref = np.lexsort((np.where(w[r] < 0, np.iinfo(np.int64).max, w[r]), -v[r]))
+            assert [(v[r, i] + 0.0, w[r, i]) for i in mine] == \
+                [(v[r, i] + 0.0, w[r, i]) for i in ref]
+    assert best_first_keys(np.array([[1e-30]]), np.array([[0]])) is None
+    assert best_first_keys(np.array([[1.0]]), np.array([[2 ** 31]])) is None
