@@ -77,10 +77,13 @@ def blocked_topk(v, k: int):
     same k entries as ``v.topk(k)`` (in another order within the k), about twice as fast on
     a CPU for k much below the axis (an SAE's d_sae): the axis is split into ``nb`` strided
     blocks (block j holds entries j, j + nb, ...); the k largest entries all lie in the k
-    blocks of largest max (a block outside holds nothing above those k maxima), and among
-    those blocks in the entries at least the k-th largest max, a few more than k per row.
-    Rows with a tie at the k-th value (where torch.topk's own choice decides) or a NaN are
-    redone by torch.topk."""
+    blocks of largest max (a block outside holds nothing above those k maxima), so the
+    k-th largest entry of those k blocks' entries is the k-th of the row.  Both k-th values
+    come from sorting rows (numpy's sort on a CPU: several times torch.topk's speed on
+    short rows); the entries at or above them are then found by one compare.  Rows with a
+    tie at the k-th block max or at the k-th value (where torch.topk's own choice decides)
+    or a NaN are redone by torch.topk."""
+    import numpy as np
     import torch
     n = v.shape[-1]
     nb = _blocks(n, k)
@@ -91,26 +94,40 @@ def blocked_topk(v, k: int):
     R, m = h.shape[0], n // nb
     hv = h.view(R, m, nb)
     bmax = hv.amax(1)                                                # (R, nb) block maxima
-    bt = bmax.topk(k + 1, dim=1)
-    blk, tau, nxt = bt.indices[:, :k], bt.values[:, k - 1], bt.values[:, k]
+    on_cpu = bmax.device.type == "cpu" and bmax.dtype in (torch.float32, torch.float64)
+
+    def two_largest(x, i):          # the i-th and (i+1)-th largest of each row (NaN: largest)
+        if on_cpu:                  # numpy's sort: several times torch.topk's speed here
+            srt = torch.from_numpy(np.sort(x.numpy(), axis=1))
+            return srt[:, -i], srt[:, -i - 1], torch.isnan(srt[:, -1])
+        top = x.topk(i + 1, dim=1)
+        return top.values[:, i - 1], top.values[:, i], torch.isnan(x).any(1)
+
+    def exactly(on, i):             # column indices (R, i) of rows with i entries on, in order
+        if on_cpu:
+            return torch.from_numpy(np.flatnonzero(on.numpy()) % on.shape[1]).view(R, i)
+        return torch.nonzero(on)[:, 1].view(R, i)
+
+    tau, nxt, nan = two_largest(bmax, k)
+    redo = ~(nxt < tau) | nan                   # not exactly k blocks at or above tau
+    sel = bmax >= tau[:, None]
+    if bool(redo.any()):                        # any k blocks: these rows are redone
+        sel[redo] = torch.arange(nb, device=h.device) < k
+    blk = exactly(sel, k)
     cand = hv.gather(2, blk[:, None, :].expand(R, m, k)).reshape(R, m * k)
-    row, j = torch.nonzero(cand >= tau[:, None], as_tuple=True)     # >= k per row
-    cnt = torch.bincount(row, minlength=R)
-    width = int(cnt.max()) if R else k
-    at = torch.arange(len(row)) - (cnt.cumsum(0) - cnt)[row]
-    vals = torch.full((R, width), -torch.inf, dtype=h.dtype)
-    vals[row, at] = cand[row, j]
-    cols = torch.zeros((R, width), dtype=torch.int64)
-    cols[row, at] = (j // k) * nb + blk[row, j % k]
-    top = vals.topk(min(k + 1, width), dim=1)
-    out_v, out_i = top.values[:, :k], cols.gather(1, top.indices[:, :k])
-    redo = (out_v[:, -1] == nxt) | torch.isnan(bmax).any(1)
-    if width > k:
-        redo |= top.values[:, k] == out_v[:, -1]
+    kth, after, _ = two_largest(cand, k)
+    redo |= ~(after < kth)                      # a tie at the k-th value: torch.topk decides
+    best = cand >= kth[:, None]
     if bool(redo.any()):
+        best[redo] = torch.arange(m * k, device=h.device) < k
+        j = exactly(best, k)
         r = torch.nonzero(redo).squeeze(1)
         full = h[r].topk(k, dim=-1)
-        out_v, out_i = out_v.index_put((r,), full.values), out_i.index_put((r,), full.indices)
+        out_v = cand.gather(1, j).index_put((r,), full.values)
+        out_i = ((j // k) * nb + blk.gather(1, j % k)).index_put((r,), full.indices)
+    else:
+        j = exactly(best, k)
+        out_v, out_i = cand.gather(1, j), (j // k) * nb + blk.gather(1, j % k)
     return out_i.reshape(v.shape[:-1] + (k,)), out_v.reshape(v.shape[:-1] + (k,))
 
 
