@@ -81,9 +81,10 @@ class RowPool:
     pool's memory is touched page by page, not one page per row (first touches of fresh
     pages dominate a first batch otherwise)."""
 
-    def __init__(self, width: int):
-        self.rows = np.zeros((0, width), dtype=np.float32)
+    def __init__(self, width: int, capacity: int = 0):
+        self.rows = np.zeros((capacity, width), dtype=np.float32)   # (pages untouched: free)
         self.n = 0
+        self.zero_from = 0             # rows from here on have never been written: all 0
 
     def alloc(self, n: int, live: np.ndarray) -> np.ndarray:
         """Indices of ``n`` new rows; ``live``: the slots' row indices (-1 empty), which are
@@ -95,19 +96,28 @@ class RowPool:
                 self.rows[:len(keep)] = self.rows[keep]
                 live[live >= 0] = np.searchsorted(keep, live[live >= 0])
                 self.n = len(keep)
-            if self.n + n > len(self.rows):
-                grown = np.empty((max(2 * len(self.rows), self.n + n, 64), self.rows.shape[1]),
+            if self.n + n > len(self.rows):               # (zeroed pages cost nothing untouched)
+                grown = np.zeros((max(2 * len(self.rows), self.n + n, 64), self.rows.shape[1]),
                                  dtype=np.float32)
                 grown[:self.n] = self.rows[:self.n]
-                self.rows = grown
+                self.rows, self.zero_from = grown, self.n
         self.n += n
         return np.arange(self.n - n, self.n)
+
+    def written(self, at: np.ndarray) -> np.ndarray:
+        """Which of rows ``at`` may hold values (the rest are still zero), before they are
+        written; marks them written."""
+        dirty = at < self.zero_from
+        if len(at):
+            self.zero_from = max(self.zero_from, int(at.max()) + 1)
+        return dirty
 
     def add(self, o: "RowPool", o_live: np.ndarray, live: np.ndarray) -> np.ndarray:
         """Append ``o``'s rows (``live``: this pool's slots, as in ``alloc``); returns ``o``'s
         slots ``o_live`` renumbered to them."""
         self.alloc(o.n, live)
         self.rows[self.n - o.n:self.n] = o.rows[:o.n]
+        self.zero_from = max(self.zero_from, self.n)
         return np.where(o_live >= 0, o_live + (self.n - o.n), -1)
 
 
@@ -139,14 +149,18 @@ class EntryRows:
         self.key, self.w, self.v, self.B, self.W = key, w, v, B, W
         self.slot = torch.full((T * B,), -1, dtype=torch.int64)    # reset after each put
 
-    def put(self, dest: np.ndarray, at: np.ndarray, t: np.ndarray, b: np.ndarray) -> None:
-        """dest[at[i]] = row (t[i], b[i]); the pairs distinct (as the accumulators ask)."""
+    def put(self, dest: np.ndarray, at: np.ndarray, t: np.ndarray, b: np.ndarray,
+            dirty: np.ndarray | None = None) -> None:
+        """dest[at[i]] = row (t[i], b[i]); the pairs distinct (as the accumulators ask);
+        ``dirty``: which rows ``at`` may hold values (None: all; the others are zero)."""
         want = torch.from_numpy(np.asarray(t) * self.B + np.asarray(b))
         at = torch.from_numpy(np.asarray(at, dtype=np.int64))
         self.slot[want] = at
         s = self.slot[self.key]
         hit = torch.nonzero(s >= 0).squeeze(1)
         d = torch.from_numpy(dest)
+        if dirty is not None:
+            at = at[torch.from_numpy(dirty)]
         d.index_fill_(0, at, 0.0)                       # (numpy's dest[at] = 0: 10x slower)
         d.view(-1)[s[hit] * self.W + self.w[hit]] = self.v[hit]
         self.slot[want] = -1
@@ -168,13 +182,15 @@ def best_first_keys(v: np.ndarray, win: np.ndarray) -> np.ndarray | None:
     return (bits << 32) | (_WIN_CAP - np.where(win < 0, _WIN_CAP, win))
 
 
-def put_rows(dest: np.ndarray, at: np.ndarray, per, t: np.ndarray, b: np.ndarray) -> None:
+def put_rows(dest: np.ndarray, at: np.ndarray, per, t: np.ndarray, b: np.ndarray,
+             dirty: np.ndarray | None = None) -> None:
     """dest[at] = per[t, b]: rows (each a window's values) of a batch ``per`` (T, B, W), a
     numpy array, a torch tensor of any strides (torch gathers the miner's strided rows
     several times faster) or ``EntryRows``, into rows ``at`` of ``dest`` (N, W), a
-    contiguous float32 array."""
+    contiguous float32 array; ``dirty``: which rows ``at`` may hold values now (None: any;
+    ``EntryRows`` writes only its entries into the others, which are zero)."""
     if isinstance(per, EntryRows):
-        per.put(dest, at, t, b)
+        per.put(dest, at, t, b, dirty)
     elif isinstance(per, torch.Tensor):
         dest[at] = per[torch.from_numpy(np.asarray(t)), torch.from_numpy(np.asarray(b))].numpy()
     else:
@@ -241,10 +257,11 @@ class TopK:
         np.put_along_axis(keep, best, True, axis=1)
         i, slot, b = swaps(keep, k)
         r = rows[i]
+        dirty = self.win[r, slot] >= 0                 # (a slot never filled: a zero row)
         self.v[r, slot] = wmax[r, b]
         self.win[r, slot] = win[b]
         self.peak[r, slot] = peak[r, b]
-        put_rows(self.acts.reshape(-1, self.acts.shape[2]), r * k + slot, per, r, b)
+        put_rows(self.acts.reshape(-1, self.acts.shape[2]), r * k + slot, per, r, b, dirty)
         self.low[rows] = self.v[rows].argmin(1)
         self.ids.add(win, ids, b)
         self.ids.prune(self.win)
@@ -455,7 +472,7 @@ class BandReservoir:
         self.peak = np.zeros((T, C, S), dtype=np.int64)
         self.ids = WindowIds()
         self.row = np.full((T, C, S), -1, dtype=np.int64)   # each slot's values: pool.rows
-        self.pool = RowPool(width)
+        self.pool = RowPool(width, T * C * S)           # every slot filled: no growth
 
     def update(self, wmax, peak, per, ids, win) -> None:
         C = self.C
@@ -515,7 +532,7 @@ class BandReservoir:
         r = self.row[tt, cc, slot]
         r[fresh] = new
         self.row[tt, cc, slot] = r
-        put_rows(self.pool.rows, r, per, t_i[k], b_i[k])
+        put_rows(self.pool.rows, r, per, t_i[k], b_i[k], self.pool.written(r))
         self.ids.add(win, ids, b_i[k])
         self.ids.prune(self.win)
 
@@ -721,36 +738,36 @@ class PositionMaxima:
         torch.maximum(self.pmean_max[1:], means, out=self.pmean_max[1:])
         self._lists = None
 
-    def update_positive(self, rows: torch.Tensor, t: torch.Tensor, v: torch.Tensor,
-                        B: int, W: int) -> None:
+    def update_positive(self, w: torch.Tensor, key: torch.Tensor, t: torch.Tensor,
+                        v: torch.Tensor, B: int, W: int) -> None:
         """``update`` from the entries of a batch (B, W) where it may be nonzero, all
-        positive and finite (the miner's ``Nonzero``, rows ascending), the same figures.
+        positive and finite (the miner's ``Nonzero``, in ascending row order): position
+        ``w``, ``key`` = target * B + window, target ``t``, value ``v``; the same figures.
         A window's prefix sum is its entries added up in position order (a zero added
         changes no float sum), nondecreasing, so the max over windows of the prefix sum at
         position w is the running max over positions <= w of the sums at the entries (and
         0 where no window has one yet)."""
         T = self.pos_max.shape[1]
-        w = rows % W
-        bmax = torch.zeros(W * T).scatter_reduce_(0, w * T + t, v, "amax").view(W, T)
+        at_pos = w * T + t
+        bmax = torch.zeros(W * T).scatter_reduce_(0, at_pos, v, "amax").view(W, T)
         torch.maximum(self.pos_max, bmax, out=self.pos_max)
-        wn, key = w.numpy(), (t * B + rows // W).numpy()
+        wn = w.numpy()
         order = np.argsort(wn.astype(np.uint8 if W <= 256 else np.int32), kind="stable")
         ends = np.cumsum(np.bincount(wn, minlength=W))      # by position, rows in order
         vals = v.numpy()[order]
-        key = key[order]
+        key = key.numpy()[order]
         run = np.zeros(T * B, dtype=np.float32)             # each window's prefix sum
         sums = np.empty_like(vals)
         for p in range(1, W):                               # a window's entries at p: one each
             sl = slice(ends[p - 1], ends[p])
             run[key[sl]] += vals[sl]
             sums[sl] = run[key[sl]]
-        at = slice(ends[0], len(vals))                      # positions >= 1
-        best = np.zeros(W * T, dtype=np.float32)
-        np.maximum.at(best, (wn[order] * T + t.numpy()[order])[at], sums[at])
-        best = best.reshape(W, T)[1:]
+        at = order[ends[0]:]                                # positions >= 1
+        best = torch.zeros(W * T).scatter_reduce_(0, at_pos[at], torch.from_numpy(sums[ends[0]:]),
+                                                  "amax").view(W, T)[1:]
+        bn = best.numpy()
         for p in range(1, W - 1):                           # running max over positions
-            np.maximum(best[p - 1], best[p], out=best[p])
-        best = torch.from_numpy(best)
+            np.maximum(bn[p - 1], bn[p], out=bn[p])
         means = best / torch.arange(1, W, dtype=torch.float32)[:, None]
         torch.maximum(self.pmean_max[1:], means, out=self.pmean_max[1:])
         self._lists = None

@@ -260,13 +260,19 @@ class Miner:
         largest entry or 0, its peak the first position holding it (the first position
         when it is 0), as the dense reductions find them; no full-size pass."""
         T, B, W = per_t.shape
-        b, w = nz.rows // W, nz.rows % W
+        if W & (W - 1):
+            b, w = nz.rows // W, nz.rows % W
+        else:                                                # (shifts: 3x integer division)
+            b, w = nz.rows >> (W.bit_length() - 1), nz.rows & (W - 1)
         key_all = nz.targets * B + b
-        a = w >= start                                       # BOS excluded unless asked
-        t, v, wa, key = nz.targets[a], nz.values[a], w[a], key_all[a]
+        t, v, wa, key = nz.targets, nz.values, w, key_all
+        if start:                                            # BOS excluded unless asked
+            a = torch.nonzero(w >= start).squeeze(1)
+            t, v, wa, key = (x.index_select(0, a) for x in (t, v, wa, key))
         mx = torch.zeros(T * B).scatter_reduce_(0, key, v, "amax")
-        at_max = v == mx[key]
-        first = torch.full((T * B,), W).scatter_reduce_(0, key[at_max], wa[at_max], "amin")
+        at_max = torch.nonzero(v == mx[key]).squeeze(1)
+        first = torch.full((T * B,), W).scatter_reduce_(0, key.index_select(0, at_max),
+                                                        wa.index_select(0, at_max), "amin")
         wmax = mx.view(T, B).numpy()
         peak = torch.where(first < W, first, start).view(T, B).numpy()
         count = torch.bincount(t, minlength=T)
@@ -276,7 +282,7 @@ class Miner:
         self.top.update(wmax, peak, rows, ids, win)
         self.moments.update(per_t[:, :, start:], None, mx.view(T, B).amax(dim=1), lo,
                             (wa - start, t, v))
-        self.positions.update_positive(nz.rows, nz.targets, nz.values, B, W)
+        self.positions.update_positive(w, key_all, nz.targets, nz.values, B, W)
         return self._windows(wmax, peak, per_t, ids, win, rows)
 
     def merge(self, other: "Miner") -> "Miner":
