@@ -472,7 +472,8 @@ class BandReservoir:
         self.peak = np.zeros((T, C, S), dtype=np.int64)
         self.ids = WindowIds()
         self.row = np.full((T, C, S), -1, dtype=np.int64)   # each slot's values: pool.rows
-        self.pool = RowPool(width, T * C * S)           # every slot filled: no growth
+        self.pool = RowPool(width, min(T * C * S, 2 ** 30 // (4 * width)))  # room for every
+        # slot (up to 1 GiB, untouched pages cost nothing): no growth copies
 
     def update(self, wmax, peak, per, ids, win) -> None:
         C = self.C

@@ -9,7 +9,7 @@ targets, so thousands of neurons cost little beyond the forward pass itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -98,11 +98,13 @@ class ReadPlan:
     (for a whole SAE dictionary the per-target Python work costs milliseconds per batch):
     ``groups`` of (how, target positions, selected units, whether they are 0..n-1) and
     the positions read target by target; ``in_order``: whether groups then singles list
-    the targets in their order (the usual case: the parts are stacked as they come)."""
+    the targets in their order (the usual case: the parts are stacked as they come);
+    ``scratch``: buffers reused batch after batch (a whole SAE dictionary's encoding)."""
 
     groups: tuple
     single: tuple
     in_order: bool
+    scratch: dict = field(default_factory=dict, compare=False)
 
 
 def plan_reading(targets: list[Target], handle) -> ReadPlan:
@@ -134,7 +136,8 @@ def read_values(captures: dict, targets: list[Target], handle,
     """Per-position values of many targets (n_targets, batch, seq), and their ``Nonzero``
     entries when the targets are all the features of one SAE in order (for TopK the k
     encoded per token; otherwise one scan of the encoding), else None.  ``plan``: the
-    targets' ``plan_reading``, when the caller reads them batch after batch."""
+    targets' ``plan_reading``, when the caller reads them batch after batch (then a whole
+    dictionary's values lie in the plan's buffer: valid until the next read with it)."""
     plan = plan or plan_reading(targets, handle)
     parts, nonzero = [], None                             # (target positions, (n, B, S) values)
     for how, idx, sel, from_zero in plan.groups:
@@ -143,8 +146,9 @@ def read_values(captures: dict, targets: list[Target], handle,
         if how == "sae":                                   # one encoding: every feature
             spec, w = first.sae_spec, first.sae_weights(handle, x)
             whole = from_zero and len(sel) == spec.d_sae and len(idx) == len(targets)
+            buf = _buffer(plan.scratch, (x[..., 0].numel(), spec.d_sae), x) if whole else None
             if whole and spec.architecture == "topk":      # the k entries per token it chose
-                h = topk_scores(spec, w, x, TORCH_OPS)
+                h = topk_scores(spec, w, x, TORCH_OPS, buf)
                 entries = topk_relu_entries(h, spec.k)
                 x = topk_relu(h, spec.k, entries)
                 rows = torch.arange(entries[0][..., 0].numel(), device=x.device)
@@ -152,7 +156,7 @@ def read_values(captures: dict, targets: list[Target], handle,
                 t, v = entries[0].reshape(-1), entries[1].reshape(-1)
                 keep = v != 0
                 nonzero = Nonzero(rows[keep], t[keep], v[keep].float())
-            elif whole and (got := relu_entries(spec, w, x, TORCH_OPS)) is not None:
+            elif whole and (got := relu_entries(spec, w, x, TORCH_OPS, buf)) is not None:
                 x, rows, t, v = got                        # entries from the mask, no scan
                 nonzero = Nonzero(rows, t, v.float())
             else:
@@ -174,6 +178,16 @@ def read_values(captures: dict, targets: list[Target], handle,
     for idx, v in parts:
         out[torch.as_tensor(idx, device=v.device)] = v.to(out.dtype)
     return out, nonzero
+
+
+def _buffer(scratch: dict, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """A contiguous float buffer of ``shape`` (rows, n) on ``like``'s device and dtype,
+    kept in ``scratch`` and reused while its rows suffice."""
+    key = (shape[1], like.device, like.dtype)
+    buf = scratch.get(key)
+    if buf is None or buf.shape[0] < shape[0]:
+        buf = scratch[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+    return buf[:shape[0]]
 
 
 def read_batch(handle, targets: list[Target], sites, ids: np.ndarray,

@@ -47,10 +47,15 @@ class Ops:
     affine: Callable      # affine(x, W, b): x @ W + b
 
 
-def _affine(x, w, b):
-    if x.dim() < 2 or w.dim() != 2 or b.dim() != 1:
+def _affine(x, w, b, out=None):
+    """x @ w + b; ``out``: a contiguous (rows, w.shape[1]) buffer to write it into (torch
+    only, the same bits: a buffer used batch after batch saves the first touch of fresh
+    pages, a tenth of the matmul's time for an SAE's encoding on a CPU)."""
+    if out is None and (x.dim() < 2 or w.dim() != 2 or b.dim() != 1):
         return x @ w + b
-    return b.addmm(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[1],))
+    import torch
+    return torch.addmm(b, x.reshape(-1, x.shape[-1]), w, out=out).view(
+        x.shape[:-1] + (w.shape[1],))
 
 
 def topk_relu_entries(v, k: int):

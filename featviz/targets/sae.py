@@ -354,24 +354,34 @@ def encoder_input(spec: SaeSpec, w: dict, x, ops):
     return x
 
 
-def topk_scores(spec: SaeSpec, w: dict, x, ops):
+def _pre(spec: SaeSpec, w: dict, x, ops, out=None):
+    """The encoder's pre-activations of the hooked ``x``; ``out``: a torch buffer for them
+    (``targets.kinds`` torch ``affine``)."""
+    args = (encoder_input(spec, w, x, ops), w["W_enc"], w["b_enc"])
+    return ops.affine(*args) if out is None else ops.affine(*args, out=out)
+
+
+def topk_scores(spec: SaeSpec, w: dict, x, ops, out=None):
     """A TopK SAE's scores h (..., d_sae) of the hooked ``x``: its features are the ReLU of
-    the k largest, the others 0."""
-    h = ops.affine(encoder_input(spec, w, x, ops), w["W_enc"], w["b_enc"])
-    return h * w["dec_norm"] if "dec_norm" in w else h
+    the k largest, the others 0.  ``out``: a torch buffer to compute them in."""
+    h = _pre(spec, w, x, ops, out)
+    if "dec_norm" not in w:
+        return h
+    return h * w["dec_norm"] if out is None else h.mul_(w["dec_norm"])
 
 
-def relu_entries(spec: SaeSpec, w: dict, x, ops):
+def relu_entries(spec: SaeSpec, w: dict, x, ops, out=None):
     """A standard or JumpReLU SAE's features of the hooked torch ``x`` (no gradient) as
     ``encode`` gives them, (..., d_sae), and (row, feature, value) of the nonzero ones
     (rows of the flattened leading axes, ascending): a feature is its pre-activation h
     where h > 0 and h > its threshold, else 0.  One compare and a scan of the mask, where
     encode takes three passes and the miner a scan of the result.  None for the other
-    architectures, and when h is not all finite (then encode, whose NaN propagate)."""
+    architectures, and when h is not all finite (then encode, whose NaN propagate).
+    ``out``: a buffer (rows, d_sae) to compute them in."""
     if spec.architecture not in ("standard", "jumprelu"):
         return None
     import torch
-    h = ops.affine(encoder_input(spec, w, x, ops), w["W_enc"], w["b_enc"])
+    h = _pre(spec, w, x, ops, out)
     if not bool(h.sum().isfinite()):              # (a finite sum: every entry finite)
         return None
     flat = h.reshape(-1, spec.d_sae)
