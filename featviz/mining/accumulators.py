@@ -166,6 +166,21 @@ class EntryRows:
         self.slot[want] = -1
 
 
+def by_cell_then_priority(g: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``np.lexsort((p, g))`` for cells ``g`` (int64, >= 0) and priorities ``p`` (float64
+    in [0, 1)): one sort of one uint64 key, the cell high and the priority's top bits low
+    (a positive float's bits order as it does), ten times lexsort's speed; lexsort itself
+    where two keys tie (a tie in p, or in its kept bits) or a cell is beyond 2**19."""
+    if len(g) and p.dtype == np.float64 and 0 <= g.min() and g.max() < 2 ** 19 and \
+            (p > 0).all() and (p < 1).all():
+        key = (g.astype(np.uint64) << np.uint64(45)) | (p.view(np.uint64) >> np.uint64(17))
+        order = np.argsort(key)
+        ranked = key[order]
+        if not (ranked[1:] == ranked[:-1]).any():
+            return order
+    return np.lexsort((p, g))
+
+
 _WIN_CAP = 2 ** 31 - 1
 
 
@@ -180,6 +195,14 @@ def best_first_keys(v: np.ndarray, win: np.ndarray) -> np.ndarray | None:
     bits = (f + np.float32(0)).view(np.int32).astype(np.int64)        # (-0 counts as 0)
     bits = np.where(bits < 0, bits ^ 0x7FFFFFFF, bits)                 # ascending as floats
     return (bits << 32) | (_WIN_CAP - np.where(win < 0, _WIN_CAP, win))
+
+
+def _best_first(v: np.ndarray, win: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k best candidates (value, then the earlier window)."""
+    key = best_first_keys(v, win)
+    if key is not None:                                # one number per candidate: partition
+        return np.argpartition(key, key.shape[1] - k, axis=1)[:, key.shape[1] - k:]
+    return np.lexsort((np.where(win < 0, np.iinfo(np.int64).max, win), -v), axis=-1)[:, :k]
 
 
 def put_rows(dest: np.ndarray, at: np.ndarray, per, t: np.ndarray, b: np.ndarray,
@@ -248,12 +271,13 @@ class TopK:
         cand = np.concatenate([self.v[rows], wmax[rows]], axis=1)               # (R, k+B)
         cwin = np.concatenate([self.win[rows], np.broadcast_to(win, (len(rows), B))], 1)
         keep = np.zeros(cand.shape, dtype=bool)        # best k; ties go to the earlier window
-        key = best_first_keys(cand, cwin)
-        if key is not None:                            # one number per candidate: partition
-            best = np.argpartition(key, key.shape[1] - k, axis=1)[:, key.shape[1] - k:]
-        else:
-            best = np.lexsort((np.where(cwin < 0, np.iinfo(np.int64).max, cwin), -cand),
-                              axis=-1)[:, :k]
+        n = cand.shape[1]
+        part = np.argpartition(cand, n - k, axis=1)    # by value: the k largest last
+        kth = np.take_along_axis(cand, part[:, n - k:n - k + 1], 1)[:, 0]
+        tied = np.take_along_axis(cand, part[:, :n - k], 1).max(1) == kth
+        best = part[:, n - k:]
+        if tied.any():                                 # a tie at the k-th value: windows decide
+            best[tied] = _best_first(cand[tied], cwin[tied], k)
         np.put_along_axis(keep, best, True, axis=1)
         i, slot, b = swaps(keep, k)
         r = rows[i]
@@ -507,7 +531,7 @@ class BandReservoir:
         (the same as offering the newcomers one by one)."""
         C, S = self.C, self.S
         g = t_i * C + c_i
-        order = np.lexsort((p, g))                      # by cell, then priority
+        order = by_cell_then_priority(g, p)
         g, t_i, c_i, p, v, b_i = g[order], t_i[order], c_i[order], p[order], v[order], b_i[order]
         first = np.r_[True, g[1:] != g[:-1]]
         group = np.cumsum(first) - 1

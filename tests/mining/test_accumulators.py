@@ -198,3 +198,18 @@ def test_best_first_keys_rank_as_the_two_key_sort():
                 [(v[r, i] + 0.0, w[r, i]) for i in ref]
     assert best_first_keys(np.array([[1e-30]]), np.array([[0]])) is None
     assert best_first_keys(np.array([[1.0]]), np.array([[2 ** 31]])) is None
+
+
+def test_reservoir_newcomers_sort_as_lexsort_does():
+    """The reservoir's one-key sort of newcomers (cell, then priority) is lexsort's order:
+    on the grid's priorities, on ties in the priority (then lexsort keeps the given
+    order), on cells beyond the key's 19 bits and on priorities outside (0, 1)."""
+    from featviz.mining.accumulators import by_cell_then_priority
+    rng = np.random.default_rng(0)
+    cases = [(rng.integers(0, 300_000, 5000), uniform(7, np.arange(5000))),
+             (rng.integers(0, 4, 500), np.round(rng.random(500), 2)),       # ties in p
+             (rng.integers(0, 2 ** 21, 500), rng.random(500)),              # wide cells
+             (rng.integers(0, 9, 50), np.r_[0.0, rng.random(49)]),          # p = 0
+             (np.zeros(0, np.int64), np.zeros(0))]
+    for g, p in cases:
+        assert np.array_equal(by_cell_then_priority(g, p), np.lexsort((p, g)))
