@@ -194,6 +194,20 @@ def test_hash_noise_is_uniform_and_independent():
     np.testing.assert_array_equal(u, np.asarray(hash_uniform(np.uint32(step_key(0, 0)), (64, 4096))))
 
 
+def test_hash_noise_never_reaches_0_or_1():
+    """Every uint32 word maps strictly inside (0, 1), so the Gumbel noise is finite: the
+    largest word gave exactly 1.0 (inf noise, a NaN relaxation row) with 24-bit floats."""
+    import jax.numpy as jnp
+
+    from featviz.backends.jax.relax import unit_interval
+    words = jnp.asarray(np.array([0, 1, 511, 512, 2 ** 31, 2 ** 32 - 513, 2 ** 32 - 1],
+                                 dtype=np.uint32))
+    u = np.asarray(unit_interval(words))
+    assert u.dtype == np.float32 and (0 < u).all() and (u < 1).all()
+    assert np.isfinite(-np.log(-np.log(u))).all()
+    assert u[-1] == np.float32(1 - 2 ** -24) and u[0] == np.float32(2 ** -24)
+
+
 def test_unsupported_architecture_is_a_clear_error(llama):
     h = dataclasses.replace(llama, model_type="qwen3", cache={})
     with pytest.raises(FeatvizError, match="llama, mistral, qwen2, gpt2"):

@@ -38,10 +38,18 @@ def _fmix32(x):
     return x ^ (x >> 16)
 
 
+def unit_interval(x):
+    """uint32 words as float32 in (0, 1), strictly: their top 23 bits m as (m + 0.5) / 2**23
+    (exact in float32; with 24 bits the top word's (2**24 - 0.5) / 2**24 rounds to 1.0,
+    whose Gumbel noise is inf: a NaN row in about one relaxation step in four)."""
+    import jax.numpy as jnp
+    return ((x >> 9).astype(jnp.float32) + 0.5) * (1.0 / 2 ** 23)
+
+
 def hash_uniform(key, shape):
     """Uniform noise in (0, 1) for every element of ``shape``: two rounds of fmix32 over
     (flat index, key).  Counter-based like threefry, much cheaper, fine for Gumbel noise
-    (24-bit resolution, the same as float32 uniforms)."""
+    (23-bit resolution: ``unit_interval``)."""
     import jax
     import jax.numpy as jnp
     size = 1
@@ -53,7 +61,7 @@ def hash_uniform(key, shape):
     k = jnp.asarray(key, jnp.uint32)
     x = _fmix32(idx ^ _fmix32(k))
     x = _fmix32(x + (k * jnp.uint32(0x9E3779B9) | jnp.uint32(1)))
-    return ((x >> 8).astype(jnp.float32) + 0.5) * (1.0 / 2 ** 24)
+    return unit_interval(x)
 
 
 def _st_embed_impl(y, E, E_mm, idx):
@@ -132,7 +140,7 @@ def _core_objective(jm: JaxModel, canon, *, pre, suf, n: int, hard: bool, fluenc
                                      sites, (start - 1, start - 1 + n) if fluency else False)
         act = evaluate(canon, caps, jm, directions, (start, start + n), indices=idx)
         if fluency:
-            logp = jax.nn.log_softmax(logits, axis=-1)
+            logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # (as torch does)
             xe = -(y * logp).sum(-1).mean(-1)
             score = combine(act, xe, lam, cap)
         else:

@@ -36,7 +36,7 @@ def _xe(logits, full, s, n):
     logits of positions s-1..s+n-2 (``forward_raw``'s need_logits=(s - 1, s - 1 + n))."""
     import jax
     import jax.numpy as jnp
-    logp = jax.nn.log_softmax(logits, axis=-1)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)   # (as torch does)
     tgt = full[:, s:s + n]
     return -jnp.take_along_axis(logp, tgt[..., None], -1)[..., 0].mean(-1)
 
