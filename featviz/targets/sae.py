@@ -387,7 +387,8 @@ def relu_entries(spec: SaeSpec, w: dict, x, ops, out=None):
     flat = h.reshape(-1, spec.d_sae)
     lim = w["threshold"].clamp(min=0) if spec.architecture == "jumprelu" else \
         flat.new_zeros(())                         # h > 0 and h > threshold: h > max(t, 0)
-    if flat.device.type == "cpu":                  # (numpy's compare: twice torch's speed)
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        # (numpy's compare: twice torch's speed)
         at = torch.from_numpy(np.flatnonzero(np.greater(flat.numpy(), lim.numpy())))
     else:
         at = torch.nonzero((flat > lim).view(-1)).squeeze(1)
