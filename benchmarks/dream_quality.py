@@ -42,6 +42,8 @@ METHODS = {
     "featviz": {},
     "featviz-norelax": {"relax_fraction": 0.0, "steps": 0},
     "featviz-nolm": {"lm_share": 0.0},
+    "featviz-relaxtop": {"relax_share": 0.25},   # a quarter of the swaps from the
+                                                 # relaxation's top 16 tokens per position
     "featviz-random-init": {"init": "random"},
     "featviz-jax": {"backend": "jax"},          # relaxation and swap scoring on the JAX backend
     "featviz-jax-norelax": {"backend": "jax", "relax_fraction": 0.0, "steps": 0},

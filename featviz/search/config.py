@@ -75,6 +75,10 @@ class SwapConfig:
     rotate: int = 8                 # rotation moves per iteration (last-position targets)
     xe_share: float = 0.35          # two-stage scoring: fluency only for the best children by
                                     # activation (used when the target sits in the lower layers)
+    relax_share: float = 0.0        # share of swaps drawn from the relaxation's top tokens at
+                                    # the position (its final logits; 0 or no relaxation: none;
+                                    # 0.25 measured worse, benchmarks/README.md)
+    k_relax: int = 16               # those top tokens per position
 
 
 GROUPS = {"rows": RowsConfig, "start": StartConfig, "relax": RelaxConfig, "swaps": SwapConfig}
@@ -85,7 +89,8 @@ OPTIONS = ("length", "batch", "seed", "budget_seconds", "steps", "swap_iters", "
            "beam_expand", "precision", "init_scale", "lr", "tau0", "tau1", "straight_through",
            "hard_samples", "lam_min", "lam_max", "caps", "xe_cap", "children", "k_grad", "k_lm",
            "lm_share", "sweep", "sweep_keep", "distinct", "crossover", "rotate", "xe_share",
-           "vocab", "prefix", "suffix", "corpus_init", "memory_gb", "backend", "reset_patience")
+           "vocab", "prefix", "suffix", "corpus_init", "memory_gb", "backend", "reset_patience",
+           "relax_share", "k_relax")
 
 
 @dataclass(init=False)
@@ -177,8 +182,10 @@ class DreamConfig:
             bad("sweep must not be negative")
         if not isinstance(self.rows.distinct, int) or not 0 <= self.rows.distinct <= self.length:
             bad(f"distinct must be an integer in [0, --length], got {self.rows.distinct}")
-        if self.swaps.children < 1 or self.swaps.k_grad < 1 or self.swaps.k_lm < 1:
-            bad("children, k_grad and k_lm must be at least 1")
+        if min(self.swaps.children, self.swaps.k_grad, self.swaps.k_lm, self.swaps.k_relax) < 1:
+            bad("children, k_grad, k_lm and k_relax must be at least 1")
+        if not 0 <= self.swaps.relax_share <= 1:
+            bad(f"relax_share must lie in [0, 1], got {self.swaps.relax_share}")
         if self.backend not in ("torch", "jax", "auto"):
             bad(f"--backend must be auto, jax or torch, got '{self.backend}'")
         if self.memory_gb is not None and not self.memory_gb > 0:

@@ -33,12 +33,16 @@ def rotations(ids: torch.Tensor, per_pos: torch.Tensor, floor: float, limit: int
 
 def propose(ids: torch.Tensor, grad: torch.Tensor, lm_logits: torch.Tensor, mask: torch.Tensor,
             children: int, k_grad: int, k_lm: int, lm_share: float,
-            generator: torch.Generator, frozen: torch.Tensor | None = None) -> torch.Tensor:
+            generator: torch.Generator, frozen: torch.Tensor | None = None,
+            relax_top: torch.Tensor | None = None, relax_share: float = 0.0) -> torch.Tensor:
     """Children of each parent by single-token swaps (EPO/GCG move).
 
     Each child changes one random position to a token drawn from that position's
     top-k_grad tokens by gradient or, with probability lm_share (a number, or one per
     parent), from the model's own top-k_lm next tokens there (fluent by construction).
+    With ``relax_top`` (P, n, k: the relaxation's top tokens per row and position), a
+    ``relax_share`` of the children instead take one of those, at a position where the
+    parent's token is not among them (any position when there is none).
     Returns (P*children, n).
     """
     P, n, V = grad.shape
@@ -61,6 +65,19 @@ def propose(ids: torch.Tensor, grad: torch.Tensor, lm_logits: torch.Tensor, mask
     jg = torch.randint(0, k_grad, (P * children,), generator=generator, device=generator.device)
     jl = torch.randint(0, k_lm, (P * children,), generator=generator, device=generator.device)
     tok = torch.where(use_lm, top_l[parent, pos, jl], top_g[parent, pos, jg])
+    if relax_top is not None and relax_share > 0:
+        # the relaxation's choices, where it disagrees with the parent (its final logits
+        # sum every step's gradient under the Gumbel noise: a steadier ranking than one
+        # step's gradient)
+        use_rx = torch.rand(P * children, generator=generator, device=generator.device) \
+            < relax_share
+        differs = (relax_top != ids[..., None]).all(-1) & allowed                 # (P, n)
+        w_rx = torch.where(differs.any(-1, keepdim=True), differs, allowed).float()
+        pos_rx = torch.multinomial(w_rx[parent] + 1e-12 * allowed, 1, generator=generator)[:, 0]
+        jr = torch.randint(0, relax_top.shape[-1], (P * children,), generator=generator,
+                           device=generator.device)
+        pos = torch.where(use_rx, pos_rx, pos)
+        tok = torch.where(use_rx, relax_top[parent, pos_rx, jr], tok)
     kids[torch.arange(P * children, device=dev), pos] = tok
     return kids
 

@@ -51,6 +51,7 @@ class TargetSearch:
         self.scorer = scorer(backend, handle, target, tokens, cfg.length, cfg.precision,
                              self.autocast)        # the backend's exact scoring (the JAX
                                                    # backend's requests are served by it)
+        self.relax_top = None   # the last relaxation's top tokens per row and position
         self.pending_rot = []   # rotation candidates waiting for the next scoring round
         self.row_seconds = 0.0  # measured seconds per exactly scored row
         self.scored_seconds, self.scored_rows = 0.0, 0
@@ -127,8 +128,9 @@ class TargetSearch:
         self.soft_trace.append({"soft_act": trace.soft_act, "soft_xe": trace.soft_xe})
         if samples:
             self.archive_scored(*(torch.cat(part) for part in zip(*samples)))
-        logits = theta + torch.where(self.mask, 0.0, -1e9)
-        cands = [torch.nan_to_num(logits, nan=-1e9).argmax(-1)] + snaps
+        logits = torch.nan_to_num(theta + torch.where(self.mask, 0.0, -1e9), nan=-1e9)
+        cands = [logits.argmax(-1)] + snaps
+        self.relax_top = logits.topk(min(self.cfg.swaps.k_relax, int(self.mask.sum())), -1).indices
         rot = self.take_rotations()
         if rot is not None:
             cands.append(rot)
@@ -201,7 +203,7 @@ class TargetSearch:
         grad, lm = yield Grads(pop.ids, self.lam, self.cap)
         kids = propose(pop.ids, grad.float(), lm.float(), self.mask,
                        max(1, int(cfg.swaps.children * frac)), cfg.swaps.k_grad, cfg.swaps.k_lm, plan["lm_rows"],
-                       self.gen)
+                       self.gen, relax_top=self.relax_top, relax_share=cfg.swaps.relax_share)
         if sweep and self.last_only and not self.tokens.suffix:
             pop = yield from self.sweep(pop, grad, lm, sweep)
         rot = self.take_rotations()

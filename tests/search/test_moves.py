@@ -77,6 +77,31 @@ def test_propose_takes_a_share_per_parent(llama):
         assert len(new) and torch.isin(new, pool).all()
 
 
+def test_propose_draws_a_share_from_the_relaxation(llama):
+    """With relax_share 1 every child takes one of the relaxation's top tokens, at a
+    position where the parent's token is not among them; with 0 none does."""
+    ids = _ids(llama, rows=2)
+    V = llama.vocab_size
+    mask = readable_mask(llama)
+    allowed = mask.nonzero().flatten()
+    G, L, R = allowed[:4], allowed[4:8], allowed[8:11]
+    grad = torch.full((2, 6, V), -10.0)
+    grad[..., G] = 10.0
+    lm = torch.full((2, 6, V), -10.0)
+    lm[..., L] = 10.0
+    top = R.expand(2, 6, 3).clone()
+    ids[0, 2] = R[0]                       # row 0 already agrees with the relaxation at 2
+    kids = propose(ids, grad, lm, mask, 40, 4, 4, 0.5, torch.Generator().manual_seed(0),
+                   relax_top=top, relax_share=1.0)
+    changed = kids != ids.repeat_interleave(40, 0)
+    assert (changed.sum(1) <= 1).all() and changed.any()
+    assert torch.isin(kids[changed], R).all()
+    assert not changed[:40, 2].any()
+    none = propose(ids, grad, lm, mask, 40, 4, 4, 0.5, torch.Generator().manual_seed(0),
+                   relax_top=top, relax_share=0.0)
+    assert not torch.isin(none[none != ids.repeat_interleave(40, 0)], R).any()
+
+
 def test_rotation_moves_peak_to_end():
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     per = torch.tensor([[0.0, 9.0, 0.0, 0.0, 1.0]])
