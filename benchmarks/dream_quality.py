@@ -41,12 +41,15 @@ METHODS = {
     # name: DreamConfig overrides (featviz variants) or a baseline runner
     "featviz": {},
     "featviz-norelax": {"relax_fraction": 0.0, "steps": 0},
+    "featviz-relax": {"relax_fraction": 0.4},   # the relaxation at any budget (the default
+                                                # leaves it out under a minute)
     "featviz-nolm": {"lm_share": 0.0},
     "featviz-relaxtop": {"relax_share": 0.25},   # a quarter of the swaps from the
                                                  # relaxation's top 16 tokens per position
     "featviz-random-init": {"init": "random"},
     "featviz-jax": {"backend": "jax"},          # relaxation and swap scoring on the JAX backend
     "featviz-jax-norelax": {"backend": "jax", "relax_fraction": 0.0, "steps": 0},
+    "featviz-jax-relax": {"backend": "jax", "relax_fraction": 0.4},
     "featviz-lean": {"sweep": 64, "children": 16},   # cheaper swap iterations, more of them
     "featviz-corpus-init": {"init": "corpus"},       # warm start from the corpus's top windows
                                                      # (sees corpus text: its own rows)
@@ -168,7 +171,9 @@ def seed_table(rows, cmax, methods, specs, seeds):
             out.append(f"- {m}: median over neurons of the seed-mean fluent ratio "
                        f"{statistics.median(ms):.2f}; ≥ 1.5 on {sum(x >= 1.5 for x in ms)}/{len(ms)}")
     for m in methods:
-        twin = m + "-norelax" if m == "featviz-jax" else ("featviz-norelax" if m == "featviz" else None)
+        twin = {"featviz": "featviz-norelax", "featviz-relax": "featviz-norelax",
+                "featviz-jax": "featviz-jax-norelax",
+                "featviz-jax-relax": "featviz-jax-norelax"}.get(m)
         if twin not in methods:
             continue
         both = [s for s in specs if (s, m) in means and (s, twin) in means]

@@ -188,6 +188,7 @@ class _Run:
                                 for s, p in zip(searches, parts)])
         self.joint_seconds = time.perf_counter() - t_relax
         for s in searches:
+            s.stats["relax_fraction"] = cfg.relax.relax_fraction     # as the budget resolved it
             s.stats["seconds"]["init"] = t_init / K
             s.stats["seconds"]["relax"] = (self.joint_seconds - t_init) / K  # + discretization
             if K > 1:

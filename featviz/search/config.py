@@ -46,8 +46,10 @@ class RelaxConfig:
 
     steps: int | None = 60          # relaxation steps (upper bound when a budget is set;
                                     # None: no limit, the budget bounds it)
-    relax_fraction: float = 0.4     # share of the budget the relaxation runs for (after
-                                    # the init, which has its own share)
+    relax_fraction: float | None = None   # share of the budget the relaxation runs for
+                                    # (after the init, which has its own share); None: 0.4
+                                    # with a budget of a minute or more, 0 under it (at 20 s
+                                    # its ~11 steps cost the swaps: benchmarks/README.md)
     restarts: int = 1               # independent relaxations (each with a fresh init)
     init_scale: float = 3.0         # theta = init_scale * one-hot(init) at start
     lr: float = 0.3
@@ -162,7 +164,7 @@ class DreamConfig:
         if self.start.init == "corpus" and any(len(r) < self.length for r in self.start.corpus_init):
             bad(f"every corpus_init row needs at least --length {self.length} tokens; the "
                 f"shortest has {min(len(r) for r in self.start.corpus_init)}")
-        if not 0 <= self.relax.relax_fraction <= 1:
+        if self.relax.relax_fraction is not None and not 0 <= self.relax.relax_fraction <= 1:
             bad("relax_fraction must lie in [0, 1]")
         if not isinstance(self.relax.reset_patience, int) or self.relax.reset_patience < 0:
             bad(f"reset_patience must be a non-negative integer, got {self.relax.reset_patience!r}")

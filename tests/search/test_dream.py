@@ -269,3 +269,20 @@ def test_dream_many_shares_one_relaxation(llama):
     assert [strip(r) for r in many] == solo
     with pytest.raises(FeatvizError, match="at least one target"):
         dream_many(llama, [], cfg, progress=False)
+
+
+def test_short_budgets_leave_the_relaxation_out_unless_asked():
+    """relax_fraction None: 0 under a minute of budget (where its dozen steps cost more
+    swap iterations than they give), 0.4 from a minute on and with step counts; a share
+    the user sets is kept at any budget.  Short budgets also shrink the init."""
+    from featviz.search.budget import RELAX_FRACTION, fit_budget
+    assert DreamConfig().relax.relax_fraction is None
+    frac = lambda **kw: fit_budget(DreamConfig(**kw).check(), 8).relax.relax_fraction  # noqa: E731
+    assert frac(budget_seconds=20.0) == 0.0
+    assert frac(budget_seconds=59.0) == 0.0
+    assert frac(budget_seconds=60.0) == RELAX_FRACTION == 0.4
+    assert frac() == RELAX_FRACTION
+    assert frac(budget_seconds=20.0, relax_fraction=0.4) == 0.4
+    assert frac(budget_seconds=90.0, relax_fraction=0.0) == 0.0
+    short = fit_budget(DreamConfig(budget_seconds=20.0).check(), 8)
+    assert short.start.init_samples < DreamConfig().start.init_samples
