@@ -47,10 +47,11 @@ def heavy_densities(d_sae: int, rng) -> np.ndarray:
     return f
 
 
-def activity(acts: np.ndarray, w: dict, arch: str, k: int | None) -> tuple[float, float]:
+def activity(acts: np.ndarray, w: dict, arch: str, k: int | None,
+             window: int = 63) -> tuple[float, float]:
     """(mean features active per token, mean features active somewhere in a window) on the
-    hooked activations ``acts`` (windows of 63 tokens, one after another): what the miner's
-    bookkeeping grows with."""
+    hooked activations ``acts`` (windows of ``window`` tokens, one after another, BOS left
+    out): what the miner's bookkeeping grows with."""
     h = acts @ w["W_enc"] + w["b_enc"]
     if arch == "topk":
         on = np.zeros(h.shape, dtype=bool)
@@ -58,7 +59,8 @@ def activity(acts: np.ndarray, w: dict, arch: str, k: int | None) -> tuple[float
         on &= h > 0
     else:
         on = (h > w["threshold"]) & (h > 0)
-    return float(on.sum(1).mean()), float(on.reshape(-1, 63, h.shape[1]).any(1).sum(1).mean())
+    per_window = on.reshape(-1, window, h.shape[1]).any(1).sum(1)
+    return float(on.sum(1).mean()), float(per_window.mean())
 
 
 def random_sae(folder, arch, d_in, d_sae, hook, seed=0, acts=None):
@@ -131,8 +133,8 @@ def main():
         for mult in [int(x) for x in args.mults.split(",")]:
             for arch in args.archs.split(","):
                 d_sae = mult * m.d_model
-                path, (l0, per_win) = random_sae(os.path.join(tmp, f"{arch}{d_sae}"), arch, m.d_model, d_sae,
-                                  hook, acts=acts)
+                path, (l0, per_win) = random_sae(os.path.join(tmp, f"{arch}{d_sae}"), arch,
+                                                 m.d_model, d_sae, hook, acts=acts)
                 ts = featviz.parse_targets(f"sae:{path}:all", m)
                 sites = all_sites(ts)
                 tb, tm, t1 = [bare(m, sites, wins, cfg.batch_size)], [], []
