@@ -34,6 +34,7 @@ import torch
 
 from featviz.backends.choose import resolve_precision
 from featviz.backends.torch.score import evaluate, onehot_grads
+from featviz.model.precision import SearchArithmetic
 from featviz.model.tokens import Tokens
 from featviz.model.vocab import readable_mask
 from featviz.search.archive import Archive
@@ -66,7 +67,7 @@ def run_epo(handle, target, *, seconds: float, length: int = 12, population: int
     cap = torch.full_like(lam, math.inf)
     fluency = bool((lam > 0).any())
     prec = resolve_precision(handle, precision)
-    autocast = torch.autocast(handle.device.type, dtype=torch.bfloat16, enabled=prec == "bf16")
+    autocast = SearchArithmetic(handle, prec == "bf16")   # as featviz: bf16 weight copies
     allowed = mask.nonzero().flatten()
     archive = Archive()
 

@@ -62,20 +62,20 @@ def resolve_backend(handle, choice: str) -> str:
 # A Relaxer is called as relaxer(theta, lam, cap, *, seconds, restart, on_step) and returns
 # (theta, RelaxTrace).  The search uses nothing else of a backend.
 
-def scorer(backend: str, handle, target, tokens, n: int, precision: str, autocast):
+def scorer(backend: str, handle, target, tokens, n: int, precision: str, arithmetic):
     """The exact scorer of ``backend`` for one target."""
     if backend == "jax":
         from featviz.backends.jax.score import JaxScorer
         return JaxScorer(handle, target, tokens, n, precision=precision)
     from featviz.backends.torch.score import TorchScorer
-    return TorchScorer(tokens, target, autocast)
+    return TorchScorer(tokens, target, arithmetic)
 
 
-def relaxer(backend: str, handle, target, mask, tokens, settings, generator, autocast):
+def relaxer(backend: str, handle, target, mask, tokens, settings, generator, arithmetic):
     """The relaxation of ``backend`` for ``target`` (a ``PerRow`` for several at once);
     ``generator``: one per target, for the torch relaxation's noise (JAX keys its own)."""
     if backend == "jax":
         from featviz.backends.jax.relax import JaxRelaxer
         return JaxRelaxer(handle, target, mask, tokens, settings)
     from featviz.backends.torch.relax import TorchRelaxer
-    return TorchRelaxer(handle, target, mask, tokens, settings, generator, autocast)
+    return TorchRelaxer(handle, target, mask, tokens, settings, generator, arithmetic)

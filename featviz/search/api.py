@@ -156,7 +156,7 @@ class _Run:
                                  cfg.relax.straight_through, cfg.seed, cfg.precision,
                                  cfg.relax.init_scale, cfg.relax.reset_patience)
         relax = relaxer(self.backend, self.handle, self.joint_of(self.targets, B), self.mask,
-                        self.tokens, settings, [s.gen for s in searches], searches[0].autocast)
+                        self.tokens, settings, [s.gen for s in searches], searches[0].arithmetic)
         lam = torch.cat([s.lam for s in searches])
         cap = torch.cat([s.cap for s in searches])
         t_relax, t_init = time.perf_counter(), 0.0

@@ -7,6 +7,7 @@ import time
 import torch
 
 from featviz.errors import FeatvizError
+from featviz.model.precision import copy_bytes
 from featviz.search.config import DreamConfig
 from featviz.targets.core import Target
 
@@ -60,6 +61,16 @@ def search_memory(handle, target: Target, cfg: DreamConfig, B: int) -> int:
     rows, grad_rows, _ = pass_rows(handle.device)
     swap = max(rows * T * (layers * (6 * d + 2 * f) + V), grad_rows * 4 * T * V) * 4
     return int(vocab + acts + swap)
+
+
+def weight_copies_fit(handle, cfg: DreamConfig) -> bool:
+    """Whether the search keeps bfloat16 copies of the weight matrices
+    (``model.precision``): with bf16 arithmetic, when they take under a quarter of the
+    memory the search may use beside the model."""
+    if cfg.precision != "bf16":
+        return False
+    have = cfg.memory_gb * 2 ** 30 if cfg.memory_gb else available_memory(handle.device)
+    return have is None or copy_bytes(handle) <= 0.25 * have
 
 
 def check_memory(handle, target, cfg: DreamConfig, B: int) -> None:

@@ -166,7 +166,7 @@ class Server:
         target, sizes = _joint(items)
         with_xe = items[0][1].with_xe
         acts, xes, pers = [], [], []
-        with items[0][0].autocast:
+        with items[0][0].arithmetic:
             for i in range(0, len(ids), self.rows):
                 part = ids[i:i + self.rows]
                 rows = target if len(items) == 1 else PerRow(target.targets,
@@ -186,7 +186,7 @@ class Server:
         out = []
         for chunk in self._packs(items, self.grad_rows, lambda r: len(r.ids)):
             target, sizes = _joint(chunk)
-            with chunk[0][0].autocast:
+            with chunk[0][0].arithmetic:
                 g, lm = onehot_grads(self.tokens, target, torch.cat([r.ids for _, r in chunk]),
                                      torch.cat([r.lam for _, r in chunk]),
                                      torch.cat([r.cap for _, r in chunk]))
@@ -198,7 +198,7 @@ class Server:
         out = []
         for chunk in self._packs(items, self.sweep_rows, lambda r: len(r.ids) * width):
             target, sizes = _joint(chunk, lambda r: len(r.ids) * width)
-            with chunk[0][0].autocast:
+            with chunk[0][0].arithmetic:
                 kids, act, dxe = sweep_last(self.tokens, target,
                                             torch.cat([r.ids for _, r in chunk]),
                                             torch.cat([r.grad for _, r in chunk]),
@@ -214,7 +214,7 @@ class Server:
 
     def beam(self, items):
         st = self.cfg.start
-        with items[0][0].autocast:
+        with items[0][0].arithmetic:
             return beam_search_many(
                 self.h, [(s.target, float(r.lam), s.gen if r.sample else None) for s, r in items],
                 self.tokens, self.mask, self.cfg.length, beams=st.beam_width,

@@ -10,9 +10,10 @@ import time
 import torch
 
 from featviz.backends.choose import scorer
+from featviz.model.precision import SearchArithmetic
 from featviz.model.tokens import Tokens
 from featviz.search.archive import Archive
-from featviz.search.budget import Clock
+from featviz.search.budget import Clock, weight_copies_fit
 from featviz.search.config import DreamConfig
 from featviz.search.init import init_ids
 from featviz.search.lockstep import Beam, Evaluate, Grads, Sample, Sweep, Verify
@@ -46,10 +47,10 @@ class TargetSearch:
         self.archive = Archive()
         self.stats = {"relax_steps": 0, "swap_iters": 0, "seconds": {}}
         self.soft_trace = []
-        self.autocast = torch.autocast(self.dev.type, dtype=torch.bfloat16,
-                                       enabled=cfg.precision == "bf16")
+        self.arithmetic = SearchArithmetic(handle, cfg.precision == "bf16",
+                                           keep_copies=weight_copies_fit(handle, cfg))
         self.scorer = scorer(backend, handle, target, tokens, cfg.length, cfg.precision,
-                             self.autocast)        # the backend's exact scoring (the JAX
+                             self.arithmetic)      # the backend's exact scoring (the JAX
                                                    # backend's requests are served by it)
         self.relax_top = None   # the last relaxation's top tokens per row and position
         self.pending_rot = []   # rotation candidates waiting for the next scoring round

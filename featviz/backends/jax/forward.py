@@ -20,6 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from featviz.errors import FeatvizError
+from featviz.model.precision import as_loaded
 from featviz.model.forward import (
     ATTN_OUT,
     LN_FINAL,
@@ -144,6 +145,13 @@ def to_jax(handle, precision: str = "fp32") -> JaxModel:
                            f"{', '.join(JAX_TYPES)} (use --backend torch for this model)")
     import jax.numpy as jnp
     use_device(handle)
+    with as_loaded(handle.model):     # float32 weights even inside the search's arithmetic
+        jm = _convert(handle, jnp)
+    handle.cache["jax_model"] = jm
+    return jm
+
+
+def _convert(handle, jnp) -> JaxModel:
     m, cfg = handle.model, handle.model.config
     a = lambda t: jnp.asarray(t.detach().float().cpu().numpy())  # noqa: E731
     opt = lambda mod, name: a(getattr(mod, name)) if getattr(mod, name, None) is not None else None  # noqa: E731
@@ -180,7 +188,6 @@ def to_jax(handle, precision: str = "fp32") -> JaxModel:
         spec = Spec("gpt2", handle.n_layers, handle.n_heads, handle.n_heads, handle.head_dim,
                     float(cfg.layer_norm_epsilon), _act_name(cfg.activation_function), scale)
         jm = JaxModel(spec, params, None, 1.0)
-    handle.cache["jax_model"] = jm
     return jm
 
 

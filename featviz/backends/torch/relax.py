@@ -12,6 +12,7 @@ import torch
 
 from featviz.backends.schedule import HardReadout, RelaxSettings, RelaxTrace, schedule
 from featviz.backends.torch.score import forward_scores
+from featviz.model.precision import product_embedding
 
 
 def gumbel_softmax(logits: torch.Tensor, tau: float, generator, hard: bool = False) -> torch.Tensor:
@@ -44,7 +45,7 @@ def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Te
     theta.requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
     bias = torch.where(mask, 0.0, -1e9)
-    W = handle.embedding
+    W = product_embedding(handle)
     t0 = time.perf_counter()
     trace = RelaxTrace(0, 0.0, [], [])
     readout = HardReadout(lam, cap, patience, trace) if hard else None
@@ -88,9 +89,9 @@ class TorchRelaxer:
     suffix of ``tokens``."""
 
     def __init__(self, handle, target, mask, tokens, settings: RelaxSettings, generator,
-                 autocast):
+                 arithmetic):
         self.handle, self.target, self.mask, self.tokens = handle, target, mask, tokens
-        self.settings, self.generator, self.autocast = settings, generator, autocast
+        self.settings, self.generator, self.arithmetic = settings, generator, arithmetic
 
     def __call__(self, theta, lam, cap, *, seconds, restart: int, on_step):
         h, tokens, st = self.handle, self.tokens, self.settings
@@ -102,7 +103,7 @@ class TorchRelaxer:
             s = tokens.start
             return torch.cat([e[:, :s], soft_emb, e[:, s + n:]], 1)
 
-        with self.autocast:
+        with self.arithmetic:
             trace = relax(h, self.target, theta, self.mask, lam, cap, steps=st.steps,
                           seconds=seconds, lr=st.lr, tau0=st.tau0, tau1=st.tau1, hard=st.hard,
                           generator=self.generator, make_embeds=embeds, start=tokens.start,

@@ -6,6 +6,7 @@ import torch
 
 from featviz.backends.objective import combine, needs_fluency
 from featviz.model.forward import run, xe_of
+from featviz.model.precision import product_embedding
 from featviz.model.tokens import Tokens
 from featviz.targets.read import score_ids
 
@@ -33,7 +34,7 @@ def onehot_grads(tokens: Tokens, target, ids: torch.Tensor, lam, cap, with_lm: b
     forward stops after the target's layer.
     """
     h = tokens.handle
-    W = h.embedding
+    W = product_embedding(h)
     full = tokens.full(ids)
     x = torch.zeros(ids.shape[0], ids.shape[1], W.shape[0], device=ids.device)
     x.scatter_(-1, ids[..., None], 1.0)
@@ -86,13 +87,13 @@ class TorchScorer:
     """The Scorer interface on torch (see ``backends.choose.scorer``): exact scores and
     one-hot gradients of hard optimised tokens, in the search's precision."""
 
-    def __init__(self, tokens: Tokens, target, autocast):
-        self.tokens, self.target, self.autocast = tokens, target, autocast
+    def __init__(self, tokens: Tokens, target, arithmetic):
+        self.tokens, self.target, self.arithmetic = tokens, target, arithmetic
 
     def evaluate(self, ids, with_xe: bool = True):
-        with self.autocast:
+        with self.arithmetic:
             return evaluate(self.tokens, self.target, ids, with_xe=with_xe)
 
     def onehot_grads(self, ids, lam, cap):
-        with self.autocast:
+        with self.arithmetic:
             return onehot_grads(self.tokens, self.target, ids, lam, cap)
