@@ -44,6 +44,8 @@ METHODS = {
     "featviz-relax": {"relax_fraction": 0.4},   # the relaxation at any budget (the default
                                                 # leaves it out under a minute)
     "featviz-nolm": {"lm_share": 0.0},
+    "featviz-lmtopk": {"relax_fraction": 0.4, "lm_topk": 64},   # the relaxation samples
+                                                 # only the model's top-64 next tokens
     "featviz-relaxtop": {"relax_share": 0.25},   # a quarter of the swaps from the
                                                  # relaxation's top 16 tokens per position
     "featviz-random-init": {"init": "random"},
@@ -172,6 +174,7 @@ def seed_table(rows, cmax, methods, specs, seeds):
                        f"{statistics.median(ms):.2f}; ≥ 1.5 on {sum(x >= 1.5 for x in ms)}/{len(ms)}")
     for m in methods:
         twin = {"featviz": "featviz-norelax", "featviz-relax": "featviz-norelax",
+                "featviz-lmtopk": "featviz-norelax",
                 "featviz-jax": "featviz-jax-norelax",
                 "featviz-jax-relax": "featviz-jax-norelax"}.get(m)
         if twin not in methods:

@@ -32,8 +32,13 @@ def _jnp():
     return jnp
 
 
+def weighs_fluency(lam: torch.Tensor, cap: torch.Tensor) -> torch.Tensor:
+    """Which rows' scores weigh fluency: a lambda above 0 or a finite xe cap."""
+    return (lam > 0) | torch.isfinite(cap)
+
+
 def needs_fluency(lam: torch.Tensor, cap: torch.Tensor) -> bool:
-    return bool((lam > 0).any() or torch.isfinite(cap).any())
+    return bool(weighs_fluency(lam, cap).any())
 
 
 def lambdas(n: int, lam_min: float = 0.05, lam_max: float = 3.0, include_zero: bool = True):

@@ -50,6 +50,7 @@ class RelaxSettings:
     precision: str           # "bf16" | "fp32" (the search's arithmetic)
     init_scale: float = 3.0  # a reset row restarts from init_scale * one-hot(its best)
     patience: int = 0        # steps without a better hard sample before a row resets (0: never)
+    lm_topk: int = 0         # sample each position among the model's top-k next tokens (0: all)
 
 
 @dataclass

@@ -59,6 +59,9 @@ class RelaxConfig:
     hard_samples: int = 16          # hard samples per row drawn from the final theta
     reset_patience: int = 10        # relaxation steps without a better hard sample before a
                                     # row restarts from its best (0: never)
+    lm_topk: int = 0                # each step samples a position only among the model's top-k
+                                    # next tokens there at the step before (COLD-Attack's top-k
+                                    # mask; rows that weigh fluency; torch); 0: whole vocabulary
 
 
 @dataclass
@@ -92,7 +95,7 @@ OPTIONS = ("length", "batch", "seed", "budget_seconds", "steps", "swap_iters", "
            "hard_samples", "lam_min", "lam_max", "caps", "xe_cap", "children", "k_grad", "k_lm",
            "lm_share", "sweep", "sweep_keep", "distinct", "crossover", "rotate", "xe_share",
            "vocab", "prefix", "suffix", "corpus_init", "memory_gb", "backend", "reset_patience",
-           "relax_share", "k_relax")
+           "relax_share", "k_relax", "lm_topk")
 
 
 @dataclass(init=False)
@@ -168,6 +171,10 @@ class DreamConfig:
             bad("relax_fraction must lie in [0, 1]")
         if not isinstance(self.relax.reset_patience, int) or self.relax.reset_patience < 0:
             bad(f"reset_patience must be a non-negative integer, got {self.relax.reset_patience!r}")
+        if not isinstance(self.relax.lm_topk, int) or self.relax.lm_topk < 0:
+            bad(f"lm_topk must be a non-negative integer, got {self.relax.lm_topk!r}")
+        if self.relax.lm_topk and self.backend == "jax":
+            bad("lm_topk runs on the torch backend only; use --backend torch or lm_topk 0")
         if not 0 < self.start.init_fraction <= 1:
             bad("init_fraction must lie in (0, 1]")
         if self.relax.tau0 <= 0 or self.relax.tau1 <= 0:

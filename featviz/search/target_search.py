@@ -10,6 +10,7 @@ import time
 import torch
 
 from featviz.backends.choose import scorer
+from featviz.backends.objective import weighs_fluency
 from featviz.model.precision import SearchArithmetic
 from featviz.model.tokens import Tokens
 from featviz.search.archive import Archive
@@ -162,7 +163,7 @@ class TargetSearch:
         sweep = min(sweep, int(self.mask.sum()))
         # rows that weigh fluency draw lm_share of their swaps from the model's own top
         # tokens; a pure-activation row (lambda 0, no cap) only gradient swaps, as GCG
-        lm_rows = torch.where((self.lam == 0) & ~torch.isfinite(self.cap), 0.0, cfg.swaps.lm_share)
+        lm_rows = torch.where(weighs_fluency(self.lam, self.cap), cfg.swaps.lm_share, 0.0)
         guess = self.row_seconds * (B * (cfg.swaps.children + 4) + cfg.swaps.crossover
                                     + B * sweep * depth / 4) * 1.5
         return {"sweep": sweep, "two_stage": cfg.swaps.xe_share < 1 and depth < 0.5,

@@ -133,3 +133,58 @@ def test_the_jax_compile_cache_follows_the_environment(monkeypatch, tmp_path):
     assert forward.compile_cache_dir() is None
     monkeypatch.delenv("FEATVIZ_JAX_CACHE")
     assert forward.compile_cache_dir().endswith("featviz/jax")
+
+
+def test_lm_support_is_the_models_top_k_and_thetas_argmax():
+    from featviz.backends.torch.relax import lm_support
+    logits = torch.tensor([[[0.0, 5.0, 4.0, 1.0, 3.0], [9.0, 0.0, 0.0, 8.0, 0.0]]] * 2)
+    theta = torch.zeros(2, 2, 5)
+    theta[:, 0, 3] = 1.0                       # theta's argmax at position 0: token 3
+    theta[:, 1, 4] = 1.0                       # at position 1: token 4 (outside the vocabulary)
+    mask = torch.tensor([True, True, True, True, False])
+    allowed = lm_support(logits, theta, mask, 2, torch.tensor([True, False])) == 0
+    assert allowed[0, 0].tolist() == [False, True, True, True, False]   # top 2 + argmax
+    assert allowed[0, 1].tolist() == [True, False, False, True, False]  # argmax not in mask
+    assert allowed[1].tolist() == [mask.tolist()] * 2       # a row without fluency: all
+
+
+def test_lm_topk_samples_only_the_models_next_tokens(llama):
+    """With lm_topk 1, every step after the first samples each position of a fluency row
+    from {the model's top-1 next token given the step before's hard rows, theta's argmax};
+    the pure-activation row samples the whole vocabulary."""
+    t = featviz.parse_target("mlp:1:3", llama)
+    tokens, n = Tokens(llama, [], []), 5
+    lam, cap = torch.tensor([0.0, 0.3, 0.0]), torch.tensor([math.inf, math.inf, 6.0])
+    theta = torch.zeros(3, n, llama.vocab_size)
+    mask = readable_mask(llama)
+    thetas = []
+
+    def embeds(soft):
+        e = llama.model.get_input_embeddings()(tokens.full(torch.zeros(3, n, dtype=torch.long)))
+        return torch.cat([e[:, :1], soft], 1)
+    trace = relax(llama, t, theta, mask, lam, cap, steps=8, seconds=None, lr=0.3, tau0=2.0,
+                  tau1=0.2, hard=True, generator=torch.Generator().manual_seed(0),
+                  make_embeds=embeds, start=1, lm_topk=1,
+                  on_step=lambda i, th: thetas.append(th.detach().clone()))
+    outside = 0
+    for step in range(1, 8):
+        before = trace.samples[step - 1][0]
+        with torch.no_grad():
+            top1 = llama.model(input_ids=tokens.full(before)).logits[:, :n].argmax(-1)
+        arg = (thetas[step - 1] + torch.where(mask, 0.0, -1e9)).argmax(-1)
+        ids = trace.samples[step][0]
+        ok = (ids == top1) | (ids == arg)
+        assert bool(ok[1:].all())                 # the fluency rows stay in their support
+        outside += int((~ok[0]).sum())
+    assert outside > 0                            # the lambda-0, uncapped row does not
+
+
+def test_lm_topk_is_checked_and_torch_only(llama):
+    with pytest.raises(featviz.FeatvizError, match="lm_topk must be"):
+        DreamConfig(lm_topk=-1).check()
+    with pytest.raises(featviz.FeatvizError, match="torch backend only"):
+        DreamConfig(lm_topk=8, backend="jax").check()
+    r = dream(llama, "mlp:1:3", DreamConfig(steps=6, swap_iters=1, seed=0, batch=3, caps=(6.0,),
+                                             init_samples=8, beam_lams=(), lm_topk=16),
+              progress=False)
+    assert r.stats["relax_steps"] == 6 and r.config["lm_topk"] == 16

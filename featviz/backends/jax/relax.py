@@ -21,6 +21,7 @@ from featviz.backends.jax.forward import JaxModel, embed_matrix, forward_after, 
 from featviz.backends.jax.read import canonical, directions_for, evaluate
 from featviz.backends.objective import combine, needs_fluency
 from featviz.backends.schedule import HardReadout, RelaxSettings, RelaxTrace, schedule
+from featviz.errors import FeatvizError
 
 
 def step_key(seed: int, step: int) -> int:
@@ -269,6 +270,9 @@ class JaxRelaxer:
 
     def __call__(self, theta, lam, cap, *, seconds, restart: int, on_step):
         h, st = self.handle, self.settings
+        if st.lm_topk:
+            raise FeatvizError("lm_topk runs on the torch relaxation only; use --backend torch "
+                               "or lm_topk 0")
         theta, trace, _ = relax_jax(
             h, self.target, theta, self.mask, lam, cap, steps=st.steps, seconds=seconds,
             lr=st.lr, tau0=st.tau0, tau1=st.tau1, hard=st.hard, seed=st.seed * 1009 + restart,

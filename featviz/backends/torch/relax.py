@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from featviz.backends.objective import weighs_fluency
 from featviz.backends.schedule import HardReadout, RelaxSettings, RelaxTrace, schedule
 from featviz.backends.torch.score import forward_scores
 from featviz.model.precision import product_embedding
@@ -36,12 +37,15 @@ def gumbel_softmax(logits: torch.Tensor, tau: float, generator, hard: bool = Fal
 def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Tensor,
           cap: torch.Tensor, *, steps: int, seconds: float | None, lr: float, tau0: float,
           tau1: float, hard: bool, generator: torch.Generator, make_embeds,
-          start: int, on_step=None, patience: int = 0, init_scale: float = 3.0) -> RelaxTrace:
+          start: int, on_step=None, patience: int = 0, init_scale: float = 3.0,
+          lm_topk: int = 0) -> RelaxTrace:
     """Adam on theta (batch, n, V) maximising target - lambda * xe_soft.  With
     straight-through samples (``hard``) every step's hard rows and their exact scores go
     to the trace (``HardReadout``), and a row that has not found a better one for
     ``patience`` steps restarts from ``init_scale`` * one-hot(its best), its Adam moments
-    cleared."""
+    cleared.  ``lm_topk``: a row that weighs fluency samples each position only among the
+    model's top-k next tokens there at the step before, and theta's argmax
+    (``lm_support``)."""
     theta.requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
     bias = torch.where(mask, 0.0, -1e9)
@@ -49,9 +53,11 @@ def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Te
     t0 = time.perf_counter()
     trace = RelaxTrace(0, 0.0, [], [])
     readout = HardReadout(lam, cap, patience, trace) if hard else None
+    support = bias
     for step, tau in schedule(steps, seconds, tau0, tau1):
-        y = gumbel_softmax(theta + bias, tau, generator, hard=hard)
-        score, act, xe, _ = forward_scores(handle, target, make_embeds(y @ W), y, start, lam, cap)
+        y = gumbel_softmax(theta + support, tau, generator, hard=hard)
+        score, act, xe, logits = forward_scores(handle, target, make_embeds(y @ W), y, start,
+                                                lam, cap)
         opt.zero_grad(set_to_none=True)
         (-score.sum()).backward()
         opt.step()
@@ -60,6 +66,9 @@ def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Te
             if stalled is not None:
                 reset_rows(theta, opt.state[theta], stalled.to(theta.device),
                            readout.best_ids.to(theta.device), init_scale)
+        if lm_topk and logits is not None:     # the next step's support, around theta now
+            support = lm_support(logits.detach(), theta.detach(), mask, lm_topk,
+                                 weighs_fluency(lam, cap))
         trace.steps = step + 1
         if step % 10 == 0:
             trace.soft_act.append(float(act.detach().mean()))
@@ -69,6 +78,19 @@ def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Te
     theta.requires_grad_(False)
     trace.seconds = time.perf_counter() - t0
     return trace
+
+
+def lm_support(logits: torch.Tensor, theta: torch.Tensor, mask: torch.Tensor, k: int,
+               rows: torch.Tensor) -> torch.Tensor:
+    """The additive mask (0 allowed, -1e9 not) of COLD-Attack's top-k constraint: at each
+    position of ``rows`` the model's top-``k`` next tokens (``logits`` (batch, n, V), the
+    ones predicting each position) and theta's argmax, within the vocabulary ``mask``;
+    other rows keep the whole vocabulary."""
+    keep = torch.zeros(theta.shape, dtype=torch.bool, device=theta.device)
+    keep.scatter_(-1, logits.topk(min(k, logits.shape[-1]), -1).indices, True)
+    keep.scatter_(-1, (theta + torch.where(mask, 0.0, -1e9)).argmax(-1, keepdim=True), True)
+    keep |= ~rows.to(theta.device)[:, None, None]
+    return torch.where(keep & mask, 0.0, -1e9)
 
 
 def reset_rows(theta: torch.Tensor, adam: dict, rows: torch.Tensor, best: torch.Tensor,
@@ -107,5 +129,6 @@ class TorchRelaxer:
             trace = relax(h, self.target, theta, self.mask, lam, cap, steps=st.steps,
                           seconds=seconds, lr=st.lr, tau0=st.tau0, tau1=st.tau1, hard=st.hard,
                           generator=self.generator, make_embeds=embeds, start=tokens.start,
-                          on_step=on_step, patience=st.patience, init_scale=st.init_scale)
+                          on_step=on_step, patience=st.patience, init_scale=st.init_scale,
+                          lm_topk=st.lm_topk)
         return theta, trace
