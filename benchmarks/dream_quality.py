@@ -46,6 +46,11 @@ METHODS = {
     "featviz-nolm": {"lm_share": 0.0},
     "featviz-lmtopk": {"relax_fraction": 0.4, "lm_topk": 64},   # the relaxation samples
                                                  # only the model's top-64 next tokens
+    "featviz-sparse": {"relax_fraction": 0.4, "sparse_k": 16},   # ADC-style: the relaxation
+                                                 # samples theta's top-S, S annealed V -> 16
+    "featviz-simplex": {"relax_fraction": 0.4, "simplex": True, "lr": 0.1},   # PGD's
+                                                 # projected distributions, Gumbel-max rows
+    "featviz-simplex-slow": {"relax_fraction": 0.4, "simplex": True, "lr": 0.03},
     "featviz-relaxtop": {"relax_share": 0.25},   # a quarter of the swaps from the
                                                  # relaxation's top 16 tokens per position
     "featviz-random-init": {"init": "random"},
@@ -174,7 +179,9 @@ def seed_table(rows, cmax, methods, specs, seeds):
                        f"{statistics.median(ms):.2f}; ≥ 1.5 on {sum(x >= 1.5 for x in ms)}/{len(ms)}")
     for m in methods:
         twin = {"featviz": "featviz-norelax", "featviz-relax": "featviz-norelax",
-                "featviz-lmtopk": "featviz-norelax",
+                "featviz-lmtopk": "featviz-norelax", "featviz-sparse": "featviz-norelax",
+                "featviz-simplex": "featviz-norelax",
+                "featviz-simplex-slow": "featviz-norelax",
                 "featviz-jax": "featviz-jax-norelax",
                 "featviz-jax-relax": "featviz-jax-norelax"}.get(m)
         if twin not in methods:

@@ -51,6 +51,8 @@ class RelaxSettings:
     init_scale: float = 3.0  # a reset row restarts from init_scale * one-hot(its best)
     patience: int = 0        # steps without a better hard sample before a row resets (0: never)
     lm_topk: int = 0         # sample each position among the model's top-k next tokens (0: all)
+    sparse_k: int = 0        # dense-to-sparse: theta's top-S per position, S down to sparse_k
+    simplex: bool = False    # PGD: Adam on distributions projected onto the simplex
 
 
 @dataclass

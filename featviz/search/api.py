@@ -155,7 +155,7 @@ class _Run:
         settings = RelaxSettings(cfg.relax.steps, cfg.relax.lr, cfg.relax.tau0, cfg.relax.tau1,
                                  cfg.relax.straight_through, cfg.seed, cfg.precision,
                                  cfg.relax.init_scale, cfg.relax.reset_patience,
-                                 cfg.relax.lm_topk)
+                                 cfg.relax.lm_topk, cfg.relax.sparse_k, cfg.relax.simplex)
         relax = relaxer(self.backend, self.handle, self.joint_of(self.targets, B), self.mask,
                         self.tokens, settings, [s.gen for s in searches], searches[0].arithmetic)
         lam = torch.cat([s.lam for s in searches])

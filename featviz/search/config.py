@@ -62,6 +62,12 @@ class RelaxConfig:
     lm_topk: int = 0                # each step samples a position only among the model's top-k
                                     # next tokens there at the step before (COLD-Attack's top-k
                                     # mask; rows that weigh fluency; torch); 0: whole vocabulary
+    sparse_k: int = 0               # ADC's dense-to-sparse support: each position sampled among
+                                    # theta's top-S tokens, S from the whole vocabulary down to
+                                    # sparse_k as the temperature anneals (torch); 0: off
+    simplex: bool = False           # PGD's parameterization: Adam on per-position distributions,
+                                    # projected onto the simplex after each step, hard rows
+                                    # drawn from them (torch; lr in probability units)
 
 
 @dataclass
@@ -95,7 +101,8 @@ OPTIONS = ("length", "batch", "seed", "budget_seconds", "steps", "swap_iters", "
            "hard_samples", "lam_min", "lam_max", "caps", "xe_cap", "children", "k_grad", "k_lm",
            "lm_share", "sweep", "sweep_keep", "distinct", "crossover", "rotate", "xe_share",
            "vocab", "prefix", "suffix", "corpus_init", "memory_gb", "backend", "reset_patience",
-           "relax_share", "k_relax", "lm_topk")
+           "relax_share", "k_relax", "lm_topk", "sparse_k",
+           "simplex")
 
 
 @dataclass(init=False)
@@ -175,6 +182,12 @@ class DreamConfig:
             bad(f"lm_topk must be a non-negative integer, got {self.relax.lm_topk!r}")
         if self.relax.lm_topk and self.backend == "jax":
             bad("lm_topk runs on the torch backend only; use --backend torch or lm_topk 0")
+        if not isinstance(self.relax.sparse_k, int) or self.relax.sparse_k < 0:
+            bad(f"sparse_k must be a non-negative integer, got {self.relax.sparse_k!r}")
+        if self.relax.sparse_k and self.backend == "jax":
+            bad("sparse_k runs on the torch backend only; use --backend torch or sparse_k 0")
+        if self.relax.simplex and self.backend == "jax":
+            bad("simplex runs on the torch backend only; use --backend torch")
         if not 0 < self.start.init_fraction <= 1:
             bad("init_fraction must lie in (0, 1]")
         if self.relax.tau0 <= 0 or self.relax.tau1 <= 0:

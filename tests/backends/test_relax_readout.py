@@ -9,7 +9,13 @@ import torch
 import featviz
 from featviz.backends.objective import combine
 from featviz.backends.schedule import HardReadout, RelaxTrace
-from featviz.backends.torch.relax import relax, reset_rows
+from featviz.backends.torch.relax import (
+    project_simplex,
+    relax,
+    reset_rows,
+    sparse_size,
+    top_support,
+)
 from featviz.backends.torch.score import evaluate
 from featviz.model.tokens import Tokens
 from featviz.model.vocab import readable_mask
@@ -188,3 +194,112 @@ def test_lm_topk_is_checked_and_torch_only(llama):
                                              init_samples=8, beam_lams=(), lm_topk=16),
               progress=False)
     assert r.stats["relax_steps"] == 6 and r.config["lm_topk"] == 16
+
+
+def test_sparse_support_shrinks_from_the_vocabulary_to_k():
+    assert sparse_size(2.0, 2.0, 0.2, 16, 1000) == 1000
+    assert sparse_size(0.2, 2.0, 0.2, 16, 1000) == 16
+    mid = sparse_size(math.sqrt(0.4), 2.0, 0.2, 16, 1000)
+    assert mid == round(16 * (1000 / 16) ** 0.5)
+    assert sparse_size(1.0, 2.0, 0.2, 4000, 1000) == 1000
+    x = torch.tensor([[[3.0, 1.0, 2.0, 2.0, -1.0]]])
+    assert top_support(x, 2).eq(torch.tensor([[[0.0, -1e9, 0.0, 0.0, -1e9]]])).all()  # tie kept
+
+
+def test_sparse_k_samples_only_thetas_top_tokens_at_the_end(llama):
+    """With tau0 == tau1 the support is sparse_k from the first step: every hard sample is
+    among theta's top-2 tokens (within the vocabulary mask) at its step."""
+    t = featviz.parse_target("mlp:1:3", llama)
+    tokens, n = Tokens(llama, [], []), 4
+    lam, cap = torch.tensor([0.0, 0.3]), torch.tensor([math.inf, 6.0])
+    theta = torch.randn(2, n, llama.vocab_size, generator=torch.Generator().manual_seed(1))
+    mask = readable_mask(llama)
+    before = []
+
+    def embeds(soft):
+        e = llama.model.get_input_embeddings()(tokens.full(torch.zeros(2, n, dtype=torch.long)))
+        return torch.cat([e[:, :1], soft], 1)
+    trace = relax(llama, t, theta, mask, lam, cap, steps=6, seconds=None, lr=0.3, tau0=1.0,
+                  tau1=1.0, hard=True, generator=torch.Generator().manual_seed(0),
+                  make_embeds=embeds, start=1, sparse_k=2,
+                  on_step=lambda i, th: before.append(th.detach().clone()))
+    for step in range(1, 6):
+        top2 = (before[step - 1] + torch.where(mask, 0.0, -1e9)).topk(2, -1).indices
+        ids = trace.samples[step][0]
+        assert bool((ids[..., None] == top2).any(-1).all())
+
+
+def test_sparse_k_is_checked_and_torch_only(llama):
+    with pytest.raises(featviz.FeatvizError, match="sparse_k must be"):
+        DreamConfig(sparse_k=-2).check()
+    with pytest.raises(featviz.FeatvizError, match="torch backend only"):
+        DreamConfig(sparse_k=8, backend="jax").check()
+    r = dream(llama, "mlp:1:3", DreamConfig(steps=6, swap_iters=1, seed=0, batch=3, caps=(6.0,),
+                                             init_samples=8, beam_lams=(), sparse_k=8),
+              progress=False)
+    assert r.stats["relax_steps"] == 6 and r.config["sparse_k"] == 8
+
+
+def _simplex_reference(v: np.ndarray) -> np.ndarray:
+    """Sorting projection onto the simplex, one row at a time, in float64."""
+    out = np.zeros_like(v)
+    for i, row in enumerate(v.reshape(-1, v.shape[-1])):
+        u = np.sort(row)[::-1]
+        css = np.cumsum(u)
+        rho = np.nonzero(u - (css - 1) / np.arange(1, len(u) + 1) > 0)[0][-1] + 1
+        out.reshape(-1, v.shape[-1])[i] = np.maximum(row - (css[rho - 1] - 1) / rho, 0)
+    return out
+
+
+@pytest.mark.parametrize("k", [4, 2048])          # 4: the top-k shortcut falls back to a sort
+def test_project_simplex_is_the_euclidean_projection(k):
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(3, 5, 40, generator=g) * torch.tensor([0.1, 1.0, 5.0])[:, None, None]
+    mask = torch.ones(40, dtype=torch.bool)
+    mask[::7] = False
+    got = project_simplex(v, mask, k=k)
+    assert torch.allclose(got.sum(-1), torch.ones(3, 5), atol=1e-5)
+    assert bool((got >= 0).all()) and bool((got[..., ~mask] == 0).all())
+    want = _simplex_reference(v[..., mask].double().numpy())
+    assert np.allclose(got[..., mask].numpy(), want, atol=1e-5)
+    one_hot = torch.zeros(1, 1, 40)
+    one_hot[0, 0, 3] = 1.0
+    assert torch.equal(project_simplex(one_hot, mask), one_hot)   # a vertex stays
+
+
+def test_simplex_relaxation_samples_its_distributions_support(llama):
+    """PGD's parameterization: every step's hard rows lie in the support of p at that
+    step (tokens at exactly 0 after the projection), theta comes back as log p, and
+    the first step's rows are the starting tokens when p starts one-hot."""
+    t = featviz.parse_target("mlp:1:3", llama)
+    tokens, n = Tokens(llama, [], []), 4
+    lam, cap = torch.tensor([0.0, 0.3]), torch.tensor([math.inf, 6.0])
+    mask = readable_mask(llama)
+    allowed = torch.nonzero(mask)[:, 0]
+    init = allowed[torch.randint(len(allowed), (2, n), generator=torch.Generator().manual_seed(2))]
+    theta = torch.zeros(2, n, llama.vocab_size).scatter_(-1, init[..., None], 3.0)
+    ps = []
+
+    def embeds(soft):
+        e = llama.model.get_input_embeddings()(tokens.full(torch.zeros(2, n, dtype=torch.long)))
+        return torch.cat([e[:, :1], soft], 1)
+    trace = relax(llama, t, theta, mask, lam, cap, steps=6, seconds=None, lr=0.1, tau0=2.0,
+                  tau1=0.2, hard=True, generator=torch.Generator().manual_seed(0),
+                  make_embeds=embeds, start=1, simplex=True, patience=2,
+                  on_step=lambda i, p: ps.append(p.detach().clone()))
+    assert torch.equal(trace.samples[0][0], init)
+    for step in range(1, 6):
+        p = ps[step - 1]
+        assert torch.allclose(p.sum(-1), torch.ones(2, n), atol=1e-5)
+        assert bool((p[..., ~mask] == 0).all())
+        assert bool(((p > 0).sum(-1) < int(mask.sum())).all())    # some tokens at 0
+        ids = trace.samples[step][0]
+        assert bool((p.gather(-1, ids[..., None]) > 0).all())
+    last = ps[-1]
+    assert torch.allclose(theta.exp() * (last > 0), last, atol=1e-5)
+    with pytest.raises(featviz.FeatvizError, match="torch backend only"):
+        DreamConfig(simplex=True, backend="jax").check()
+    r = dream(llama, "mlp:1:3", DreamConfig(steps=5, swap_iters=1, seed=0, batch=3, caps=(6.0,),
+                                             init_samples=8, beam_lams=(), simplex=True,
+                                             lr=0.1), progress=False)
+    assert r.stats["relax_steps"] == 5 and r.config["simplex"] is True

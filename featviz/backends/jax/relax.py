@@ -273,6 +273,11 @@ class JaxRelaxer:
         if st.lm_topk:
             raise FeatvizError("lm_topk runs on the torch relaxation only; use --backend torch "
                                "or lm_topk 0")
+        if st.simplex:
+            raise FeatvizError("simplex runs on the torch relaxation only; use --backend torch")
+        if st.sparse_k:
+            raise FeatvizError("sparse_k runs on the torch relaxation only; use --backend torch "
+                               "or sparse_k 0")
         theta, trace, _ = relax_jax(
             h, self.target, theta, self.mask, lam, cap, steps=st.steps, seconds=seconds,
             lr=st.lr, tau0=st.tau0, tau1=st.tau1, hard=st.hard, seed=st.seed * 1009 + restart,

@@ -38,14 +38,26 @@ def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Te
           cap: torch.Tensor, *, steps: int, seconds: float | None, lr: float, tau0: float,
           tau1: float, hard: bool, generator: torch.Generator, make_embeds,
           start: int, on_step=None, patience: int = 0, init_scale: float = 3.0,
-          lm_topk: int = 0) -> RelaxTrace:
+          lm_topk: int = 0, sparse_k: int = 0, simplex: bool = False) -> RelaxTrace:
     """Adam on theta (batch, n, V) maximising target - lambda * xe_soft.  With
     straight-through samples (``hard``) every step's hard rows and their exact scores go
     to the trace (``HardReadout``), and a row that has not found a better one for
     ``patience`` steps restarts from ``init_scale`` * one-hot(its best), its Adam moments
     cleared.  ``lm_topk``: a row that weighs fluency samples each position only among the
     model's top-k next tokens there at the step before, and theta's argmax
-    (``lm_support``)."""
+    (``lm_support``).  ``sparse_k``: ADC's dense-to-sparse support, each position sampled
+    only among theta's top-S tokens, S shrinking from the whole vocabulary to ``sparse_k``
+    as the temperature anneals (``sparse_size``).  ``simplex``: PGD's parameterization
+    instead of logits: each position a distribution p on the simplex, started at
+    one-hot(theta's argmax); Adam steps on p, each followed by the Euclidean projection
+    back onto the simplex (``project_simplex``: most tokens at exactly 0), the hard rows
+    drawn from p itself (Gumbel-max) with the straight-through gradient to p; theta
+    comes back as log p (the temperature and ``sparse_k`` play no part there)."""
+    if simplex:
+        return _relax_simplex(handle, target, theta, mask, lam, cap, steps=steps,
+                              seconds=seconds, lr=lr, hard=hard, generator=generator,
+                              make_embeds=make_embeds, start=start, on_step=on_step,
+                              patience=patience)
     theta.requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
     bias = torch.where(mask, 0.0, -1e9)
@@ -54,8 +66,13 @@ def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Te
     trace = RelaxTrace(0, 0.0, [], [])
     readout = HardReadout(lam, cap, patience, trace) if hard else None
     support = bias
+    n_vocab = int(mask.sum())
     for step, tau in schedule(steps, seconds, tau0, tau1):
-        y = gumbel_softmax(theta + support, tau, generator, hard=hard)
+        dense = theta + support
+        if sparse_k:
+            dense = dense + top_support(dense.detach(),
+                                        sparse_size(tau, tau0, tau1, sparse_k, n_vocab))
+        y = gumbel_softmax(dense, tau, generator, hard=hard)
         score, act, xe, logits = forward_scores(handle, target, make_embeds(y @ W), y, start,
                                                 lam, cap)
         opt.zero_grad(set_to_none=True)
@@ -91,6 +108,77 @@ def lm_support(logits: torch.Tensor, theta: torch.Tensor, mask: torch.Tensor, k:
     keep.scatter_(-1, (theta + torch.where(mask, 0.0, -1e9)).argmax(-1, keepdim=True), True)
     keep |= ~rows.to(theta.device)[:, None, None]
     return torch.where(keep & mask, 0.0, -1e9)
+
+
+def _relax_simplex(handle, target, theta, mask, lam, cap, *, steps, seconds, lr, hard,
+                   generator, make_embeds, start, on_step, patience) -> RelaxTrace:
+    """``relax`` with ``simplex``: Adam on p, projected onto the simplex after each step."""
+    bias = torch.where(mask, 0.0, -1e9)
+    p = torch.zeros_like(theta).scatter_(-1, (theta + bias).argmax(-1, keepdim=True), 1.0)
+    p.requires_grad_(True)
+    opt = torch.optim.Adam([p], lr=lr)
+    W = product_embedding(handle)
+    t0 = time.perf_counter()
+    trace = RelaxTrace(0, 0.0, [], [])
+    readout = HardReadout(lam, cap, patience, trace) if hard else None
+    for step, _tau in schedule(steps, seconds, 1.0, 1.0):
+        logp = torch.where(p.detach() > 0, torch.log(p.detach().clamp_min(1e-30)), -1e9) + bias
+        idx = gumbel_softmax(logp, 1.0, generator).argmax(-1, keepdim=True)   # ~ Categorical(p)
+        y = torch.zeros_like(logp).scatter_(-1, idx, 1.0) + p - p.detach()
+        score, act, xe, _ = forward_scores(handle, target, make_embeds(y @ W), y, start, lam, cap)
+        opt.zero_grad(set_to_none=True)
+        (-score.sum()).backward()
+        opt.step()
+        with torch.no_grad():
+            p.copy_(project_simplex(p, mask))
+        if readout is not None:
+            stalled = readout.see(idx[..., 0], act, xe)
+            if stalled is not None:
+                reset_rows(p, opt.state[p], stalled.to(p.device),
+                           readout.best_ids.to(p.device), 1.0)
+        trace.steps = step + 1
+        if step % 10 == 0:
+            trace.soft_act.append(float(act.detach().mean()))
+            trace.soft_xe.append(float(xe.detach().mean()) if xe is not None else math.nan)
+        if on_step is not None:
+            on_step(step, p)
+    with torch.no_grad():
+        theta.copy_(torch.where(p > 0, torch.log(p.clamp_min(1e-30)), -1e9))
+    trace.seconds = time.perf_counter() - t0
+    return trace
+
+
+def project_simplex(v: torch.Tensor, mask: torch.Tensor, k: int = 2048) -> torch.Tensor:
+    """The Euclidean projection of each row of ``v`` (..., V) onto the probability simplex
+    over the tokens of ``mask`` (others 0): max(v - t, 0) with the t that makes it sum to
+    1 (Duchi et al. 2008).  Only entries above max - 1 can stay positive, so the largest
+    ``k`` suffice when they reach below that (else every entry is sorted)."""
+    v = torch.where(mask, v.float(), -1e9)
+    k = min(k, v.shape[-1])
+    u = v.topk(k, -1).values
+    if not bool((u[..., -1] <= u[..., 0] - 1).all()):
+        u = v.sort(-1, descending=True).values
+    css = u.cumsum(-1)
+    j = torch.arange(1, u.shape[-1] + 1, device=v.device, dtype=v.dtype)
+    rho = (u - (css - 1) / j > 0).sum(-1, keepdim=True)       # a prefix: its length
+    t = (css.gather(-1, rho - 1) - 1) / rho
+    return (v - t).clamp_min(0.0)
+
+
+def sparse_size(tau: float, tau0: float, tau1: float, k: int, n_vocab: int) -> int:
+    """The support's size at temperature ``tau``: the whole vocabulary at ``tau0``,
+    ``k`` at ``tau1``, geometric in between (as the temperature itself)."""
+    if tau0 == tau1 or k >= n_vocab:
+        return min(k, n_vocab)
+    g = min(max(math.log(tau / tau1) / math.log(tau0 / tau1), 0.0), 1.0)
+    return max(k, min(n_vocab, round(k * (n_vocab / k) ** g)))
+
+
+def top_support(logits: torch.Tensor, s: int) -> torch.Tensor:
+    """The additive mask (0 kept, -1e9 not) of each position's top-``s`` logits (ties at
+    the s-th kept too)."""
+    kth = logits.topk(s, -1).values[..., -1:]
+    return torch.where(logits >= kth, 0.0, -1e9)
 
 
 def reset_rows(theta: torch.Tensor, adam: dict, rows: torch.Tensor, best: torch.Tensor,
@@ -130,5 +218,5 @@ class TorchRelaxer:
                           seconds=seconds, lr=st.lr, tau0=st.tau0, tau1=st.tau1, hard=st.hard,
                           generator=self.generator, make_embeds=embeds, start=tokens.start,
                           on_step=on_step, patience=st.patience, init_scale=st.init_scale,
-                          lm_topk=st.lm_topk)
+                          lm_topk=st.lm_topk, sparse_k=st.sparse_k, simplex=st.simplex)
         return theta, trace
