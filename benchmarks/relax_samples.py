@@ -92,7 +92,8 @@ def main():
            "(8 rows, model-sampled start).  Each cell: mean over targets of (share of the "
            "hard rows' tokens equal to the start / mean xe of the hard rows / mean "
            "activation); last columns: seconds per step, resets, and how much the best "
-           f"hard row at xe ≤ {FLUENT} rose above step 0's (activation units, mean).", "",
+           f"hard row at xe ≤ {FLUENT} rose above step 0's (activation units, mean over the "
+           "targets with one).", "",
            "| variant | " + " | ".join(f"step {s}" for s in marks)
            + " | s/step | resets | best fluent gain |",
            "|---|" + "---|" * len(marks) + "---:|---:|---:|"]
@@ -106,7 +107,7 @@ def main():
         out.append(f"| {name} | " + " | ".join(cells)
                    + f" | {statistics.mean(p['sec'] for p in per):.2f}"
                    + f" | {statistics.mean(p['resets'] for p in per):.0f}"
-                   + f" | {statistics.mean(gains) if gains else float('nan'):.3f} |")
+                   + (f" | {statistics.mean(gains):.3f} |" if gains else " | no fluent row |"))
     write_result(a.out, out)
 
 
