@@ -151,18 +151,29 @@ def _relax_simplex(handle, target, theta, mask, lam, cap, *, steps, seconds, lr,
 def project_simplex(v: torch.Tensor, mask: torch.Tensor, k: int = 2048) -> torch.Tensor:
     """The Euclidean projection of each row of ``v`` (..., V) onto the probability simplex
     over the tokens of ``mask`` (others 0): max(v - t, 0) with the t that makes it sum to
-    1 (Duchi et al. 2008).  Only entries above max - 1 can stay positive, so the largest
-    ``k`` suffice when they reach below that (else every entry is sorted)."""
+    1 (Duchi et al. 2008).  t is the largest (sum of the j largest - 1) / j over j, so the
+    ``k`` largest entries give a lower bound on it; when the k-th lies at or below that
+    bound, no entry outside them can stay positive and they give t exactly (else every
+    entry of those positions is sorted)."""
     v = torch.where(mask, v.float(), -1e9)
-    k = min(k, v.shape[-1])
-    u = v.topk(k, -1).values
-    if not bool((u[..., -1] <= u[..., 0] - 1).all()):
-        u = v.sort(-1, descending=True).values
+    flat = v.reshape(-1, v.shape[-1])
+    t = _simplex_threshold(flat.topk(min(k, flat.shape[-1]), -1).values)
+    wide = t.isnan()
+    if wide.any():
+        t[wide] = _simplex_threshold(flat[wide].sort(-1, descending=True).values)
+    return (v - t.reshape(v.shape[:-1] + (1,))).clamp_min(0.0)
+
+
+def _simplex_threshold(u: torch.Tensor) -> torch.Tensor:
+    """Each row's projection threshold from its largest entries ``u`` (rows, k), sorted
+    descending; NaN where the k-th entry lies above the lower bound they give (the row
+    may have more than k positive entries)."""
+    j = torch.arange(1, u.shape[-1] + 1, device=u.device, dtype=u.dtype)
     css = u.cumsum(-1)
-    j = torch.arange(1, u.shape[-1] + 1, device=v.device, dtype=v.dtype)
     rho = (u - (css - 1) / j > 0).sum(-1, keepdim=True)       # a prefix: its length
-    t = (css.gather(-1, rho - 1) - 1) / rho
-    return (v - t).clamp_min(0.0)
+    t = ((css.gather(-1, rho - 1) - 1) / rho)[:, 0]
+    exact = u[:, -1] <= ((css - 1) / j).amax(-1)
+    return torch.where(exact, t, torch.nan)
 
 
 def sparse_size(tau: float, tau0: float, tau1: float, k: int, n_vocab: int) -> int:
