@@ -186,8 +186,13 @@ class DreamConfig:
             bad(f"sparse_k must be a non-negative integer, got {self.relax.sparse_k!r}")
         if self.relax.sparse_k and self.backend == "jax":
             bad("sparse_k runs on the torch backend only; use --backend torch or sparse_k 0")
+        if not isinstance(self.relax.simplex, bool):
+            bad(f"simplex must be true or false, got {self.relax.simplex!r}")
         if self.relax.simplex and self.backend == "jax":
             bad("simplex runs on the torch backend only; use --backend torch")
+        if self.relax.simplex and (self.relax.lm_topk or self.relax.sparse_k):
+            bad("simplex samples from its own distributions; set lm_topk 0 and sparse_k 0 "
+                "with it")
         if not 0 < self.start.init_fraction <= 1:
             bad("init_fraction must lie in (0, 1]")
         if self.relax.tau0 <= 0 or self.relax.tau1 <= 0:

@@ -23,14 +23,20 @@ from featviz.search.api import dream
 from featviz.search.config import DreamConfig
 
 
+def _soft_embeds(h, tokens, rows: int, n: int):
+    """make_embeds for ``relax``: BOS, then the soft tokens."""
+    def embeds(soft):
+        e = h.model.get_input_embeddings()(tokens.full(torch.zeros(rows, n, dtype=torch.long)))
+        return torch.cat([e[:, :1], soft], 1)
+    return embeds
+
+
 def _torch_relax(h, target, lam, cap, steps, patience=0, seed=0, n=5):
     tokens = Tokens(h, [], [])
     rows = len(lam)
     theta = torch.zeros(rows, n, h.vocab_size)
 
-    def embeds(soft):
-        e = h.model.get_input_embeddings()(tokens.full(torch.zeros(rows, n, dtype=torch.long)))
-        return torch.cat([e[:, :1], soft], 1)
+    embeds = _soft_embeds(h, tokens, rows, n)
     trace = relax(h, target, theta, readable_mask(h), lam, cap, steps=steps, seconds=None, lr=0.3,
                   tau0=2.0, tau1=0.2, hard=True, generator=torch.Generator().manual_seed(seed),
                   make_embeds=embeds, start=1, patience=patience)
@@ -165,9 +171,7 @@ def test_lm_topk_samples_only_the_models_next_tokens(llama):
     mask = readable_mask(llama)
     thetas = []
 
-    def embeds(soft):
-        e = llama.model.get_input_embeddings()(tokens.full(torch.zeros(3, n, dtype=torch.long)))
-        return torch.cat([e[:, :1], soft], 1)
+    embeds = _soft_embeds(llama, tokens, 3, n)
     trace = relax(llama, t, theta, mask, lam, cap, steps=8, seconds=None, lr=0.3, tau0=2.0,
                   tau1=0.2, hard=True, generator=torch.Generator().manual_seed(0),
                   make_embeds=embeds, start=1, lm_topk=1,
@@ -216,9 +220,7 @@ def test_sparse_k_samples_only_thetas_top_tokens_at_the_end(llama):
     mask = readable_mask(llama)
     before = []
 
-    def embeds(soft):
-        e = llama.model.get_input_embeddings()(tokens.full(torch.zeros(2, n, dtype=torch.long)))
-        return torch.cat([e[:, :1], soft], 1)
+    embeds = _soft_embeds(llama, tokens, 2, n)
     trace = relax(llama, t, theta, mask, lam, cap, steps=6, seconds=None, lr=0.3, tau0=1.0,
                   tau1=1.0, hard=True, generator=torch.Generator().manual_seed(0),
                   make_embeds=embeds, start=1, sparse_k=2,
@@ -280,9 +282,7 @@ def test_simplex_relaxation_samples_its_distributions_support(llama):
     theta = torch.zeros(2, n, llama.vocab_size).scatter_(-1, init[..., None], 3.0)
     ps = []
 
-    def embeds(soft):
-        e = llama.model.get_input_embeddings()(tokens.full(torch.zeros(2, n, dtype=torch.long)))
-        return torch.cat([e[:, :1], soft], 1)
+    embeds = _soft_embeds(llama, tokens, 2, n)
     trace = relax(llama, t, theta, mask, lam, cap, steps=6, seconds=None, lr=0.1, tau0=2.0,
                   tau1=0.2, hard=True, generator=torch.Generator().manual_seed(0),
                   make_embeds=embeds, start=1, simplex=True, patience=2,
@@ -299,6 +299,10 @@ def test_simplex_relaxation_samples_its_distributions_support(llama):
     assert torch.allclose(theta.exp() * (last > 0), last, atol=1e-5)
     with pytest.raises(featviz.FeatvizError, match="torch backend only"):
         DreamConfig(simplex=True, backend="jax").check()
+    with pytest.raises(featviz.FeatvizError, match="simplex must be"):
+        DreamConfig(simplex="yes").check()
+    with pytest.raises(featviz.FeatvizError, match="set lm_topk 0 and sparse_k 0"):
+        DreamConfig(simplex=True, sparse_k=8).check()
     r = dream(llama, "mlp:1:3", DreamConfig(steps=5, swap_iters=1, seed=0, batch=3, caps=(6.0,),
                                              init_samples=8, beam_lams=(), simplex=True,
                                              lr=0.1), progress=False)

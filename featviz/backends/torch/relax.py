@@ -78,20 +78,11 @@ def relax(handle, target, theta: torch.Tensor, mask: torch.Tensor, lam: torch.Te
         opt.zero_grad(set_to_none=True)
         (-score.sum()).backward()
         opt.step()
-        if readout is not None:
-            stalled = readout.see(y.detach().argmax(-1), act, xe)
-            if stalled is not None:
-                reset_rows(theta, opt.state[theta], stalled.to(theta.device),
-                           readout.best_ids.to(theta.device), init_scale)
+        end_step(step, y.detach().argmax(-1), act, xe, theta, opt, readout, init_scale, trace,
+                 on_step)
         if lm_topk and logits is not None:     # the next step's support, around theta now
             support = lm_support(logits.detach(), theta.detach(), mask, lm_topk,
                                  weighs_fluency(lam, cap))
-        trace.steps = step + 1
-        if step % 10 == 0:
-            trace.soft_act.append(float(act.detach().mean()))
-            trace.soft_xe.append(float(xe.detach().mean()) if xe is not None else math.nan)
-        if on_step is not None:
-            on_step(step, theta)
     theta.requires_grad_(False)
     trace.seconds = time.perf_counter() - t0
     return trace
@@ -108,6 +99,24 @@ def lm_support(logits: torch.Tensor, theta: torch.Tensor, mask: torch.Tensor, k:
     keep.scatter_(-1, (theta + torch.where(mask, 0.0, -1e9)).argmax(-1, keepdim=True), True)
     keep |= ~rows.to(theta.device)[:, None, None]
     return torch.where(keep & mask, 0.0, -1e9)
+
+
+def end_step(step: int, ids, act, xe, param: torch.Tensor, opt, readout, scale: float,
+             trace: RelaxTrace, on_step) -> None:
+    """A relaxation step's bookkeeping after its update, for either parameterization:
+    the hard rows ``ids`` to the readout (stalled rows of ``param`` restart from
+    ``scale`` * one-hot(their best)), the trace, the caller's ``on_step``."""
+    if readout is not None:
+        stalled = readout.see(ids, act, xe)
+        if stalled is not None:
+            reset_rows(param, opt.state[param], stalled.to(param.device),
+                       readout.best_ids.to(param.device), scale)
+    trace.steps = step + 1
+    if step % 10 == 0:
+        trace.soft_act.append(float(act.detach().mean()))
+        trace.soft_xe.append(float(xe.detach().mean()) if xe is not None else math.nan)
+    if on_step is not None:
+        on_step(step, param)
 
 
 def _relax_simplex(handle, target, theta, mask, lam, cap, *, steps, seconds, lr, hard,
@@ -131,17 +140,7 @@ def _relax_simplex(handle, target, theta, mask, lam, cap, *, steps, seconds, lr,
         opt.step()
         with torch.no_grad():
             p.copy_(project_simplex(p, mask))
-        if readout is not None:
-            stalled = readout.see(idx[..., 0], act, xe)
-            if stalled is not None:
-                reset_rows(p, opt.state[p], stalled.to(p.device),
-                           readout.best_ids.to(p.device), 1.0)
-        trace.steps = step + 1
-        if step % 10 == 0:
-            trace.soft_act.append(float(act.detach().mean()))
-            trace.soft_xe.append(float(xe.detach().mean()) if xe is not None else math.nan)
-        if on_step is not None:
-            on_step(step, p)
+        end_step(step, idx[..., 0], act, xe, p, opt, readout, 1.0, trace, on_step)
     with torch.no_grad():
         theta.copy_(torch.where(p > 0, torch.log(p.clamp_min(1e-30)), -1e9))
     trace.seconds = time.perf_counter() - t0
