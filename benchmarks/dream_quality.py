@@ -57,6 +57,7 @@ METHODS = {
     "featviz-jax": {"backend": "jax"},          # relaxation and swap scoring on the JAX backend
     "featviz-jax-norelax": {"backend": "jax", "relax_fraction": 0.0, "steps": 0},
     "featviz-jax-relax": {"backend": "jax", "relax_fraction": 0.4},
+    "featviz-jax-simplex": {"backend": "jax", "relax_fraction": 0.4, "simplex": True, "lr": 0.1},
     "featviz-lean": {"sweep": 64, "children": 16},   # cheaper swap iterations, more of them
     "featviz-corpus-init": {"init": "corpus"},       # warm start from the corpus's top windows
                                                      # (sees corpus text: its own rows)
@@ -149,13 +150,17 @@ def table(rows, cmax, methods, specs):
 def seed_table(rows, cmax, methods, specs, seeds):
     """Per neuron and method, the fluent ratio (xe <= 6.5; 0 when none) as mean ± sd over
     seeds; per method the median over neurons of the means; and for each method with a
-    ``-norelax`` twin the relaxation's bar: median gain and neurons where it is higher."""
-    by = {}
+    ``-norelax`` twin the relaxation's bar: median gain and neurons where it is higher;
+    per method the relaxation steps and swap iterations its runs got."""
+    by, work = {}, {}
     for r in rows:
         fl = 0.0 if r["act_6.5"] is None else r["act_6.5"] / cmax[r["target"]]
         by.setdefault((r["target"], r["method"]), {})[r.get("seed", 0)] = fl
+        if r.get("seed", 0) in seeds and r["target"] in specs and "stats" in r:
+            work.setdefault(r["method"], []).append(
+                (r["stats"].get("relax_steps", 0), r["stats"].get("swap_iters", 0)))
     out = [f"Fluent ratio (best activation at xe ≤ 6.5 / corpus max; 0 when none), mean ± sd "
-           f"over seeds {', '.join(map(str, seeds))}.", "",
+           f"(min-max) over seeds {', '.join(map(str, seeds))}.", "",
            "| neuron | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     means = {}
     for s in specs:
@@ -168,8 +173,8 @@ def seed_table(rows, cmax, methods, specs, seeds):
                 continue
             means[(s, m)] = statistics.fmean(v)
             sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            cells.append(f"{means[(s, m)]:.2f} ± {sd:.2f}" + ("" if len(v) == len(seeds)
-                                                              else f" ({len(v)} seeds)"))
+            cells.append(f"{means[(s, m)]:.2f} ± {sd:.2f} ({min(v):.2f}-{max(v):.2f})"
+                         + ("" if len(v) == len(seeds) else f" ({len(v)} seeds)"))
         out.append(f"| {s} | " + " | ".join(cells) + " |")
     out.append("")
     for m in methods:
@@ -178,12 +183,19 @@ def seed_table(rows, cmax, methods, specs, seeds):
             out.append(f"- {m}: median over neurons of the seed-mean fluent ratio "
                        f"{statistics.median(ms):.2f}; ≥ 1.5 on {sum(x >= 1.5 for x in ms)}/{len(ms)}")
     for m in methods:
+        if work.get(m):
+            steps, iters = zip(*work[m])
+            out.append(f"- {m}: per run {statistics.fmean(steps):.1f} relaxation steps "
+                       f"({min(steps)}-{max(steps)}) and {statistics.fmean(iters):.1f} swap "
+                       f"iterations ({min(iters)}-{max(iters)}), {len(steps)} runs")
+    for m in methods:
         twin = {"featviz": "featviz-norelax", "featviz-relax": "featviz-norelax",
                 "featviz-lmtopk": "featviz-norelax", "featviz-sparse": "featviz-norelax",
                 "featviz-simplex": "featviz-norelax",
                 "featviz-simplex-slow": "featviz-norelax",
                 "featviz-jax": "featviz-jax-norelax",
-                "featviz-jax-relax": "featviz-jax-norelax"}.get(m)
+                "featviz-jax-relax": "featviz-jax-norelax",
+                "featviz-jax-simplex": "featviz-jax-norelax"}.get(m)
         if twin not in methods:
             continue
         both = [s for s in specs if (s, m) in means and (s, twin) in means]

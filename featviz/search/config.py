@@ -67,7 +67,7 @@ class RelaxConfig:
                                     # sparse_k as the temperature anneals (torch); 0: off
     simplex: bool = False           # PGD's parameterization: Adam on per-position distributions,
                                     # projected onto the simplex after each step, hard rows
-                                    # drawn from them (torch; lr in probability units)
+                                    # drawn from them (lr in probability units)
 
 
 @dataclass
@@ -188,8 +188,6 @@ class DreamConfig:
             bad("sparse_k runs on the torch backend only; use --backend torch or sparse_k 0")
         if not isinstance(self.relax.simplex, bool):
             bad(f"simplex must be true or false, got {self.relax.simplex!r}")
-        if self.relax.simplex and self.backend == "jax":
-            bad("simplex runs on the torch backend only; use --backend torch")
         if self.relax.simplex and (self.relax.lm_topk or self.relax.sparse_k):
             bad("simplex samples from its own distributions; set lm_topk 0 and sparse_k 0 "
                 "with it")

@@ -297,8 +297,7 @@ def test_simplex_relaxation_samples_its_distributions_support(llama):
         assert bool((p.gather(-1, ids[..., None]) > 0).all())
     last = ps[-1]
     assert torch.allclose(theta.exp() * (last > 0), last, atol=1e-5)
-    with pytest.raises(featviz.FeatvizError, match="torch backend only"):
-        DreamConfig(simplex=True, backend="jax").check()
+    DreamConfig(simplex=True, backend="jax").check()                # both backends
     with pytest.raises(featviz.FeatvizError, match="simplex must be"):
         DreamConfig(simplex="yes").check()
     with pytest.raises(featviz.FeatvizError, match="set lm_topk 0 and sparse_k 0"):
@@ -306,4 +305,60 @@ def test_simplex_relaxation_samples_its_distributions_support(llama):
     r = dream(llama, "mlp:1:3", DreamConfig(steps=5, swap_iters=1, seed=0, batch=3, caps=(6.0,),
                                              init_samples=8, beam_lams=(), simplex=True,
                                              lr=0.1), progress=False)
+    assert r.stats["relax_steps"] == 5 and r.config["simplex"] is True
+
+
+def test_the_jax_projection_is_the_euclidean_projection():
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from featviz.backends.jax.relax import project_simplex as jax_project
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(3, 5, 40, generator=g) * torch.tensor([0.1, 1.0, 5.0])[:, None, None]
+    mask = torch.ones(40, dtype=torch.bool)
+    mask[::7] = False
+    bias = jnp.where(jnp.asarray(mask.numpy()), 0.0, -1e9)
+    got = np.asarray(jax_project(jnp.asarray(v.numpy()), bias))
+    assert np.allclose(got.sum(-1), 1.0, atol=1e-5) and (got >= 0).all()
+    assert (got[..., ~mask.numpy()] == 0).all()
+    want = _simplex_reference(v[..., mask].double().numpy())
+    assert np.allclose(got[..., mask.numpy()], want, atol=1e-5)
+    np.testing.assert_allclose(got, project_simplex(v, mask).numpy(), atol=1e-6)
+    vertex = np.zeros((1, 1, 40), np.float32)
+    vertex[0, 0, 3] = 1.0
+    assert np.array_equal(np.asarray(jax_project(jnp.asarray(vertex), bias)), vertex)
+
+
+def test_the_jax_simplex_relaxation_keeps_its_start_and_support(llama):
+    """On JAX as on torch: the first hard rows are the start, every step's rows lie in
+    p's support, p stays on the simplex, theta comes back as log p, the rows are scored
+    exactly, and stalled rows restart."""
+    pytest.importorskip("jax")
+    from featviz.backends.jax.relax import relax_jax
+    t = featviz.parse_target("mlp:1:3", llama)
+    mask = readable_mask(llama)
+    lam, cap = torch.tensor([0.0, 0.3]), torch.tensor([math.inf, 6.0])
+    allowed = torch.nonzero(mask)[:, 0]
+    init = allowed[torch.randint(len(allowed), (2, 4), generator=torch.Generator().manual_seed(2))]
+    theta = torch.zeros(2, 4, llama.vocab_size).scatter_(-1, init[..., None], 3.0)
+    ps = []
+    out, trace, _ = relax_jax(llama, t, theta, mask, lam, cap, steps=20, seconds=None, lr=0.1,
+                              tau0=2.0, tau1=0.2, hard=True, seed=0, prefix_ids=[llama.bos_id],
+                              suffix_ids=[], patience=2, simplex=True,
+                              on_step=lambda i, p: ps.append(p))
+    assert torch.equal(trace.samples[0][0], init) and trace.resets > 0
+    p = ps[9]                                       # p after step 9 (the 10th)
+    assert torch.allclose(p.sum(-1), torch.ones(2, 4), atol=1e-5)
+    assert bool((p[..., ~mask] == 0).all()) and bool(((p > 0).sum(-1) < int(mask.sum())).all())
+    assert bool((p.gather(-1, trace.samples[10][0][..., None]) > 0).all())
+    last = torch.exp(out) * (out > -1e8)
+    assert torch.allclose(last.sum(-1), torch.ones(2, 4), atol=1e-5)
+    tokens = Tokens(llama, [], [])
+    for ids, act, xe in trace.samples[::6]:
+        a, x, _ = evaluate(tokens, t, ids)
+        np.testing.assert_allclose(act.numpy(), a.numpy(), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(xe.numpy(), x.numpy(), atol=1e-4, rtol=1e-4)
+    r = dream(llama, "mlp:1:3", DreamConfig(steps=5, swap_iters=1, seed=0, batch=3, caps=(6.0,),
+                                             init_samples=8, beam_lams=(), simplex=True,
+                                             lr=0.1, backend="jax"), progress=False)
     assert r.stats["relax_steps"] == 5 and r.config["simplex"] is True

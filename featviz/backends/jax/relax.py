@@ -114,8 +114,10 @@ def shared(key, build):
 
 
 def _core_objective(jm: JaxModel, canon, *, pre, suf, n: int, hard: bool, fluency: bool,
-                    directions):
-    """objective(params, theta, noise, tau, lam, cap, bias, idx) for a canonical target."""
+                    directions, simplex: bool = False):
+    """objective(params, theta, noise, tau, lam, cap, bias, idx) for a canonical target.
+    ``simplex``: theta is a distribution p per position (PGD's parameterization), the hard
+    rows drawn from p by Gumbel-max, the straight-through gradient to p (tau unused)."""
     import jax
     import jax.numpy as jnp
     sites = frozenset(canon.sites())
@@ -125,12 +127,19 @@ def _core_objective(jm: JaxModel, canon, *, pre, suf, n: int, hard: bool, fluenc
     def objective(params, theta, noise, tau, lam, cap, bias, idx):
         E = params["embed"]
         g = -jnp.log(-jnp.log(jnp.clip(noise, 1e-10, 1.0)))
-        y = jax.nn.softmax((theta + bias + g) / tau, axis=-1)
-        tok = jnp.argmax(y, -1)                    # the hard sample (scored exactly if hard)
-        if hard:
-            emb = st_embed(y, params, tok)         # forward: a gather; backward: g @ E.T
-            y = jax.nn.one_hot(tok, y.shape[-1], dtype=y.dtype) + y - jax.lax.stop_gradient(y)
+        if simplex:                                # tok ~ Categorical(p): Gumbel-max
+            soft = theta
+            tok = jnp.argmax(jnp.where(theta > 0, jnp.log(jnp.maximum(theta, 1e-30)), -1e9)
+                             + bias + g, -1)
         else:
+            soft = jax.nn.softmax((theta + bias + g) / tau, axis=-1)
+            tok = jnp.argmax(soft, -1)             # the hard sample (scored exactly if hard)
+        if hard or simplex:
+            emb = st_embed(soft, params, tok)      # forward: a gather; backward: g @ E.T
+            y = jax.nn.one_hot(tok, soft.shape[-1], dtype=soft.dtype) + soft \
+                - jax.lax.stop_gradient(soft)
+        else:
+            y = soft
             emb = mm(y, embed_matrix(params))
         B = theta.shape[0]
         if suf:
@@ -171,10 +180,12 @@ def make_objective(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_i
 
 
 def make_step(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n: int, hard: bool,
-              lr: float, directions=None, clip: float | None = None):
+              lr: float, directions=None, clip: float | None = None, simplex: bool = False):
     """(jitted step, optimizer init).  The optimizer is an optax chain: optional global-norm
     clipping, then Adam.  The compiled step is shared by targets with the same canonical
-    form; lambda, caps, the vocabulary mask and the target's indices are its arguments."""
+    form; lambda, caps, the vocabulary mask and the target's indices are its arguments.
+    ``simplex``: theta is a distribution per position, projected back onto the simplex
+    after each update (``project_simplex``)."""
     import jax
     import optax
     canon, fluency, extra = _arguments(target, mask, lam, cap)
@@ -183,7 +194,7 @@ def make_step(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n
 
     def build():
         objective = _core_objective(jm, canon, pre=pre, suf=suf, n=n, hard=hard,
-                                    fluency=fluency, directions=directions)
+                                    fluency=fluency, directions=directions, simplex=simplex)
 
         @jax.jit
         def step(params, theta, opt_state, key, tau, lam, cap, bias, idx):
@@ -191,11 +202,14 @@ def make_step(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n
             (_, (score, act, xe, tok)), grad = jax.value_and_grad(
                 objective, argnums=1, has_aux=True)(params, theta, noise, tau, lam, cap, bias, idx)
             updates, opt_state = opt.update(grad, opt_state, theta)
-            return jax.numpy.asarray(theta) + updates, opt_state, act, xe, tok
+            theta = jax.numpy.asarray(theta) + updates
+            if simplex:
+                theta = project_simplex(theta, bias)
+            return theta, opt_state, act, xe, tok
         return step, jm, directions
     dirs_key = tuple(sorted((directions or {}).keys()))
-    core = shared(("step", id(jm), canon, pre, suf, n, hard, fluency, float(lr), clip, dirs_key),
-                  build)
+    core = shared(("step", id(jm), canon, pre, suf, n, hard, fluency, float(lr), clip, dirs_key,
+                   simplex), build)
 
     def step(params, theta, opt_state, key, tau):
         return core(params, theta, opt_state, key, tau, *extra)
@@ -204,12 +218,41 @@ def make_step(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n
     return step, opt.init
 
 
+def project_simplex(v, bias, max_iter: int = 100):
+    """The Euclidean projection of each row of ``v`` (..., V) onto the probability simplex
+    over the tokens where ``bias`` is 0 (others 0): max(v - t, 0) with the t that makes it
+    sum to 1, found by Michelot's fixed point t <- (sum of the entries above t - 1) /
+    (their count) from the lower bound max(v) - 1: t rises to the threshold and stops
+    there, exactly, once the set above it stops shrinking (no sort, so it compiles to a few
+    masked sums; ``max_iter`` only bounds a loop that float rounding keeps alive)."""
+    import jax
+    import jax.numpy as jnp
+    v = jnp.where(bias == 0, v.astype(jnp.float32), -jnp.inf)
+
+    def update(t):
+        above = v > t
+        return (jnp.where(above, v, 0.0).sum(-1, keepdims=True) - 1) / above.sum(-1, keepdims=True)
+
+    def body(state):
+        t, _, i = state
+        new = update(t)
+        return new, jnp.any(new > t), i + 1
+
+    t, _, _ = jax.lax.while_loop(lambda st: st[1] & (st[2] < max_iter), body,
+                                 (v.max(-1, keepdims=True) - 1, jnp.bool_(True), 0))
+    return jnp.maximum(v - t, 0.0)
+
+
 def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: float | None,
               lr: float, tau0: float, tau1: float, hard: bool, seed: int, prefix_ids, suffix_ids,
-              on_step=None, precision: str = "fp32", patience: int = 0, init_scale: float = 3.0):
+              on_step=None, precision: str = "fp32", patience: int = 0, init_scale: float = 3.0,
+              simplex: bool = False):
     """The relaxation loop on the JAX backend.  theta0: (B, n, V) torch tensor.  Returns
     (final theta as a torch tensor, RelaxTrace).  ``precision`` as in ``to_jax``; hard
-    samples and stall resets as in the torch loop (``HardReadout``)."""
+    samples and stall resets as in the torch loop (``HardReadout``).  ``simplex``: PGD's
+    parameterization as in the torch loop (p starts at one-hot(theta0's argmax), a reset
+    row at one-hot(its best), theta comes back as log p)."""
+    import jax
     import jax.numpy as jnp
     import torch
 
@@ -218,8 +261,12 @@ def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: fl
     n = theta0.shape[1]
     step, init = make_step(jm, target, mask.cpu().numpy(), lam.cpu().numpy(), cap.cpu().numpy(),
                            prefix_ids=prefix_ids, suffix_ids=suffix_ids, n=n, hard=hard, lr=lr,
-                           directions=directions_for(target, handle))
+                           directions=directions_for(target, handle), simplex=simplex)
     theta = jnp.asarray(theta0.cpu().numpy())
+    if simplex:
+        bias = np.where(mask.cpu().numpy(), 0.0, -1e9).astype(np.float32)
+        theta = jax.nn.one_hot((theta + bias).argmax(-1), theta.shape[-1], dtype=jnp.float32)
+        init_scale = 1.0
     state = init(theta)
     t0 = time.perf_counter()
     trace = RelaxTrace(0, 0.0, [], [])
@@ -244,6 +291,8 @@ def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: fl
             on_step(i, torch.from_numpy(np.array(theta)).to(handle.device)  # only when used
                     if i % 10 == 9 else None)
     trace.seconds = time.perf_counter() - t0
+    if simplex:                                        # log p, -1e9 off the support
+        theta = jnp.where(theta > 0, jnp.log(jnp.maximum(theta, 1e-30)), -1e9)
     return torch.from_numpy(np.array(theta)), trace, step
 
 
@@ -273,8 +322,6 @@ class JaxRelaxer:
         if st.lm_topk:
             raise FeatvizError("lm_topk runs on the torch relaxation only; use --backend torch "
                                "or lm_topk 0")
-        if st.simplex:
-            raise FeatvizError("simplex runs on the torch relaxation only; use --backend torch")
         if st.sparse_k:
             raise FeatvizError("sparse_k runs on the torch relaxation only; use --backend torch "
                                "or sparse_k 0")
@@ -283,5 +330,5 @@ class JaxRelaxer:
             lr=st.lr, tau0=st.tau0, tau1=st.tau1, hard=st.hard, seed=st.seed * 1009 + restart,
             prefix_ids=[h.bos_id] + list(self.tokens.prefix),
             suffix_ids=list(self.tokens.suffix), on_step=on_step, precision=st.precision,
-            patience=st.patience, init_scale=st.init_scale)
+            patience=st.patience, init_scale=st.init_scale, simplex=st.simplex)
         return theta.to(h.device), trace
