@@ -129,8 +129,7 @@ def _core_objective(jm: JaxModel, canon, *, pre, suf, n: int, hard: bool, fluenc
         g = -jnp.log(-jnp.log(jnp.clip(noise, 1e-10, 1.0)))
         if simplex:                                # tok ~ Categorical(p): Gumbel-max
             soft = theta
-            tok = jnp.argmax(jnp.where(theta > 0, jnp.log(jnp.maximum(theta, 1e-30)), -1e9)
-                             + bias + g, -1)
+            tok = jnp.argmax(log_support(theta) + bias + g, -1)
         else:
             soft = jax.nn.softmax((theta + bias + g) / tau, axis=-1)
             tok = jnp.argmax(soft, -1)             # the hard sample (scored exactly if hard)
@@ -218,6 +217,12 @@ def make_step(jm: JaxModel, target, mask, lam, cap, *, prefix_ids, suffix_ids, n
     return step, opt.init
 
 
+def log_support(p):
+    """log p, with -1e9 where p is 0 (the tokens the projection left out)."""
+    import jax.numpy as jnp
+    return jnp.where(p > 0, jnp.log(jnp.maximum(p, 1e-30)), -1e9)
+
+
 def project_simplex(v, bias, max_iter: int = 100):
     """The Euclidean projection of each row of ``v`` (..., V) onto the probability simplex
     over the tokens where ``bias`` is 0 (others 0): max(v - t, 0) with the t that makes it
@@ -292,7 +297,7 @@ def relax_jax(handle, target, theta0, mask, lam, cap, *, steps: int, seconds: fl
                     if i % 10 == 9 else None)
     trace.seconds = time.perf_counter() - t0
     if simplex:                                        # log p, -1e9 off the support
-        theta = jnp.where(theta > 0, jnp.log(jnp.maximum(theta, 1e-30)), -1e9)
+        theta = log_support(theta)
     return torch.from_numpy(np.array(theta)), trace, step
 
 

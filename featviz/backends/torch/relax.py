@@ -131,7 +131,7 @@ def _relax_simplex(handle, target, theta, mask, lam, cap, *, steps, seconds, lr,
     trace = RelaxTrace(0, 0.0, [], [])
     readout = HardReadout(lam, cap, patience, trace) if hard else None
     for step, _tau in schedule(steps, seconds, 1.0, 1.0):
-        logp = torch.where(p.detach() > 0, torch.log(p.detach().clamp_min(1e-30)), -1e9) + bias
+        logp = log_support(p.detach()) + bias
         idx = gumbel_softmax(logp, 1.0, generator).argmax(-1, keepdim=True)   # ~ Categorical(p)
         y = torch.zeros_like(logp).scatter_(-1, idx, 1.0) + p - p.detach()
         score, act, xe, _ = forward_scores(handle, target, make_embeds(y @ W), y, start, lam, cap)
@@ -142,9 +142,14 @@ def _relax_simplex(handle, target, theta, mask, lam, cap, *, steps, seconds, lr,
             p.copy_(project_simplex(p, mask))
         end_step(step, idx[..., 0], act, xe, p, opt, readout, 1.0, trace, on_step)
     with torch.no_grad():
-        theta.copy_(torch.where(p > 0, torch.log(p.clamp_min(1e-30)), -1e9))
+        theta.copy_(log_support(p))
     trace.seconds = time.perf_counter() - t0
     return trace
+
+
+def log_support(p: torch.Tensor) -> torch.Tensor:
+    """log p, with -1e9 where p is 0 (the tokens the projection left out)."""
+    return torch.where(p > 0, torch.log(p.clamp_min(1e-30)), -1e9)
 
 
 def project_simplex(v: torch.Tensor, mask: torch.Tensor, k: int = 2048) -> torch.Tensor:
