@@ -58,6 +58,8 @@ METHODS = {
     "featviz-jax-norelax": {"backend": "jax", "relax_fraction": 0.0, "steps": 0},
     "featviz-jax-relax": {"backend": "jax", "relax_fraction": 0.4},
     "featviz-jax-simplex": {"backend": "jax", "relax_fraction": 0.4, "simplex": True, "lr": 0.1},
+    "featviz-jax-simplex-short": {"backend": "jax", "relax_fraction": 0.15, "simplex": True,
+                                  "lr": 0.1},   # a smaller share: fewer costly gradient rows
     "featviz-lean": {"sweep": 64, "children": 16},   # cheaper swap iterations, more of them
     "featviz-corpus-init": {"init": "corpus"},       # warm start from the corpus's top windows
                                                      # (sees corpus text: its own rows)
@@ -195,7 +197,8 @@ def seed_table(rows, cmax, methods, specs, seeds):
                 "featviz-simplex-slow": "featviz-norelax",
                 "featviz-jax": "featviz-jax-norelax",
                 "featviz-jax-relax": "featviz-jax-norelax",
-                "featviz-jax-simplex": "featviz-jax-norelax"}.get(m)
+                "featviz-jax-simplex": "featviz-jax-norelax",
+                "featviz-jax-simplex-short": "featviz-jax-norelax"}.get(m)
         if twin not in methods:
             continue
         both = [s for s in specs if (s, m) in means and (s, twin) in means]
