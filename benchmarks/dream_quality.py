@@ -128,7 +128,8 @@ def table(rows, cmax, methods, specs):
     out.append("Ratios are activation / corpus max; 'any' shows the xe of that prompt.")
     out.append("")
     for m in methods:
-        fl = [by[(s, m)]["act_6.5"] / cmax[s] if by.get((s, m)) and by[(s, m)]["act_6.5"] is not None
+        fl = [by[(s, m)]["act_6.5"] / cmax[s]
+              if by.get((s, m)) and by[(s, m)]["act_6.5"] is not None
               else 0.0 for s in specs if (s, m) in by]
         if not fl:
             continue
@@ -182,8 +183,9 @@ def seed_table(rows, cmax, methods, specs, seeds):
     for m in methods:
         ms = [means[(s, m)] for s in specs if (s, m) in means]
         if ms:
+            strong = sum(x >= 1.5 for x in ms)
             out.append(f"- {m}: median over neurons of the seed-mean fluent ratio "
-                       f"{statistics.median(ms):.2f}; ≥ 1.5 on {sum(x >= 1.5 for x in ms)}/{len(ms)}")
+                       f"{statistics.median(ms):.2f}; ≥ 1.5 on {strong}/{len(ms)}")
     for m in methods:
         if work.get(m):
             steps, iters = zip(*work[m])

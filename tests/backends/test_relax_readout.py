@@ -121,7 +121,8 @@ def test_the_jax_relaxation_reads_out_and_resets_the_same_way(llama):
     th = jnp.ones((2, 3, 7))
     state = optax.adam(0.1).init(th)
     state = (state[0]._replace(mu=state[0].mu + 1.0, nu=state[0].nu + 1.0),) + state[1:]
-    th2, state2 = jax_reset(th, state, np.array([True, False]), np.array([[4, 5, 6], [0, 0, 0]]), 3.0)
+    th2, state2 = jax_reset(th, state, np.array([True, False]),
+                            np.array([[4, 5, 6], [0, 0, 0]]), 3.0)
     assert np.asarray(th2[0]).argmax(-1).tolist() == [4, 5, 6] and float(th2[0].sum()) == 9.0
     assert float(th2[1].sum()) == 21.0
     assert float(np.abs(np.asarray(state2[0].mu[0])).sum()) == 0.0
