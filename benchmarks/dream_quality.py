@@ -67,6 +67,8 @@ METHODS = {
                                                      # in different basins
     "featviz-focus": {"batch": 4, "caps": (6.0, 6.5)},   # fewer rows, all near the 6.5
                                                      # cap: more swap iterations per row
+    "featviz-raw": {"lam_max": 0.0, "caps": ()},   # configs/raw.yaml: activation alone,
+                                                 # the audit's regime (rows of its own)
     "epo": run_epo,
     "gcg": run_gcg,
 }
@@ -86,6 +88,7 @@ def run_one(handle, spec, method, budget, seed):
         res = dream(handle, target, cfg, progress=False)
         best = {c: (res.best if c == math.inf else res.best_at.get(c)) for c in CAPS}
         stats = {k: v for k, v in res.stats.items() if k != "soft_trace"}
+        front = [[c.xe, c.activation] for c in res.frontier]     # verified, xe ascending
     else:
         fn, kw = how if isinstance(how, tuple) else (how, {})
         archive, stats = fn(handle, target, seconds=budget, seed=seed, **kw)
@@ -94,8 +97,10 @@ def run_one(handle, spec, method, budget, seed):
         for c in CAPS:
             hit = archive.best(c)
             best[c] = None if hit is None else verify_one(handle, target, tokens, hit[0], 12)
+        front = sorted({(b.xe, b.activation) for b in best.values() if b is not None})
     secs = time.perf_counter() - t0
-    row = {"target": spec, "method": method, "budget": budget, "seconds": secs, "stats": stats}
+    row = {"target": spec, "method": method, "budget": budget, "seconds": secs, "stats": stats,
+           "frontier": front}
     for c in CAPS:
         b = best[c]
         key = "any" if c == math.inf else f"{c:g}"
@@ -215,6 +220,102 @@ def seed_table(rows, cmax, methods, specs, seeds):
     return "\n".join(out)
 
 
+def front(row):
+    """A row's verified (xe, activation) points: its frontier where recorded (rows since
+    the frontier was stored), else its best at each xe cap."""
+    if row.get("frontier"):
+        return [tuple(p) for p in row["frontier"]]
+    return sorted({(row[f"xe_{k}"], row[f"act_{k}"]) for k in ("5", "6.5", "any")
+                   if row.get(f"act_{k}") is not None})
+
+
+def sweep_pick(rows, cmax, specs):
+    """The baselines' tuning (one seed): per grid configuration, over the neurons it ran
+    on, the median of the fluent ratio (0 when none) and of the ratio at any fluency; the
+    configurations picked: EPO's best by each median (the fluent one and the strong one),
+    GCG's best by the median at any fluency (it weighs no fluency)."""
+    med = {}
+    for m in SWEEP:
+        got = {r["target"]: r for r in rows if r["method"] == m and r["target"] in specs}
+        if not got:
+            continue
+        fl = [0.0 if r["act_6.5"] is None else r["act_6.5"] / cmax[t] for t, r in got.items()]
+        an = [r["act_any"] / cmax[t] for t, r in got.items()]
+        med[m] = (len(got), statistics.median(fl), statistics.median(an))
+    if not med:
+        return ""
+    out = ["## The baselines' tuning grid", "",
+           "| configuration | neurons | median fluent ratio | median ratio at any fluency |",
+           "|---|---:|---:|---:|"]
+    out += [f"| {m} | {n} | {f:.2f} | {a:.2f} |" for m, (n, f, a) in med.items()]
+    full = {m: v for m, v in med.items() if v[0] == len(specs)}
+    out.append("")
+    if len(full) < len(med):
+        out.append(f"- {len(med) - len(full)} configurations have not run on every neuron "
+                   "yet; the picks below are among those that have.")
+    for fam, key, what in (("epo", 1, "fluent ratio"), ("epo", 2, "ratio at any fluency"),
+                           ("gcg", 2, "ratio at any fluency")):
+        cand = {m: v for m, v in full.items() if m.startswith(fam + "-")}
+        if cand:
+            best = max(cand, key=lambda m: (cand[m][key], cand[m][3 - key]))
+            out.append(f"- {fam.upper()} picked by the median {what}: {best} "
+                       f"({cand[best][key]:.2f})")
+    return "\n".join(out)
+
+
+def front_table(rows, cmax, specs, seeds, ours, baselines):
+    """Bar 3.  Per neuron, the best fair baseline: of ``baselines``, the one with the
+    highest seed-mean activation at any fluency, at its seed-mean xe X.  Per featviz method
+    in ``ours``: the seed mean of the best verified activation on its frontier at xe <= X,
+    and whether it reaches the baseline's (a seed with no frontier point at or below X
+    counts as not reaching it)."""
+    by = {}
+    for r in rows:
+        if r.get("seed", 0) in seeds:
+            by.setdefault((r["target"], r["method"]), []).append(r)
+    full = lambda s, m: len(by.get((s, m), [])) == len(seeds)   # noqa: E731
+    out = ["## Bar 3: featviz's verified frontier against the best fair baseline", "",
+           f"Seed means over seeds {', '.join(map(str, seeds))}; activations / corpus max.", "",
+           "| neuron | best baseline | its ratio (xe) | " + " | ".join(
+               f"{m} at xe ≤ baseline's" for m in ours) + " |",
+           "|---|---|---|" + "---|" * len(ours)]
+    reached = {m: 0 for m in ours}
+    either = 0
+    n = 0
+    for s in specs:
+        bl = [b for b in baselines if full(s, b)]
+        if not bl:
+            continue
+        mean = {b: (statistics.fmean(r["act_any"] for r in by[(s, b)]),
+                    statistics.fmean(r["xe_any"] for r in by[(s, b)])) for b in bl}
+        b = max(bl, key=lambda b: mean[b][0])
+        A, X = mean[b]
+        n += 1
+        cells, hit = [], False
+        for m in ours:
+            if not full(s, m):
+                cells.append("")
+                continue
+            best = [max((a for x, a in front(r) if x <= X), default=None) for r in by[(s, m)]]
+            if any(v is None for v in best):
+                cells.append("— (no point at that xe in some seed)")
+                continue
+            v = statistics.fmean(best)
+            ok = v >= A
+            reached[m] += ok
+            hit |= ok
+            cells.append(f"{v / cmax[s]:.2f} {'✓' if ok else '✗'}")
+        either += hit
+        out.append(f"| {s} | {b} | {A / cmax[s]:.2f} ({X:.1f}) | " + " | ".join(cells) + " |")
+    out.append("")
+    for m in ours:
+        out.append(f"- {m} reaches the best fair baseline on {reached[m]}/{n} neurons "
+                   "(bar 7/8)")
+    if len(ours) > 1:
+        out.append(f"- either mode, each at the same budget: {either}/{n}")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=float, default=90.0)
@@ -224,6 +325,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", default=None, help="comma-separated seeds (overrides --seed)")
     ap.add_argument("--tag", default="cpu")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the tables from the tag's jsonl without running anything")
     ap.add_argument("--corpus-max", default=os.path.join(HERE, "results", "corpus_max_200000.json"))
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -244,9 +347,10 @@ def main():
     jl = os.path.join(HERE, "results", f"dream_quality_{args.tag}.jsonl")
     rows = [json.loads(x) for x in open(jl)] if os.path.exists(jl) else []
     done = {(r["target"], r["method"], r["budget"], r.get("seed", 0)) for r in rows}
-    handle = featviz.load_model()
-    featviz.model.vocab.readable_mask(handle)
-    for seed in seeds:
+    if not args.report_only:
+        handle = featviz.load_model()
+        featviz.model.vocab.readable_mask(handle)
+    for seed in [] if args.report_only else seeds:
         for s in specs:
             for m in methods:
                 if (s, m, args.budget, seed) in done:
@@ -268,6 +372,12 @@ def main():
         md = title + seed_table(rows, cmax, all_methods, specs, all_seeds) + "\n"
     else:
         md = title + table(rows, cmax, all_methods, specs) + "\n"
+    ours = [m for m in all_methods if m.startswith("featviz")]
+    theirs = [m for m in all_methods if not m.startswith("featviz")]
+    if ours and theirs:
+        md += "\n" + front_table(rows, cmax, specs, all_seeds, ours, theirs) + "\n"
+    if any(m in SWEEP for m in all_methods) and len(all_seeds) == 1:
+        md += "\n" + sweep_pick(rows, cmax, specs) + "\n"
     with open(os.path.join(HERE, "results", f"dream_quality_{args.tag}.md"), "w") as f:
         f.write(md)
     print(md)

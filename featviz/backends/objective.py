@@ -42,9 +42,12 @@ def needs_fluency(lam: torch.Tensor, cap: torch.Tensor) -> bool:
 
 
 def lambdas(n: int, lam_min: float = 0.05, lam_max: float = 3.0, include_zero: bool = True):
-    """Log-spaced lambdas for a population of n rows (first row 0 when include_zero)."""
+    """Log-spaced lambdas for a population of n rows (first row 0 when include_zero);
+    every one 0 when ``lam_max`` is 0 (the raw mode: activation alone)."""
     if n <= 0:
         return []
+    if lam_max == 0:
+        return [0.0] * n
     if include_zero and n == 1:
         return [0.0]
     k = n - 1 if include_zero else n

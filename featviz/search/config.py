@@ -19,7 +19,8 @@ class RowsConfig:
 
     batch: int = 8                  # population rows, one lambda or xe cap each
     lam_min: float = 0.05
-    lam_max: float = 1.0
+    lam_max: float = 1.0            # 0: every lambda row 0 (with caps (): the raw mode,
+                                    # activation alone, the forward stopping at the target)
     caps: tuple = (5.0, 6.0, 6.5)   # epsilon-constraint rows (best activation under xe cap)
     distinct: int = 0               # population rows differ in at least this many tokens
                                     # (0: each row takes its best, duplicates allowed)
@@ -191,6 +192,10 @@ class DreamConfig:
         if self.relax.simplex and (self.relax.lm_topk or self.relax.sparse_k):
             bad("simplex samples from its own distributions; set lm_topk 0 and sparse_k 0 "
                 "with it")
+        lo, hi = self.rows.lam_min, self.rows.lam_max
+        if not (hi == 0 or 0 < lo <= hi):
+            bad(f"lam_min and lam_max must satisfy 0 < lam_min <= lam_max (or lam_max 0: "
+                f"every row weighs activation alone), got {lo} and {hi}")
         if not 0 < self.start.init_fraction <= 1:
             bad("init_fraction must lie in (0, 1]")
         if self.relax.tau0 <= 0 or self.relax.tau1 <= 0:

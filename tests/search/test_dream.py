@@ -44,6 +44,25 @@ def test_temperature_and_gumbel():
     assert torch.allclose(y.sum(-1), torch.ones(2, 3))
     assert torch.allclose(y, (y > 0.5).float(), atol=1e-6)
     assert lambdas(4, 0.1, 3.0)[0] == 0.0 and lambdas(4, 0.1, 3.0)[-1] == pytest.approx(3.0)
+    assert lambdas(4, 0.05, 0.0) == [0.0] * 4          # lam_max 0: the raw mode
+
+
+def test_raw_mode_weighs_activation_alone(llama):
+    """lam_max 0 and no caps (configs/raw.yaml): every row's lambda is 0, so every forward
+    the search itself makes (relaxation, swaps) stops after the target's layer; only the
+    float32 verification computes xe, and the frontier still carries it."""
+    seen = []
+    hooks = [blk.register_forward_hook(lambda m, i, o, k=k: seen.append(k))
+             for k, blk in enumerate(llama.blocks)]
+    try:
+        res = dream(llama, "mlp:0:1", DreamConfig(**{**FAST, "caps": ()}, lam_max=0.0,
+                                                   init="random"), progress=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert res.best is not None and res.best_at == {} and res.frontier
+    assert all(c.xe == c.xe for c in res.frontier)     # verified xe, not NaN
+    assert seen.count(0) > seen.count(2)
 
 
 # vocab "all": byte tokens whose decoded text re-encodes differently are common there, so
@@ -113,6 +132,9 @@ def test_prefix_and_suffix(llama):
     ({"budget_seconds": 0}, "must be positive"),
     ({"init": "corpus"}, "needs corpus windows"),
     ({"init": "corpus", "corpus_init": [[5] * 12, [5] * 3]}, "the shortest has 3"),
+    ({"lam_min": 0.0}, "0 < lam_min <= lam_max"),
+    ({"lam_min": 2.0, "lam_max": 1.0}, "0 < lam_min <= lam_max"),
+    ({"lam_max": -1.0}, "0 < lam_min <= lam_max"),
 ])
 def test_bad_configs(llama, kw, msg):
     with pytest.raises(FeatvizError, match=msg):
