@@ -312,7 +312,8 @@ def front_table(rows, cmax, specs, seeds, ours, baselines):
         out.append(f"- {m} reaches the best fair baseline on {reached[m]}/{n} neurons "
                    "(bar 7/8)")
     if len(ours) > 1:
-        out.append(f"- either mode, each at the same budget: {either}/{n}")
+        out.append(f"- any of these featviz methods (each run at the same budget, not their "
+                   f"union's): {either}/{n}")
     return "\n".join(out)
 
 
