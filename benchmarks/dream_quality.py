@@ -37,6 +37,8 @@ DEV = os.path.join(HERE, "..", "..", "shared", "bench", "dev_neurons.json")
 CAPS = (5.0, 6.5, math.inf)
 CORPUS_TOP: dict = {}     # target -> texts of its top corpus windows, each ending at its peak
 
+# the raw mode's probes (2026-12-07): activation alone, no relaxation, no LM-guided beams
+RAW_SWAPS = {"lam_max": 0.0, "caps": (), "relax_fraction": 0.0, "steps": 0, "beam_lams": ()}
 METHODS = {
     # name: DreamConfig overrides (featviz variants) or a baseline runner
     "featviz": {},
@@ -67,8 +69,25 @@ METHODS = {
                                                      # in different basins
     "featviz-focus": {"batch": 4, "caps": (6.0, 6.5)},   # fewer rows, all near the 6.5
                                                      # cap: more swap iterations per row
-    "featviz-raw": {"lam_max": 0.0, "caps": ()},   # configs/raw.yaml: activation alone,
-                                                 # the audit's regime (rows of its own)
+    "featviz-raw": {"lam_max": 0.0, "caps": ()},   # activation alone, the audit's regime
+                                                 # (rows of its own); the first raw mode:
+                                                 # its eight rows collapse onto one
+    "featviz-raw-caps": {"lam_max": 0.0, "caps": (10.0, 12.0)},   # raw, two rows capped at
+                                                 # xe 10 and 12: a frontier at the xe where
+                                                 # the baselines' bests lie
+    "featviz-raw-swaps": RAW_SWAPS,   # raw, the whole budget in swaps after the model
+                                      # samples (no relaxation, no LM beams)
+    "featviz-raw-swaps-k256": {**RAW_SWAPS, "k_grad": 256},   # and wider swaps
+    "featviz-raw-distinct": {**RAW_SWAPS, "distinct": 4},   # the rows (all lambda 0) kept
+                                                            # 4 tokens apart: 8 parents, not 1
+    "featviz-raw-distinct-k256": {**RAW_SWAPS, "distinct": 4, "k_grad": 256},
+                                                 # = configs/raw.yaml (since 2026-12-07)
+    "featviz-raw-distinct-random": {**RAW_SWAPS, "distinct": 4, "init": "random"},
+    "featviz-raw-distinct-b4": {**RAW_SWAPS, "distinct": 4, "batch": 4, "children": 48},
+                                                 # four rows, twice the children each
+    "featviz-raw-distinct-k256-s64": {**RAW_SWAPS, "distinct": 4, "k_grad": 256, "sweep": 64},
+                                                 # a smaller last-position sweep (38 % of
+                                                 # the swaps' time at its default 200)
     "epo": run_epo,
     "gcg": run_gcg,
 }
@@ -143,14 +162,16 @@ def table(rows, cmax, methods, specs):
                 f"{statistics.median(fl):.2f}")
         anyr = [by[(s, m)]["act_any"] / cmax[s] for s in specs if (s, m) in by]
         line += f"; median ratio at any fluency {statistics.median(anyr):.2f}"
-        if m.startswith("featviz"):
+        theirs = [b for b in methods if not b.startswith("featviz")]
+        if m.startswith("featviz") and theirs:
             beats = 0
             for s in specs:
                 r = by.get((s, m))
-                base = [by[(s, b)]["act_any"] for b in ("epo", "gcg") if (s, b) in by]
+                base = [by[(s, b)]["act_any"] for b in theirs if (s, b) in by]
                 if r and base and r["act_6.5"] is not None and r["act_6.5"] > max(base):
                     beats += 1
-            line += f"; fluent text beats EPO and GCG at any fluency on {beats}/{len(specs)}"
+            line += (f"; fluent text beats every baseline at any fluency on "
+                     f"{beats}/{len(specs)}")
         out.append(line)
     return "\n".join(out)
 
@@ -377,7 +398,8 @@ def main():
     theirs = [m for m in all_methods if not m.startswith("featviz")]
     if ours and theirs:
         md += "\n" + front_table(rows, cmax, specs, all_seeds, ours, theirs) + "\n"
-    if any(m in SWEEP for m in all_methods) and len(all_seeds) == 1:
+    if sum(m in SWEEP for m in all_methods) == len(SWEEP) and len(all_seeds) == 1:
+        # the sweep's own tag (every grid configuration), not a comparison of its picks
         md += "\n" + sweep_pick(rows, cmax, specs) + "\n"
     with open(os.path.join(HERE, "results", f"dream_quality_{args.tag}.md"), "w") as f:
         f.write(md)

@@ -47,7 +47,7 @@ def scores_for_rows(act, xe, lam, cap):
 
 def population(archive: Archive, lam, cap, dev, distance: int = 0):
     """Per row, the archived candidate with the best score for that row's lambda or cap
-    (rows kept ``distance`` tokens apart, see ``discretize.select_index``)."""
+    (rows kept ``distance`` tokens apart, see ``moves.select_index``)."""
     keys = list(archive.entries)
     pool = torch.tensor(keys, device=dev)
     pa = torch.tensor([archive.entries[k][0] for k in keys], device=dev)

@@ -28,6 +28,47 @@ def test_merge_keeps_each_rows_best_by_its_own_score():
     assert [5, 5] not in nan.ids.tolist()                  # a NaN activation never wins
 
 
+def test_rows_that_share_an_objective_collapse_unless_kept_apart():
+    """Raw mode's rows all weigh activation alone: merged plainly they all take the one
+    best candidate; with ``distance`` they take the best ones that differ from every row
+    before them in that many positions."""
+    lam = torch.zeros(3)
+    cap = torch.full((3,), math.inf)
+    pop = Population(torch.tensor([[1, 1, 1]] * 3), torch.ones(3), torch.ones(3))
+    kids = torch.tensor([[9, 9, 9], [9, 9, 8], [7, 7, 9], [6, 6, 6]])
+    act = torch.tensor([10.0, 9.0, 8.0, 2.0])
+    same = pop.merge(kids, act, torch.ones(4), lam, cap)
+    assert same.ids.tolist() == [[9, 9, 9]] * 3
+    apart = pop.merge(kids, act, torch.ones(4), lam, cap, distance=2)
+    assert apart.ids.tolist() == [[9, 9, 9], [7, 7, 9], [6, 6, 6]]   # [9, 9, 8]: 1 apart
+    assert apart.act.tolist() == [10.0, 8.0, 2.0]
+
+
+def test_raw_preset_keeps_its_rows_apart(llama, monkeypatch):
+    """configs/raw.yaml: every row lambda 0, no relaxation, and the rows kept apart, so
+    the swaps start from as many parents as there are rows."""
+    import featviz.search.population as population
+    from featviz.config import load_config
+    cfg = load_config("configs/raw.yaml", {}).dream
+    assert (cfg.rows.lam_max, cfg.rows.caps, cfg.relax.relax_fraction) == (0, (), 0)
+    assert cfg.rows.distinct >= 2 and cfg.start.beam_lams == ()
+    picked = []
+    real = population.select_index
+
+    def spy(scores, pool, distance=0):
+        idx = real(scores, pool, distance)
+        picked.append(pool[idx])
+        return idx
+    monkeypatch.setattr(population, "select_index", spy)
+    cfg = cfg.replace(length=6, batch=4, budget_seconds=None, steps=0, swap_iters=3,
+                      children=6, init_samples=16)
+    res = featviz.dream(llama, "mlp:0:1", cfg, progress=False)
+    assert res.best is not None and picked
+    for rows in picked:
+        diff = (rows[:, None] != rows[None]).sum(-1)
+        assert int(diff[~torch.eye(len(rows), dtype=torch.bool)].min()) >= cfg.rows.distinct
+
+
 def test_torch_scorer_is_the_exact_scorer(llama):
     t = featviz.parse_target("mlp:1:2@max", llama)
     tokens = Tokens(llama, [7], [])
