@@ -211,7 +211,9 @@ class DreamConfig:
         if self.swaps.sweep is not None and self.swaps.sweep < 0:
             bad("sweep must not be negative")
         if not isinstance(self.rows.distinct, int) or not 0 <= self.rows.distinct <= self.length:
-            bad(f"distinct must be an integer in [0, --length], got {self.rows.distinct}")
+            bad(f"distinct (rows kept that many tokens apart) must be an integer in [0, "
+                f"{self.length}] (the length), got {self.rows.distinct}: lower distinct in "
+                f"the --config preset or raise --length")
         if min(self.swaps.children, self.swaps.k_grad, self.swaps.k_lm, self.swaps.k_relax) < 1:
             bad("children, k_grad, k_lm and k_relax must be at least 1")
         if not 0 <= self.swaps.relax_share <= 1:

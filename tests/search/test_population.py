@@ -69,6 +69,12 @@ def test_raw_preset_keeps_its_rows_apart(llama, monkeypatch):
         assert int(diff[~torch.eye(len(rows), dtype=torch.bool)].min()) >= cfg.rows.distinct
 
 
+def test_raw_preset_with_a_short_length_names_the_fix():
+    with pytest.raises(FeatvizError, match="lower distinct in the --config preset or raise "
+                                           "--length"):
+        DreamConfig(length=3, distinct=4).check()
+
+
 def test_torch_scorer_is_the_exact_scorer(llama):
     t = featviz.parse_target("mlp:1:2@max", llama)
     tokens = Tokens(llama, [7], [])
