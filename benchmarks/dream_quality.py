@@ -186,8 +186,10 @@ def seed_table(rows, cmax, methods, specs, seeds):
         fl = 0.0 if r["act_6.5"] is None else r["act_6.5"] / cmax[r["target"]]
         by.setdefault((r["target"], r["method"]), {})[r.get("seed", 0)] = fl
         if r.get("seed", 0) in seeds and r["target"] in specs and "stats" in r:
+            st = r["stats"]          # the baselines count their iterations as "iters"
             work.setdefault(r["method"], []).append(
-                (r["stats"].get("relax_steps", 0), r["stats"].get("swap_iters", 0)))
+                (st.get("relax_steps", 0), st.get("swap_iters", st.get("iters", 0)),
+                 st.get("evaluated", 0)))
     out = [f"Fluent ratio (best activation at xe ≤ 6.5 / corpus max; 0 when none), mean ± sd "
            f"(min-max) over seeds {', '.join(map(str, seeds))}.", "",
            "| neuron | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
@@ -214,10 +216,12 @@ def seed_table(rows, cmax, methods, specs, seeds):
                        f"{statistics.median(ms):.2f}; ≥ 1.5 on {strong}/{len(ms)}")
     for m in methods:
         if work.get(m):
-            steps, iters = zip(*work[m])
+            steps, iters, cands = zip(*work[m])
             out.append(f"- {m}: per run {statistics.fmean(steps):.1f} relaxation steps "
-                       f"({min(steps)}-{max(steps)}) and {statistics.fmean(iters):.1f} swap "
-                       f"iterations ({min(iters)}-{max(iters)}), {len(steps)} runs")
+                       f"({min(steps)}-{max(steps)}), {statistics.fmean(iters):.1f} swap "
+                       f"iterations ({min(iters)}-{max(iters)}) and "
+                       f"{statistics.fmean(cands):,.0f} candidates scored "
+                       f"({min(cands):,}-{max(cands):,}), {len(steps)} runs")
     for m in methods:
         twin = {"featviz": "featviz-norelax", "featviz-relax": "featviz-norelax",
                 "featviz-lmtopk": "featviz-norelax", "featviz-sparse": "featviz-norelax",
