@@ -88,6 +88,9 @@ METHODS = {
     "featviz-raw-distinct-k256-s64": {**RAW_SWAPS, "distinct": 4, "k_grad": 256, "sweep": 64},
                                                  # a smaller last-position sweep (38 % of
                                                  # the swaps' time at its default 200)
+    "featviz-raw-distinct-k256-s0": {**RAW_SWAPS, "distinct": 4, "k_grad": 256, "sweep": 0},
+                                                 # no last-position sweep: every second
+                                                 # in gradient-guided children, as GCG
     "epo": run_epo,
     "gcg": run_gcg,
 }
