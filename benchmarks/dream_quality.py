@@ -91,6 +91,11 @@ METHODS = {
     "featviz-raw-distinct-k256-s0": {**RAW_SWAPS, "distinct": 4, "k_grad": 256, "sweep": 0},
                                                  # no last-position sweep: every second
                                                  # in gradient-guided children, as GCG
+    "featviz-raw-mixed": {**RAW_SWAPS, "lam_max": 1.0, "caps": (8.0, 10.0, 12.0, 14.0),
+                          "distinct": 4, "k_grad": 256},
+                                                 # four rows capped at soup-level xe (they
+                                                 # take LM-guided swaps) and four lambda
+                                                 # rows from 0 to 1
     "epo": run_epo,
     "gcg": run_gcg,
 }
