@@ -301,15 +301,19 @@ def front_table(rows, cmax, specs, seeds, ours, baselines):
     highest seed-mean activation at any fluency, at its seed-mean xe X.  Per featviz method
     in ``ours``: the seed mean of the best verified activation on its frontier at xe <= X,
     and whether it reaches the baseline's (a seed with no frontier point at or below X
-    counts as not reaching it)."""
+    counts as not reaching it); each seed's values in brackets.  Then the stricter
+    reading seed by seed: per seed, the best baseline run at that run's xe."""
     by = {}
     for r in rows:
         if r.get("seed", 0) in seeds:
             by.setdefault((r["target"], r["method"]), []).append(r)
+    for v in by.values():
+        v.sort(key=lambda r: r.get("seed", 0))
     full = lambda s, m: len(by.get((s, m), [])) == len(seeds)   # noqa: E731
     out = ["## Bar 3: featviz's verified frontier against the best fair baseline", "",
-           f"Seed means over seeds {', '.join(map(str, seeds))}; activations / corpus max.", "",
-           "| neuron | best baseline | its ratio (xe) | " + " | ".join(
+           f"Seed means over seeds {', '.join(map(str, seeds))}; activations / corpus max; "
+           "the baseline's per-seed range and each featviz seed in brackets.", "",
+           "| neuron | best baseline | its ratio [range] (xe) | " + " | ".join(
                f"{m} at xe ≤ baseline's" for m in ours) + " |",
            "|---|---|---|" + "---|" * len(ours)]
     reached = {m: 0 for m in ours}
@@ -337,9 +341,12 @@ def front_table(rows, cmax, specs, seeds, ours, baselines):
             ok = v >= A
             reached[m] += ok
             hit |= ok
-            cells.append(f"{v / cmax[s]:.2f} {'✓' if ok else '✗'}")
+            each = " ".join(f"{x / cmax[s]:.2f}" for x in best)
+            cells.append(f"{v / cmax[s]:.2f} [{each}] {'✓' if ok else '✗'}")
         either += hit
-        out.append(f"| {s} | {b} | {A / cmax[s]:.2f} ({X:.1f}) | " + " | ".join(cells) + " |")
+        span = [r["act_any"] / cmax[s] for r in by[(s, b)]]
+        out.append(f"| {s} | {b} | {A / cmax[s]:.2f} [{min(span):.2f}-{max(span):.2f}] "
+                   f"({X:.1f}) | " + " | ".join(cells) + " |")
     out.append("")
     for m in ours:
         out.append(f"- {m} reaches the best fair baseline on {reached[m]}/{n} neurons "
@@ -347,6 +354,25 @@ def front_table(rows, cmax, specs, seeds, ours, baselines):
     if len(ours) > 1:
         out.append(f"- any of these featviz methods (each run at the same budget, not their "
                    f"union's): {either}/{n}")
+    for m in ours:
+        per_seed = []
+        for i, seed in enumerate(seeds):
+            hits, missed = 0, []
+            for s in specs:
+                bl = [b for b in baselines if full(s, b)]
+                if not bl or not full(s, m):
+                    continue
+                top = max((by[(s, b)][i] for b in bl), key=lambda r: r["act_any"])
+                got = max((a for x, a in front(by[(s, m)][i]) if x <= top["xe_any"]),
+                          default=None)
+                if got is not None and got >= top["act_any"]:
+                    hits += 1
+                else:
+                    missed.append(s)
+            per_seed.append(f"seed {seed}: {hits}/{n}" + (f" (misses {', '.join(missed)})"
+                                                         if missed else ""))
+        out.append(f"- {m}, seed by seed against that seed's best baseline run at its xe: "
+                   + "; ".join(per_seed))
     return "\n".join(out)
 
 
