@@ -211,9 +211,9 @@ class _Run:
         K, total, cfg = len(searches), self.total, self.cfg
         t_own = time.perf_counter()
         clock = Clock(None if total is None else total - self.clock.elapsed())
-        # kept for verification: ~32 rows scored in float32 (with headroom), at the rate
-        # measured at init (in a group the group's rate, which verifies all its targets)
-        reserve = [0.0 if total is None else max(0.02 * cfg.budget_seconds * K, 48 * s.row_seconds)
+        # kept for verification (``TargetSearch.verify_reserve``; in a group, at the
+        # group's rate, which verifies all its targets)
+        reserve = [0.0 if total is None else s.verify_reserve(0.02 * cfg.budget_seconds * K)
                    for s in searches]
 
         def stages(s, reserve):

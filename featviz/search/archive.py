@@ -32,6 +32,16 @@ class Archive:
                 best = a
         return out
 
+    def strongest_without_xe(self, k: int) -> list[tuple]:
+        """The ``k`` highest-activation keys whose xe was never computed (+inf: scored for
+        activation alone), among those above every candidate whose xe is known: the ones
+        that could extend the frontier upwards once their xe is computed."""
+        known = max((a for a, x in self.entries.values() if a == a and x < float("inf")),
+                    default=float("-inf"))
+        top = sorted(((a, key) for key, (a, x) in self.entries.items()
+                      if a == a and x == float("inf") and a > known), reverse=True)[:k]
+        return [key for _, key in top]
+
     def best(self, xe_cap: float = float("inf")):
         ok = [(k, a, x) for k, (a, x) in self.entries.items()
               if x <= xe_cap and a == a and x < float("inf")]

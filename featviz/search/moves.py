@@ -146,7 +146,8 @@ def select_index(scores_rows: torch.Tensor, pool_ids: torch.Tensor,
     """Per row (one lambda or cap each), the index of its pool member: the best by the
     row's score, or with ``distance`` > 0 the best that differs in at least ``distance``
     positions from every member chosen for an earlier row (rows are served in order; a
-    row with no such member takes its best).  Keeps rows that share a lambda or cap in
+    row with no such member takes its best among the farthest ones, never a copy of an
+    earlier pick while another member exists).  Keeps rows that share a lambda or cap in
     different basins instead of collapsing onto one sequence."""
     best = scores_rows.argmax(dim=1)
     if distance <= 0 or len(scores_rows) < 2:
@@ -154,7 +155,8 @@ def select_index(scores_rows: torch.Tensor, pool_ids: torch.Tensor,
     chosen = [int(best[0])]
     for r in range(1, len(scores_rows)):
         d = (pool_ids[None] != pool_ids[chosen][:, None]).sum(-1).min(0).values   # (P,)
-        s = torch.where(d >= distance, scores_rows[r], -math.inf)
+        far = d >= min(distance, int(d.max()))
+        s = torch.where(far, torch.nan_to_num(scores_rows[r], nan=-math.inf), -math.inf)
         i = int(s.argmax())
         chosen.append(i if s[i] > -math.inf else int(best[r]))
     return torch.tensor(chosen, device=pool_ids.device)

@@ -10,7 +10,7 @@ import time
 import torch
 
 from featviz.backends.choose import scorer
-from featviz.backends.objective import weighs_fluency
+from featviz.backends.objective import needs_fluency, weighs_fluency
 from featviz.model.precision import SearchArithmetic
 from featviz.model.tokens import Tokens
 from featviz.search.archive import Archive
@@ -28,7 +28,7 @@ from featviz.search.population import (
     stable_unique_index,
 )
 from featviz.search.result import DreamResult
-from featviz.search.verify import assemble_frontier, frontier_keys
+from featviz.search.verify import UNSCORED_XE, assemble_frontier, frontier_keys
 from featviz.targets.core import Target
 
 
@@ -61,6 +61,10 @@ class TargetSearch:
         self.last_only = all(a.reduction == "last" for _, a in target.terms())
         self.rotating = self.last_only and cfg.swaps.rotate > 0      # rotate: 0 turns rotations off,
                                                                # not the last-position sweep
+        # no row weighs fluency (the raw mode): swap children are scored for activation
+        # alone, their forward stopping after the target's layer as GCG's does; the xe of
+        # the strongest is computed once, by the float32 verification
+        self.act_only = not needs_fluency(self.lam, self.cap)
 
     # -- archive bookkeeping --
     def note_rotations(self, ids, per, floor):
@@ -153,10 +157,17 @@ class TargetSearch:
             self.stats["relax_samples_kept"] = self.stats.get("relax_samples_kept", 0) + len(keep)
 
     # -- stage 4: gradient- and LM-guided swaps, scored exactly --
+    def verify_reserve(self, floor: float) -> float:
+        """Seconds kept for the report's verification: ~32 rows scored in float32 (with
+        headroom; plus the strongest children whose xe is still unknown), at the rate
+        measured at init, and at least ``floor``."""
+        return max(floor, (48 + (UNSCORED_XE if self.act_only else 0)) * self.row_seconds)
+
     def swap_plan(self) -> dict:
-        """What each swap iteration does: the last-position sweep's size, whether children
-        are scored in two stages, each row's share of LM-guided swaps, and a first guess of
-        a full iteration's seconds (from the scoring rate measured at init, with headroom)."""
+        """What each swap iteration does: the last-position sweep's size, the share of
+        children whose xe is computed (below 1: activation first, for all of them), each
+        row's share of LM-guided swaps, and a first guess of a full iteration's seconds
+        (from the scoring rate measured at init, with headroom)."""
         cfg, B = self.cfg, self.B
         depth = (self.target.depth(self.h) + 1) / self.h.n_layers
         sweep = cfg.swaps.sweep if cfg.swaps.sweep is not None else int(min(2048, max(192, 1500 / (B * depth))))
@@ -166,15 +177,19 @@ class TargetSearch:
         lm_rows = torch.where(weighs_fluency(self.lam, self.cap), cfg.swaps.lm_share, 0.0)
         guess = self.row_seconds * (B * (cfg.swaps.children + 4) + cfg.swaps.crossover
                                     + B * sweep * depth / 4) * 1.5
-        return {"sweep": sweep, "two_stage": cfg.swaps.xe_share < 1 and depth < 0.5,
-                "lm_rows": lm_rows, "guess": guess}
+        # xe for every child, or (shallow targets, whose activation costs a small part of a
+        # full forward) for the best xe_share of them by activation, or none (act_only)
+        xe_share = 0.0 if self.act_only else cfg.swaps.xe_share if depth < 0.5 else 1.0
+        return {"sweep": sweep, "xe_share": min(1.0, xe_share), "lm_rows": lm_rows,
+                "guess": guess}
 
     def refine(self, clock: "Clock", reserve: float, budgeted: bool):
         """Swap iterations until the step count or the clock says stop.  The next iteration
         must fit the budget: when less than a full one is left, a smaller one runs (fewer
         children and sweep tokens, in proportion)."""
         plan = self.swap_plan()
-        self.stats["sweep"], self.stats["two_stage"] = plan["sweep"], plan["two_stage"]
+        self.stats["sweep"], self.stats["children_xe"] = plan["sweep"], plan["xe_share"]
+        self.stats["two_stage"] = plan["xe_share"] < 1
         pop = Population.from_archive(self.archive, self.lam, self.cap, self.dev,
                                       self.cfg.rows.distinct)
         t_swap = time.perf_counter()
@@ -215,7 +230,7 @@ class TargetSearch:
             kids = torch.cat([crossover(pop.ids, pop.act, pop.xe,
                                         max(1, int(cfg.swaps.crossover * frac)), 4, self.gen), kids])
         kids = stable_unique(self.tokens, kids, self.archive)
-        return (yield from self.score_children(pop, kids, plan["two_stage"]))
+        return (yield from self.score_children(pop, kids, plan["xe_share"]))
 
     def sweep(self, pop: Population, grad, lm, sweep: int) -> Population:
         """Every row tries ``sweep`` tokens at its last position (one KV-cache pass); the
@@ -239,25 +254,31 @@ class TargetSearch:
         self.archive.add(sk, sa, sx)
         return pop.merge(sk, sa, sx, lam, cap, cfg.rows.distinct)
 
-    def score_children(self, pop: Population, kids, two_stage: bool) -> Population:
-        """Score children exactly and merge them.  Two stages (shallow targets): activation
-        for all, fluency only for the best ``xe_share`` of them."""
+    def score_children(self, pop: Population, kids, xe_share: float) -> Population:
+        """Score children exactly and merge them.  With ``xe_share`` below 1, two stages:
+        activation for all, fluency only for the best ``xe_share`` of them; at 0 (no row
+        weighs fluency) activation is every row's whole score, and the children's xe stays
+        unknown (+inf) until verification."""
         cfg, archive = self.cfg, self.archive
         floor = float(pop.act.max())
-        if len(kids) and two_stage:
+        if len(kids) and xe_share < 1:
             ka, _, per = yield Evaluate(kids, with_xe=False)
             ka = ka.float()
             self.note_rotations(kids, per.float(), floor)
-            m = max(1, math.ceil(cfg.swaps.xe_share * len(kids)))
+            m = max(1, math.ceil(xe_share * len(kids))) if xe_share > 0 else 0
             order = torch.argsort(torch.nan_to_num(ka, nan=-math.inf), descending=True)
-            archive.add(kids[order[m:]], ka[order[m:]], torch.full_like(ka[order[m:]], math.inf))
+            unknown = torch.full_like(ka[order[m:]], math.inf)
+            archive.add(kids[order[m:]], ka[order[m:]], unknown)
+            if not m:
+                return pop.merge(kids[order], ka[order], unknown, self.lam, self.cap,
+                                 cfg.rows.distinct)
             kids = kids[order[:m]]
         if not len(kids):
             return pop
         ka, kx, per = yield Evaluate(kids)
         ka, kx = ka.float(), kx.float()
         archive.add(kids, ka, kx)
-        if not two_stage:
+        if xe_share >= 1:
             self.note_rotations(kids, per.float(), floor)
         return pop.merge(kids, ka, kx, self.lam, self.cap, cfg.rows.distinct)
 

@@ -52,15 +52,21 @@ def verify_one(handle, target, tokens: Tokens, key, n) -> Candidate | None:
     return verify_many(handle, target, tokens, [key], n)[key]
 
 
+UNSCORED_XE = 32    # candidates scored for activation alone that verification settles
+
+
 def frontier_keys(archive: Archive, limits, slack: float = 0.0):
-    """What ``verified_frontier`` verifies: the archive's frontier keys, and for each xe
-    limit its best few candidates (``slack`` widens the search xe, which bf16 may misjudge
-    a little).  Returns (frontier keys, [best-few keys per limit])."""
+    """What ``verified_frontier`` verifies: the archive's frontier keys, its
+    ``UNSCORED_XE`` strongest candidates whose xe the search never computed (verification
+    computes it, so they can join the frontier), and for each xe limit its best few
+    candidates (``slack`` widens the search xe, which bf16 may misjudge a little).
+    Returns (frontier keys, [best-few keys per limit])."""
     def best_few(limit):
         return [k for _, k in sorted(((a, k) for k, (a, x) in archive.entries.items()
                                       if x <= limit + slack and a == a), reverse=True)[:8]]
 
-    return [k for k, _, _ in archive.frontier()], [best_few(lim) for lim in limits]
+    front = [k for k, _, _ in archive.frontier()] + archive.strongest_without_xe(UNSCORED_XE)
+    return front, [best_few(lim) for lim in limits]
 
 
 def assemble_frontier(checked: dict, front_keys, few, limits):

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -63,6 +64,46 @@ def test_raw_mode_weighs_activation_alone(llama):
     assert res.best is not None and res.best_at == {} and res.frontier
     assert all(c.xe == c.xe for c in res.frontier)     # verified xe, not NaN
     assert seen.count(0) > seen.count(2)
+
+
+def test_raw_mode_scores_children_for_activation_alone(llama, monkeypatch):
+    """No row weighs fluency: after the init, every exact scoring pass stops after the
+    target's layer (as GCG's do), and the strongest children get their xe from the
+    float32 verification, so the frontier's top is a child, with a finite xe."""
+    import featviz.search.lockstep as lockstep
+    calls, verified = [], []
+    real_eval, real_verify = lockstep.evaluate, lockstep.verify_jobs
+
+    def spy_eval(tokens, target, ids, **kw):
+        calls.append((len(ids), kw.get("with_xe", True)))
+        return real_eval(tokens, target, ids, **kw)
+
+    def spy_verify(handle, tokens, jobs, n, *a, **k):
+        verified.extend(key for _, keys in jobs for key in keys)
+        return real_verify(handle, tokens, jobs, n, *a, **k)
+    monkeypatch.setattr(lockstep, "evaluate", spy_eval)
+    monkeypatch.setattr(lockstep, "verify_jobs", spy_verify)
+    cfg = DreamConfig(**{**FAST, "caps": (), "steps": 0}, lam_max=0.0, relax_fraction=0.0,
+                      beam_lams=(), init_samples=8)
+    res = dream(llama, "mlp:0:1", cfg, progress=False)
+    flags = [w for _, w in calls]
+    first = flags.index(False)                # the first swap iteration's children
+    assert first >= 1 and all(flags[:first]) and not any(flags[first:])   # xe: init only
+    assert res.stats["children_xe"] == 0.0 and res.stats["two_stage"]
+    assert res.best is not None and math.isfinite(res.best.xe)
+    assert len(verified) > len(res.frontier)           # the unscored strongest joined
+
+
+def test_archive_names_its_strongest_candidates_without_xe():
+    from featviz.search.archive import Archive
+    a = Archive()
+    inf = math.inf
+    a.add(torch.tensor([[1], [2], [3], [4], [5]]), torch.tensor([5.0, 9.0, 7.0, 1.0, 8.0]),
+          torch.tensor([3.0, inf, inf, inf, inf]))
+    # above the best activation whose xe is known (5.0), strongest first
+    assert a.strongest_without_xe(2) == [(2,), (5,)]
+    assert a.strongest_without_xe(9) == [(2,), (5,), (3,)]
+    assert a.frontier() == [((1,), 5.0, 3.0)]
 
 
 # vocab "all": byte tokens whose decoded text re-encodes differently are common there, so

@@ -114,9 +114,12 @@ def test_select_index_keeps_rows_apart():
     scores = torch.tensor([[4.0, 3.0, 2.0, 1.0]] * 3)       # three rows, same objective
     assert select_index(scores, pool).tolist() == [0, 0, 0]
     # distance 2: row 1 skips [1,1,1,2] (one token from row 0's pick); distance 3: row 2
-    # finds nothing three tokens from both picks and takes its best
+    # finds nothing three tokens from both picks and takes the farthest, [5,6,0,0] (two
+    # from [5,6,7,8]), not a copy of row 0's pick
     assert select_index(scores, pool, 2).tolist() == [0, 2, 3]
-    assert select_index(scores, pool, 3).tolist() == [0, 2, 0]
+    assert select_index(scores, pool, 3).tolist() == [0, 2, 3]
+    # more rows than members: a row with only copies left takes its best
+    assert select_index(torch.tensor([[4.0, 3.0]] * 3), pool[:2], 2).tolist() == [0, 1, 0]
     assert select_index(scores, pool, 1).tolist() == [0, 1, 2]
     assert select_index(scores[:1], pool, 3).tolist() == [0]
 
