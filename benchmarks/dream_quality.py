@@ -197,7 +197,7 @@ def seed_table(rows, cmax, methods, specs, seeds):
             st = r["stats"]          # the baselines count their iterations as "iters"
             work.setdefault(r["method"], []).append(
                 (st.get("relax_steps", 0), st.get("swap_iters", st.get("iters", 0)),
-                 st.get("evaluated", 0)))
+                 st.get("evaluated", 0), st.get("sweep_scored")))
     out = [f"Fluent ratio (best activation at xe ≤ 6.5 / corpus max; 0 when none), mean ± sd "
            f"(min-max) over seeds {', '.join(map(str, seeds))}.", "",
            "| neuron | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
@@ -224,12 +224,17 @@ def seed_table(rows, cmax, methods, specs, seeds):
                        f"{statistics.median(ms):.2f}; ≥ 1.5 on {strong}/{len(ms)}")
     for m in methods:
         if work.get(m):
-            steps, iters, cands = zip(*work[m])
+            steps, iters, cands, swept = zip(*work[m])
+            swept = [x for x in swept if x is not None]    # recorded since 2026-12-07
             out.append(f"- {m}: per run {statistics.fmean(steps):.1f} relaxation steps "
                        f"({min(steps)}-{max(steps)}), {statistics.fmean(iters):.1f} swap "
                        f"iterations ({min(iters)}-{max(iters)}) and "
                        f"{statistics.fmean(cands):,.0f} candidates scored "
-                       f"({min(cands):,}-{max(cands):,}), {len(steps)} runs")
+                       f"({min(cands):,}-{max(cands):,}), {len(steps)} runs"
+                       + (f"; besides, the last-position sweep scored "
+                          f"{statistics.fmean(swept):,.0f} last-token variants a run "
+                          f"({min(swept):,}-{max(swept):,}; only its best few are "
+                          f"archived and counted above)" if swept else ""))
     for m in methods:
         twin = {"featviz": "featviz-norelax", "featviz-relax": "featviz-norelax",
                 "featviz-lmtopk": "featviz-norelax", "featviz-sparse": "featviz-norelax",
@@ -388,6 +393,10 @@ def main():
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite the tables from the tag's jsonl without running anything")
     ap.add_argument("--corpus-max", default=os.path.join(HERE, "results", "corpus_max_200000.json"))
+    ap.add_argument("--import-rows", action="append", default=[], metavar="JSONL[:NAME]",
+                    help="append another tag's or tree's rows of these seeds and neurons to "
+                         "this tag (e.g. the code before a change, run from a worktree of its "
+                         "commit), with NAME as their method name; repeatable")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     specs = json.load(open(args.neurons))["targets"]
@@ -407,6 +416,18 @@ def main():
     jl = os.path.join(HERE, "results", f"dream_quality_{args.tag}.jsonl")
     rows = [json.loads(x) for x in open(jl)] if os.path.exists(jl) else []
     done = {(r["target"], r["method"], r["budget"], r.get("seed", 0)) for r in rows}
+    for spec in args.import_rows:
+        src, name = spec.rsplit(":", 1) if ":" in spec else (spec, None)
+        if not os.path.exists(src) or (name is not None and not name.startswith("featviz-")):
+            sys.exit(f"--import-rows {spec}: give an existing jsonl, and a featviz-... name")
+        for r in map(json.loads, open(src)):
+            r = {**r, "method": name or r["method"]}
+            key = (r["target"], r["method"], r["budget"], r.get("seed", 0))
+            if key not in done and key[3] in seeds and key[0] in specs:
+                done.add(key)
+                rows.append(r)
+                with open(jl, "a") as f:
+                    f.write(json.dumps(r) + "\n")
     if not args.report_only:
         handle = featviz.load_model()
         featviz.model.vocab.readable_mask(handle)
@@ -425,6 +446,9 @@ def main():
                       f"(xe {row['xe_any']}) / max {cmax[s]:.3f}", flush=True)
     rows = [r for r in rows if r["budget"] == args.budget]
     all_methods = [m for m in list(METHODS) + list(SWEEP) if any(r["method"] == m for r in rows)]
+    # rows another commit's tree recorded under a name of their own (an A/B against the
+    # code before a change: `--import-rows`) come after
+    all_methods += [m for m in dict.fromkeys(r["method"] for r in rows) if m not in all_methods]
     all_seeds = sorted({r.get("seed", 0) for r in rows})
     title = (f"# Dream quality, {args.budget:g} s per neuron (embedded SmolLM2-135M, 2 CPU "
              f"cores)\n\n")

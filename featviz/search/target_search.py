@@ -31,6 +31,9 @@ from featviz.search.result import DreamResult
 from featviz.search.verify import UNSCORED_XE, assemble_frontier, frontier_keys
 from featviz.targets.core import Target
 
+XE_PER_ROW = 2   # act_only: swap children per row and iteration whose xe the search computes
+                 # (the strongest by activation; the rest wait for verification)
+
 
 class TargetSearch:
     """One target's search: its archive, population, rotation queue and stats.  Its
@@ -62,8 +65,9 @@ class TargetSearch:
         self.rotating = self.last_only and cfg.swaps.rotate > 0      # rotate: 0 turns rotations off,
                                                                # not the last-position sweep
         # no row weighs fluency (the raw mode): swap children are scored for activation
-        # alone, their forward stopping after the target's layer as GCG's does; the xe of
-        # the strongest is computed once, by the float32 verification
+        # alone, their forward stopping after the target's layer as GCG's does; only the
+        # strongest few get their xe (XE_PER_ROW), and verification computes it for the
+        # strongest of the rest
         self.act_only = not needs_fluency(self.lam, self.cap)
 
     # -- archive bookkeeping --
@@ -178,7 +182,8 @@ class TargetSearch:
         guess = self.row_seconds * (B * (cfg.swaps.children + 4) + cfg.swaps.crossover
                                     + B * sweep * depth / 4) * 1.5
         # xe for every child, or (shallow targets, whose activation costs a small part of a
-        # full forward) for the best xe_share of them by activation, or none (act_only)
+        # full forward) for the best xe_share of them by activation, or (act_only, 0 here)
+        # for the best XE_PER_ROW per row
         xe_share = 0.0 if self.act_only else cfg.swaps.xe_share if depth < 0.5 else 1.0
         return {"sweep": sweep, "xe_share": min(1.0, xe_share), "lm_rows": lm_rows,
                 "guess": guess}
@@ -237,6 +242,8 @@ class TargetSearch:
         best few per row, and overall, are archived and merged."""
         cfg, lam, cap, dev, B = self.cfg, self.lam, self.cap, self.dev, self.B
         sk, sa, sdx = yield Sweep(pop.ids, grad, lm, sweep)
+        # every last-token variant is scored; only the best few are archived (evaluated)
+        self.stats["sweep_scored"] = self.stats.get("sweep_scored", 0) + len(sa)
         sa = torch.nan_to_num(sa.float(), nan=-math.inf)
         sx = pop.xe.repeat_interleave(sweep) + sdx
         rows = scores_for_rows(sa, sx, lam, cap)                    # (B, B*sweep)
@@ -256,22 +263,23 @@ class TargetSearch:
 
     def score_children(self, pop: Population, kids, xe_share: float) -> Population:
         """Score children exactly and merge them.  With ``xe_share`` below 1, two stages:
-        activation for all, fluency only for the best ``xe_share`` of them; at 0 (no row
-        weighs fluency) activation is every row's whole score, and the children's xe stays
-        unknown (+inf) until verification."""
+        activation for all, then xe only for the strongest: the best ``xe_share`` of them
+        by activation, or (``act_only``, no row weighs fluency) the best ``XE_PER_ROW``
+        per row, which keeps the frontier dense where the search passes.  Where a row
+        weighs fluency only those are merged; in ``act_only`` all are (activation is every
+        row's whole score), the others' xe unknown (+inf) until verification."""
         cfg, archive = self.cfg, self.archive
         floor = float(pop.act.max())
+        rest = None
         if len(kids) and xe_share < 1:
             ka, _, per = yield Evaluate(kids, with_xe=False)
             ka = ka.float()
             self.note_rotations(kids, per.float(), floor)
-            m = max(1, math.ceil(xe_share * len(kids))) if xe_share > 0 else 0
+            m = XE_PER_ROW * self.B if self.act_only else math.ceil(xe_share * len(kids))
+            m = max(1, min(m, len(kids)))
             order = torch.argsort(torch.nan_to_num(ka, nan=-math.inf), descending=True)
-            unknown = torch.full_like(ka[order[m:]], math.inf)
-            archive.add(kids[order[m:]], ka[order[m:]], unknown)
-            if not m:
-                return pop.merge(kids[order], ka[order], unknown, self.lam, self.cap,
-                                 cfg.rows.distinct)
+            rest = (kids[order[m:]], ka[order[m:]], torch.full_like(ka[order[m:]], math.inf))
+            archive.add(*rest)
             kids = kids[order[:m]]
         if not len(kids):
             return pop
@@ -280,6 +288,8 @@ class TargetSearch:
         archive.add(kids, ka, kx)
         if xe_share >= 1:
             self.note_rotations(kids, per.float(), floor)
+        if self.act_only and rest is not None:
+            kids, ka, kx = (torch.cat([a, b]) for a, b in zip((kids, ka, kx), rest))
         return pop.merge(kids, ka, kx, self.lam, self.cap, cfg.rows.distinct)
 
     # -- stage 5: report only what a fresh pass computes on re-encoded text --

@@ -49,9 +49,9 @@ def test_temperature_and_gumbel():
 
 
 def test_raw_mode_weighs_activation_alone(llama):
-    """lam_max 0 and no caps (configs/raw.yaml): every row's lambda is 0, so every forward
-    the search itself makes (relaxation, swaps) stops after the target's layer; only the
-    float32 verification computes xe, and the frontier still carries it."""
+    """lam_max 0 and no caps (configs/raw.yaml): every row's lambda is 0, so the
+    relaxation's and the swap children's forwards stop after the target's layer (the init
+    and the gradient pass read the LM head); the frontier still carries a verified xe."""
     seen = []
     hooks = [blk.register_forward_hook(lambda m, i, o, k=k: seen.append(k))
              for k, blk in enumerate(llama.blocks)]
@@ -67,9 +67,11 @@ def test_raw_mode_weighs_activation_alone(llama):
 
 
 def test_raw_mode_scores_children_for_activation_alone(llama, monkeypatch):
-    """No row weighs fluency: after the init, every exact scoring pass stops after the
-    target's layer (as GCG's do), and the strongest children get their xe from the
-    float32 verification, so the frontier's top is a child, with a finite xe."""
+    """No row weighs fluency: after the init, the children are scored for activation
+    alone (the forward stops after the target's layer, as GCG's), then the strongest
+    XE_PER_ROW per row for their xe too; the strongest of the rest get their xe from the
+    float32 verification, so the frontier's top has a finite xe."""
+    from featviz.search.target_search import XE_PER_ROW
     import featviz.search.lockstep as lockstep
     calls, verified = [], []
     real_eval, real_verify = lockstep.evaluate, lockstep.verify_jobs
@@ -88,7 +90,10 @@ def test_raw_mode_scores_children_for_activation_alone(llama, monkeypatch):
     res = dream(llama, "mlp:0:1", cfg, progress=False)
     flags = [w for _, w in calls]
     first = flags.index(False)                # the first swap iteration's children
-    assert first >= 1 and all(flags[:first]) and not any(flags[first:])   # xe: init only
+    assert first >= 1 and all(flags[:first])                             # the init: xe
+    after = calls[first:]                     # then per iteration: all, then the best few
+    assert [w for _, w in after] == [False, True] * (len(after) // 2)
+    assert all(n <= XE_PER_ROW * 4 for n, w in after if w)              # batch 4 rows
     assert res.stats["children_xe"] == 0.0 and res.stats["two_stage"]
     assert res.best is not None and math.isfinite(res.best.xe)
     assert len(verified) > len(res.frontier)           # the unscored strongest joined

@@ -64,6 +64,8 @@ def test_raw_preset_keeps_its_rows_apart(llama, monkeypatch):
                       children=6, init_samples=16)
     res = featviz.dream(llama, "mlp:0:1", cfg, progress=False)
     assert res.best is not None and picked
+    # the last-position sweep's variants are counted apart from the archived candidates
+    assert res.stats["sweep_scored"] == 3 * 4 * res.stats["sweep"]
     # a merge's pool holds each row's parent (the parents are `distinct` apart) and
     # single-token children: where no member is `distinct` from the earlier picks, a row
     # takes the farthest, and its own parent is at least `distinct` - 1 from any other
