@@ -184,20 +184,40 @@ def table(rows, cmax, methods, specs):
     return "\n".join(out)
 
 
-def seed_table(rows, cmax, methods, specs, seeds):
-    """Per neuron and method, the fluent ratio (xe <= 6.5; 0 when none) as mean ± sd over
-    seeds; per method the median over neurons of the means; and for each method with a
-    ``-norelax`` twin the relaxation's bar: median gain and neurons where it is higher;
-    per method the relaxation steps and swap iterations its runs got."""
-    by, work = {}, {}
+def work_lines(rows, methods, specs, seeds) -> list[str]:
+    """Per method, the relaxation steps, swap iterations and candidates its runs got."""
+    work, out = {}, []
     for r in rows:
-        fl = 0.0 if r["act_6.5"] is None else r["act_6.5"] / cmax[r["target"]]
-        by.setdefault((r["target"], r["method"]), {})[r.get("seed", 0)] = fl
         if r.get("seed", 0) in seeds and r["target"] in specs and "stats" in r:
             st = r["stats"]          # the baselines count their iterations as "iters"
             work.setdefault(r["method"], []).append(
                 (st.get("relax_steps", 0), st.get("swap_iters", st.get("iters", 0)),
                  st.get("evaluated", 0), st.get("sweep_scored")))
+    for m in methods:
+        if work.get(m):
+            steps, iters, cands, swept = zip(*work[m])
+            swept = [x for x in swept if x is not None]    # recorded since 2026-12-07
+            out.append(f"- {m}: per run {statistics.fmean(steps):.1f} relaxation steps "
+                       f"({min(steps)}-{max(steps)}), {statistics.fmean(iters):.1f} swap "
+                       f"iterations ({min(iters)}-{max(iters)}) and "
+                       f"{statistics.fmean(cands):,.0f} candidates scored "
+                       f"({min(cands):,}-{max(cands):,}), {len(steps)} runs"
+                       + (f"; besides, the last-position sweep scored "
+                          f"{statistics.fmean(swept):,.0f} last-token variants a run "
+                          f"({min(swept):,}-{max(swept):,}; only its best few are "
+                          f"archived and counted above)" if swept else ""))
+    return out
+
+
+def seed_table(rows, cmax, methods, specs, seeds):
+    """Per neuron and method, the fluent ratio (xe <= 6.5; 0 when none) as mean ± sd over
+    seeds; per method the median over neurons of the means; and for each method with a
+    ``-norelax`` twin the relaxation's bar: median gain and neurons where it is higher;
+    per method the relaxation steps and swap iterations its runs got."""
+    by = {}
+    for r in rows:
+        fl = 0.0 if r["act_6.5"] is None else r["act_6.5"] / cmax[r["target"]]
+        by.setdefault((r["target"], r["method"]), {})[r.get("seed", 0)] = fl
     out = [f"Fluent ratio (best activation at xe ≤ 6.5 / corpus max; 0 when none), mean ± sd "
            f"(min-max) over seeds {', '.join(map(str, seeds))}.", "",
            "| neuron | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
@@ -222,19 +242,7 @@ def seed_table(rows, cmax, methods, specs, seeds):
             strong = sum(x >= 1.5 for x in ms)
             out.append(f"- {m}: median over neurons of the seed-mean fluent ratio "
                        f"{statistics.median(ms):.2f}; ≥ 1.5 on {strong}/{len(ms)}")
-    for m in methods:
-        if work.get(m):
-            steps, iters, cands, swept = zip(*work[m])
-            swept = [x for x in swept if x is not None]    # recorded since 2026-12-07
-            out.append(f"- {m}: per run {statistics.fmean(steps):.1f} relaxation steps "
-                       f"({min(steps)}-{max(steps)}), {statistics.fmean(iters):.1f} swap "
-                       f"iterations ({min(iters)}-{max(iters)}) and "
-                       f"{statistics.fmean(cands):,.0f} candidates scored "
-                       f"({min(cands):,}-{max(cands):,}), {len(steps)} runs"
-                       + (f"; besides, the last-position sweep scored "
-                          f"{statistics.fmean(swept):,.0f} last-token variants a run "
-                          f"({min(swept):,}-{max(swept):,}; only its best few are "
-                          f"archived and counted above)" if swept else ""))
+    out += work_lines(rows, methods, specs, seeds)
     for m in methods:
         twin = {"featviz": "featviz-norelax", "featviz-relax": "featviz-norelax",
                 "featviz-lmtopk": "featviz-norelax", "featviz-sparse": "featviz-norelax",
@@ -455,7 +463,8 @@ def main():
     if len(all_seeds) > 1:
         md = title + seed_table(rows, cmax, all_methods, specs, all_seeds) + "\n"
     else:
-        md = title + table(rows, cmax, all_methods, specs) + "\n"
+        md = (title + table(rows, cmax, all_methods, specs) + "\n\n"
+              + "\n".join(work_lines(rows, all_methods, specs, all_seeds)) + "\n")
     ours = [m for m in all_methods if m.startswith("featviz")]
     theirs = [m for m in all_methods if not m.startswith("featviz")]
     if ours and theirs:
