@@ -204,8 +204,9 @@ def work_lines(rows, methods, specs, seeds) -> list[str]:
                        f"({min(cands):,}-{max(cands):,}), {len(steps)} runs"
                        + (f"; besides, the last-position sweep scored "
                           f"{statistics.fmean(swept):,.0f} last-token variants a run "
-                          f"({min(swept):,}-{max(swept):,}; only its best few are "
-                          f"archived and counted above)" if swept else ""))
+                          f"({min(swept):,}-{max(swept):,}, {len(swept)} runs recorded it; "
+                          f"only its best few are archived and counted above)"
+                          if swept else ""))
     return out
 
 
