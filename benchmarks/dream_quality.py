@@ -96,6 +96,13 @@ METHODS = {
                                                  # four rows capped at soup-level xe (they
                                                  # take LM-guided swaps) and four lambda
                                                  # rows from 0 to 1
+    "featviz-raw-halve": {**RAW_SWAPS, "distinct": 4, "k_grad": 256, "focus": (0.5,)},
+                                                 # = configs/raw.yaml, successive halving:
+                                                 # the last half of the swaps on the best
+                                                 # four rows, twice the children each
+    "featviz-raw-halve3": {**RAW_SWAPS, "distinct": 4, "k_grad": 256,
+                           "focus": (0.25, 0.5, 0.75)},   # 8, 4, 2, then 1 row (GCG's
+                                                 # depth on the best basin at the end)
     "epo": run_epo,
     "gcg": run_gcg,
 }

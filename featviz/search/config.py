@@ -91,6 +91,10 @@ class SwapConfig:
                                     # the position (its final logits; 0 or no relaxation: none;
                                     # 0.25 measured worse, benchmarks/README.md)
     k_relax: int = 16               # those top tokens per position
+    focus: tuple = ()               # successive halving: at each of these shares of the swap
+                                    # stage, the rows that weigh activation alone halve; only
+                                    # the strongest of them propose children (as many in all)
+                                    # and sweep, the others are kept as they are
 
 
 GROUPS = {"rows": RowsConfig, "start": StartConfig, "relax": RelaxConfig, "swaps": SwapConfig}
@@ -103,7 +107,7 @@ OPTIONS = ("length", "batch", "seed", "budget_seconds", "steps", "swap_iters", "
            "lm_share", "sweep", "sweep_keep", "distinct", "crossover", "rotate", "xe_share",
            "vocab", "prefix", "suffix", "corpus_init", "memory_gb", "backend", "reset_patience",
            "relax_share", "k_relax", "lm_topk", "sparse_k",
-           "simplex")
+           "simplex", "focus")
 
 
 @dataclass(init=False)
@@ -216,6 +220,9 @@ class DreamConfig:
                 f"the --config preset or raise --length")
         if min(self.swaps.children, self.swaps.k_grad, self.swaps.k_lm, self.swaps.k_relax) < 1:
             bad("children, k_grad, k_lm and k_relax must be at least 1")
+        f = self.swaps.focus
+        if any(not 0 < x < 1 for x in f) or list(f) != sorted(set(f)):
+            bad(f"focus must be increasing shares of the swap stage in (0, 1), got {list(f)}")
         if not 0 <= self.swaps.relax_share <= 1:
             bad(f"relax_share must lie in [0, 1], got {self.swaps.relax_share}")
         if self.backend not in ("torch", "jax", "auto"):

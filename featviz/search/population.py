@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from featviz.backends.objective import combine, lambdas
+from featviz.backends.objective import combine, lambdas, weighs_fluency
 from featviz.model.tokens import Tokens
 from featviz.search.archive import Archive
 from featviz.search.config import DreamConfig
@@ -43,6 +43,23 @@ def stable_unique(tokens: Tokens, ids: torch.Tensor, archive: Archive | None = N
 def scores_for_rows(act, xe, lam, cap):
     """(rows, pool) matrix: each row's score for every pool member."""
     return combine(act[None], xe[None], lam[:, None], cap[:, None])
+
+
+def focus_rows(act: torch.Tensor, lam, cap, halvings: int) -> torch.Tensor:
+    """The rows that search on after ``halvings`` rounds of successive halving (sorted
+    indices): every row that weighs fluency (their scores do not compare across rows),
+    and the strongest ceil(m / 2**halvings) by activation of the m rows that weigh
+    activation alone."""
+    pure = ~weighs_fluency(lam, cap)
+    m = int(pure.sum())
+    if not halvings or m < 2:
+        return torch.arange(len(act), device=act.device)
+    keep = max(1, math.ceil(m / 2 ** halvings))
+    a = torch.where(pure, torch.nan_to_num(act.float(), nan=-math.inf), -math.inf)
+    order = torch.argsort(a, descending=True, stable=True)
+    chosen = torch.zeros(len(act), dtype=torch.bool, device=act.device)
+    chosen[order[:keep]] = True
+    return torch.nonzero(chosen | ~pure).flatten()
 
 
 def population(archive: Archive, lam, cap, dev, distance: int = 0):

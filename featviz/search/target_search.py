@@ -21,6 +21,7 @@ from featviz.search.lockstep import Beam, Evaluate, Grads, Sample, Sweep, Verify
 from featviz.search.moves import crossover, propose, rotations
 from featviz.search.population import (
     Population,
+    focus_rows,
     population,
     row_params,
     scores_for_rows,
@@ -205,8 +206,12 @@ class TargetSearch:
             if left <= 0 or frac < 0.05:
                 break
             t_it = time.perf_counter()
+            # the share of the swap stage behind us (by the clock, or by iterations)
+            spent = t_it - t_swap
+            share = spent / (spent + left) if budgeted else it / self.cfg.swaps.swap_iters
+            halvings = sum(share >= f for f in self.cfg.swaps.focus)
             self.mark = it + 1
-            pop = yield from self.iterate(pop, plan, frac)
+            pop = yield from self.iterate(pop, plan, frac, halvings)
             dt = (time.perf_counter() - t_it) / frac          # what a full one would take
             longest = max(longest, dt) if it else dt
             it += 1
@@ -216,18 +221,25 @@ class TargetSearch:
         self.stats["swap_iters"] = it
         self.stats["seconds"]["swaps"] = time.perf_counter() - t_swap
 
-    def iterate(self, pop: Population, plan: dict, frac: float) -> Population:
+    def iterate(self, pop: Population, plan: dict, frac: float,
+                halvings: int = 0) -> Population:
         """One swap iteration at ``frac`` of its full size: propose children from the
         gradient and the model's top tokens, sweep the last position, add rotations and
-        crossovers, score them all exactly and keep each row's best."""
+        crossovers, score them all exactly and keep each row's best.  After ``halvings``
+        rounds of successive halving (``focus``) only the rows ``focus_rows`` keeps
+        propose children (as many in all) and sweep."""
         cfg = self.cfg
         sweep = max(1, int(plan["sweep"] * frac)) if plan["sweep"] else 0
-        grad, lm = yield Grads(pop.ids, self.lam, self.cap)
-        kids = propose(pop.ids, grad.float(), lm.float(), self.mask,
-                       max(1, int(cfg.swaps.children * frac)), cfg.swaps.k_grad, cfg.swaps.k_lm, plan["lm_rows"],
-                       self.gen, relax_top=self.relax_top, relax_share=cfg.swaps.relax_share)
+        on = focus_rows(pop.act, self.lam, self.cap, halvings)
+        self.stats["focus_rows"] = len(on)
+        children = max(1, int(cfg.swaps.children * frac * self.B / len(on)))
+        grad, lm = yield Grads(pop.ids[on], self.lam[on], self.cap[on])
+        kids = propose(pop.ids[on], grad.float(), lm.float(), self.mask, children,
+                       cfg.swaps.k_grad, cfg.swaps.k_lm, plan["lm_rows"][on], self.gen,
+                       relax_top=None if self.relax_top is None else self.relax_top[on],
+                       relax_share=cfg.swaps.relax_share)
         if sweep and self.last_only and not self.tokens.suffix:
-            pop = yield from self.sweep(pop, grad, lm, sweep)
+            pop = yield from self.sweep(pop, grad, lm, sweep, on)
         rot = self.take_rotations()
         if rot is not None:
             kids = torch.cat([rot, kids])
@@ -237,18 +249,20 @@ class TargetSearch:
         kids = stable_unique(self.tokens, kids, self.archive)
         return (yield from self.score_children(pop, kids, plan["xe_share"]))
 
-    def sweep(self, pop: Population, grad, lm, sweep: int) -> Population:
-        """Every row tries ``sweep`` tokens at its last position (one KV-cache pass); the
-        best few per row, and overall, are archived and merged."""
-        cfg, lam, cap, dev, B = self.cfg, self.lam, self.cap, self.dev, self.B
-        sk, sa, sdx = yield Sweep(pop.ids, grad, lm, sweep)
+    def sweep(self, pop: Population, grad, lm, sweep: int, on: torch.Tensor) -> Population:
+        """Each row ``on`` (``grad``, ``lm``: theirs) tries ``sweep`` tokens at its last
+        position (one KV-cache pass); the best few per row, and overall, are archived and
+        merged."""
+        cfg, lam, cap, dev = self.cfg, self.lam, self.cap, self.dev
+        sk, sa, sdx = yield Sweep(pop.ids[on], grad, lm, sweep)
         # every last-token variant is scored; only the best few are archived (evaluated)
         self.stats["sweep_scored"] = self.stats.get("sweep_scored", 0) + len(sa)
         sa = torch.nan_to_num(sa.float(), nan=-math.inf)
-        sx = pop.xe.repeat_interleave(sweep) + sdx
-        rows = scores_for_rows(sa, sx, lam, cap)                    # (B, B*sweep)
-        own = torch.arange(B, device=dev).repeat_interleave(sweep)
-        rows = torch.where(own[None] == torch.arange(B, device=dev)[:, None], rows, -math.inf)
+        sx = pop.xe[on].repeat_interleave(sweep) + sdx
+        rows = scores_for_rows(sa, sx, lam[on], cap[on])       # (len(on), len(on)*sweep)
+        own = torch.arange(len(on), device=dev).repeat_interleave(sweep)
+        rows = torch.where(own[None] == torch.arange(len(on), device=dev)[:, None], rows,
+                           -math.inf)
         pick = rows.topk(min(cfg.swaps.sweep_keep, sweep), dim=1).indices.flatten()
         pick = torch.unique(torch.cat([pick, sa.topk(min(cfg.swaps.sweep_keep, len(sa))).indices]))
         sk, sa, sx = sk[pick], sa[pick], sx[pick]

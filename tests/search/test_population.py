@@ -122,3 +122,47 @@ def test_dream_config_groups_its_options_under_flat_names():
     assert len(GROUPS) == 4 and len(OPTIONS) == len(set(OPTIONS))
     with pytest.raises(TypeError, match="unknown option 'stpes'"):
         DreamConfig(stpes=3)
+
+
+def test_focus_rows_halves_the_activation_rows_only():
+    from featviz.search.population import focus_rows
+    act = torch.tensor([1.0, 5.0, float("nan"), 3.0, 2.0, 9.0])
+    lam = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5, 0.0])
+    cap = torch.tensor([math.inf, math.inf, math.inf, math.inf, math.inf, 7.0])
+    # rows 4 (lambda) and 5 (capped) weigh fluency: always on; of the four others, the
+    # strongest half, then a quarter (NaN counts as the weakest)
+    assert focus_rows(act, lam, cap, 0).tolist() == [0, 1, 2, 3, 4, 5]
+    assert focus_rows(act, lam, cap, 1).tolist() == [1, 3, 4, 5]
+    assert focus_rows(act, lam, cap, 2).tolist() == [1, 4, 5]
+    assert focus_rows(act, lam, cap, 5).tolist() == [1, 4, 5]      # never below one row
+    # a single activation row has nothing to halve
+    assert focus_rows(act[:2], torch.tensor([0.0, 1.0]), cap[:2], 3).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("focus", [(0.6, 0.3), (0.5, 0.5), (1.0,), (0.0,)])
+def test_focus_must_be_increasing_shares(focus):
+    with pytest.raises(FeatvizError, match="focus must be increasing shares"):
+        DreamConfig(focus=focus).check()
+
+
+def test_focus_gives_the_strongest_rows_all_the_children(llama, monkeypatch):
+    """Successive halving (``focus``): after half the swap iterations only the strongest
+    half of the rows propose children (twice as many each) and sweep their last position;
+    the others keep their rows."""
+    import featviz.search.target_search as ts
+    from featviz.config import load_config
+    calls = []
+    real = ts.propose
+
+    def spy(ids, *args, **kw):
+        calls.append((len(ids), args[3]))          # parents, children per parent
+        return real(ids, *args, **kw)
+    monkeypatch.setattr(ts, "propose", spy)
+    cfg = load_config("configs/raw.yaml", {}).dream.replace(
+        length=6, batch=4, budget_seconds=None, steps=0, swap_iters=4, children=6,
+        init_samples=16, focus=(0.5,))
+    res = featviz.dream(llama, "mlp:0:1", cfg.check(), progress=False)
+    assert calls == [(4, 6), (4, 6), (2, 12), (2, 12)]
+    assert res.stats["focus_rows"] == 2
+    assert res.stats["sweep_scored"] == (4 + 4 + 2 + 2) * res.stats["sweep"]
+    assert res.best is not None and res.config["focus"] == (0.5,)
