@@ -460,7 +460,10 @@ def main():
                     f.write(json.dumps(row) + "\n")
                 print(f"seed {seed} {s} {m}: ≤6.5 {row['act_6.5']} any {row['act_any']} "
                       f"(xe {row['xe_any']}) / max {cmax[s]:.3f}", flush=True)
-    rows = [r for r in rows if r["budget"] == args.budget]
+    # the tables cover this budget, and the seeds asked for (all the tag's when not given:
+    # a probe's incomplete last seed can be left out of its tables with --seeds)
+    rows = [r for r in rows if r["budget"] == args.budget
+            and (args.seeds is None or r.get("seed", 0) in seeds)]
     all_methods = [m for m in list(METHODS) + list(SWEEP) if any(r["method"] == m for r in rows)]
     # rows another commit's tree recorded under a name of their own (an A/B against the
     # code before a change: `--import-rows`) come after

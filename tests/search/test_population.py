@@ -52,6 +52,7 @@ def test_raw_preset_keeps_its_rows_apart(llama, monkeypatch):
     cfg = load_config("configs/raw.yaml", {}).dream
     assert (cfg.rows.lam_max, cfg.rows.caps, cfg.relax.relax_fraction) == (0, (), 0)
     assert cfg.rows.distinct >= 2 and cfg.start.beam_lams == ()
+    assert cfg.swaps.focus == (0.25, 0.5, 0.75)      # successive halving: 8, 4, 2, 1 rows
     picked = []
     real = population.select_index
 
@@ -60,8 +61,10 @@ def test_raw_preset_keeps_its_rows_apart(llama, monkeypatch):
         picked.append(pool[idx])
         return idx
     monkeypatch.setattr(population, "select_index", spy)
+    # without the halving, every row proposes children each iteration (with it, all the
+    # children soon come from one parent: test_focus_gives_the_strongest_rows_...)
     cfg = cfg.replace(length=6, batch=4, budget_seconds=None, steps=0, swap_iters=3,
-                      children=6, init_samples=16)
+                      children=6, init_samples=16, focus=())
     res = featviz.dream(llama, "mlp:0:1", cfg, progress=False)
     assert res.best is not None and picked
     # the last-position sweep's variants are counted apart from the archived candidates
