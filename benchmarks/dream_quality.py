@@ -81,7 +81,8 @@ METHODS = {
     "featviz-raw-distinct": {**RAW_SWAPS, "distinct": 4},   # the rows (all lambda 0) kept
                                                             # 4 tokens apart: 8 parents, not 1
     "featviz-raw-distinct-k256": {**RAW_SWAPS, "distinct": 4, "k_grad": 256},
-                                                 # = configs/raw.yaml (since 2026-12-07)
+                                                 # = configs/raw.yaml from 2026-12-07 to
+                                                 # 47c6101 (no halving)
     "featviz-raw-distinct-random": {**RAW_SWAPS, "distinct": 4, "init": "random"},
     "featviz-raw-distinct-b4": {**RAW_SWAPS, "distinct": 4, "batch": 4, "children": 48},
                                                  # four rows, twice the children each
@@ -97,12 +98,13 @@ METHODS = {
                                                  # take LM-guided swaps) and four lambda
                                                  # rows from 0 to 1
     "featviz-raw-halve": {**RAW_SWAPS, "distinct": 4, "k_grad": 256, "focus": (0.5,)},
-                                                 # = configs/raw.yaml, successive halving:
-                                                 # the last half of the swaps on the best
-                                                 # four rows, twice the children each
+                                                 # successive halving: the last half
+                                                 # of the swaps on the best four rows,
+                                                 # twice the children each
     "featviz-raw-halve3": {**RAW_SWAPS, "distinct": 4, "k_grad": 256,
                            "focus": (0.25, 0.5, 0.75)},   # 8, 4, 2, then 1 row (GCG's
-                                                 # depth on the best basin at the end)
+                                                 # depth on the best basin at the end);
+                                                 # = configs/raw.yaml since 47c6101
     "epo": run_epo,
     "gcg": run_gcg,
 }

@@ -221,8 +221,11 @@ class DreamConfig:
         if min(self.swaps.children, self.swaps.k_grad, self.swaps.k_lm, self.swaps.k_relax) < 1:
             bad("children, k_grad, k_lm and k_relax must be at least 1")
         f = self.swaps.focus
-        if any(not 0 < x < 1 for x in f) or list(f) != sorted(set(f)):
-            bad(f"focus must be increasing shares of the swap stage in (0, 1), got {list(f)}")
+        if (not isinstance(f, (tuple, list))
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in f)
+                or any(not 0 < x < 1 for x in f) or list(f) != sorted(set(f))):
+            bad(f"focus must be increasing shares of the swap stage in (0, 1), e.g. "
+                f"[0.25, 0.5, 0.75], got {f!r}")
         if not 0 <= self.swaps.relax_share <= 1:
             bad(f"relax_share must lie in [0, 1], got {self.swaps.relax_share}")
         if self.backend not in ("torch", "jax", "auto"):

@@ -10,7 +10,7 @@ from featviz.backends.choose import scorer
 from featviz.backends.torch.score import exact_scores
 from featviz.model.tokens import Tokens
 from featviz.search.population import Population
-from featviz.targets.read import score_ids
+from featviz.targets.read import evaluate_ids, score_ids
 
 
 def test_merge_keeps_each_rows_best_by_its_own_score():
@@ -142,13 +142,15 @@ def test_focus_rows_halves_the_activation_rows_only():
     assert focus_rows(act[:2], torch.tensor([0.0, 1.0]), cap[:2], 3).tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("focus", [(0.6, 0.3), (0.5, 0.5), (1.0,), (0.0,)])
+@pytest.mark.parametrize("focus", [(0.6, 0.3), (0.5, 0.5), (1.0,), (0.0,), 0.5, ("a",),
+                                   (True,)])
 def test_focus_must_be_increasing_shares(focus):
     with pytest.raises(FeatvizError, match="focus must be increasing shares"):
         DreamConfig(focus=focus).check()
 
 
-def test_focus_gives_the_strongest_rows_all_the_children(llama, monkeypatch):
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_focus_gives_the_strongest_rows_all_the_children(llama, monkeypatch, backend):
     """Successive halving (``focus``): after half the swap iterations only the strongest
     half of the rows propose children (twice as many each) and sweep their last position;
     the others keep their rows."""
@@ -163,9 +165,31 @@ def test_focus_gives_the_strongest_rows_all_the_children(llama, monkeypatch):
     monkeypatch.setattr(ts, "propose", spy)
     cfg = load_config("configs/raw.yaml", {}).dream.replace(
         length=6, batch=4, budget_seconds=None, steps=0, swap_iters=4, children=6,
-        init_samples=16, focus=(0.5,))
+        init_samples=16, focus=(0.5,), backend=backend)
     res = featviz.dream(llama, "mlp:0:1", cfg.check(), progress=False)
     assert calls == [(4, 6), (4, 6), (2, 12), (2, 12)]
-    assert res.stats["focus_rows"] == 2
+    assert res.stats["focus_rows"] == 2 and res.stats["backend"] == backend
     assert res.stats["sweep_scored"] == (4 + 4 + 2 + 2) * res.stats["sweep"]
     assert res.best is not None and res.config["focus"] == (0.5,)
+
+
+def test_focus_in_a_group_keeps_each_targets_rows(llama):
+    """dream_many serves a group's requests in one pass; with the halving, each target
+    sends only its own strongest rows, and each still gets its own verified result."""
+    from featviz.config import load_config
+    from featviz.search.api import dream_many
+    cfg = load_config("configs/raw.yaml", {}).dream.replace(
+        length=6, batch=4, budget_seconds=None, steps=0, swap_iters=4, children=6,
+        init_samples=16, focus=(0.25, 0.5))
+    specs = ["mlp:0:1", "mlp:1:3"]
+    results = dream_many(llama, specs, cfg.check(), progress=False)
+    for spec, res in zip(specs, results):
+        assert res.stats["focus_rows"] == 1 and res.stats["swap_iters"] == 4
+        assert res.stats["sweep_scored"] == (4 + 2 + 1 + 1) * res.stats["sweep"]
+        best = res.best
+        assert best is not None
+        # the reported figures are what a fresh float32 pass computes on its tokens
+        vals, xe = evaluate_ids(llama, [featviz.parse_target(spec, llama)],
+                                torch.tensor([best.token_ids]), with_xe=True)
+        assert float(vals[0, 0]) == pytest.approx(best.activation, abs=1e-4)
+        assert float(xe[0]) == pytest.approx(best.xe, abs=1e-4)
