@@ -105,6 +105,16 @@ METHODS = {
                            "focus": (0.25, 0.5, 0.75)},   # 8, 4, 2, then 1 row (GCG's
                                                  # depth on the best basin at the end);
                                                  # = configs/raw.yaml since 47c6101
+    "featviz-fluent-halve3": {"focus": (0.25, 0.5, 0.75), "focus_by": "fluent"},
+                                                 # the default search, every row halving
+                                                 # by its member's activation at xe <= 6.5
+                                                 # (8, 4, 2, then 1 row)
+    "featviz-fluent-halve3-norelax": {"focus": (0.25, 0.5, 0.75), "focus_by": "fluent",
+                                      "relax_fraction": 0.0, "steps": 0},
+    # fluent-probe also ran these two with `redraw: 4` (-r4: children never scored
+    # before), and fluent-probe2 a definition of focus_by fluent that kept the lambda-0
+    # row on (featviz-fluent-focus3, and -focus: halved once at 1/2); neither kept, see
+    # benchmarks/README.md
     "epo": run_epo,
     "gcg": run_gcg,
 }

@@ -77,6 +77,9 @@ class SwapConfig:
 
     swap_iters: int | None = 40     # swap iterations (None: no limit, the budget bounds it)
     children: int = 24              # swap children per parent and iteration
+    redraw: int = 1                 # swap draws per child: each parent draws children x
+                                    # redraw swaps and keeps the first `children` never
+                                    # scored before (1: every draw, repeats skipped)
     k_grad: int = 64
     k_lm: int = 48
     lm_share: float = 0.5           # share of swaps drawn from the model's own top tokens
@@ -95,6 +98,10 @@ class SwapConfig:
                                     # stage, the rows that weigh activation alone halve; only
                                     # the strongest of them propose children (as many in all)
                                     # and sweep, the others are kept as they are
+    focus_by: str = "activation"    # which rows halve: "activation" (those that weigh
+                                    # activation alone, by activation; the others kept) or
+                                    # "fluent" (every row, by its member's activation at
+                                    # xe <= xe_cap; a member two rows share counted once)
 
 
 GROUPS = {"rows": RowsConfig, "start": StartConfig, "relax": RelaxConfig, "swaps": SwapConfig}
@@ -107,7 +114,7 @@ OPTIONS = ("length", "batch", "seed", "budget_seconds", "steps", "swap_iters", "
            "lm_share", "sweep", "sweep_keep", "distinct", "crossover", "rotate", "xe_share",
            "vocab", "prefix", "suffix", "corpus_init", "memory_gb", "backend", "reset_patience",
            "relax_share", "k_relax", "lm_topk", "sparse_k",
-           "simplex", "focus")
+           "simplex", "focus", "focus_by", "redraw")
 
 
 @dataclass(init=False)
@@ -220,12 +227,17 @@ class DreamConfig:
                 f"the --config preset or raise --length")
         if min(self.swaps.children, self.swaps.k_grad, self.swaps.k_lm, self.swaps.k_relax) < 1:
             bad("children, k_grad, k_lm and k_relax must be at least 1")
+        if (isinstance(self.swaps.redraw, bool) or not isinstance(self.swaps.redraw, int)
+                or self.swaps.redraw < 1):
+            bad(f"redraw must be an integer of at least 1, got {self.swaps.redraw!r}")
         f = self.swaps.focus
         if (not isinstance(f, (tuple, list))
                 or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in f)
                 or any(not 0 < x < 1 for x in f) or list(f) != sorted(set(f))):
             bad(f"focus must be increasing shares of the swap stage in (0, 1), e.g. "
                 f"[0.25, 0.5, 0.75], got {f!r}")
+        if self.swaps.focus_by not in ("activation", "fluent"):
+            bad(f"focus_by must be activation or fluent, got {self.swaps.focus_by!r}")
         if not 0 <= self.swaps.relax_share <= 1:
             bad(f"relax_share must lie in [0, 1], got {self.swaps.relax_share}")
         if self.backend not in ("torch", "jax", "auto"):

@@ -82,6 +82,27 @@ def propose(ids: torch.Tensor, grad: torch.Tensor, lm_logits: torch.Tensor, mask
     return kids
 
 
+def novel(draws: torch.Tensor, parents: int, per: int, seen) -> torch.Tensor:
+    """Of ``draws`` (parent-major, as ``propose`` returns them), each parent's first
+    ``per`` rows that are not in ``seen`` (an ``Archive`` or set of tuples) and not
+    repeated.  Returns (<= parents * per, n)."""
+    rows = draws.tolist()
+    each = len(rows) // parents if parents else 0
+    keep, met = [], set()
+    for p in range(parents):
+        got = 0
+        for i in range(p * each, (p + 1) * each):
+            key = tuple(rows[i])
+            if got == per:
+                break
+            if key in met or key in seen:
+                continue
+            met.add(key)
+            keep.append(i)
+            got += 1
+    return draws[torch.tensor(keep, dtype=torch.long, device=draws.device)]
+
+
 def sweep_last(tokens: Tokens, target, ids: torch.Tensor, grad: torch.Tensor,
                lm_logits: torch.Tensor, mask: torch.Tensor, width: int):
     """Try ``width`` tokens at the last optimised position of every row at one token each.

@@ -45,11 +45,18 @@ def scores_for_rows(act, xe, lam, cap):
     return combine(act[None], xe[None], lam[:, None], cap[:, None])
 
 
-def focus_rows(act: torch.Tensor, lam, cap, halvings: int) -> torch.Tensor:
+def focus_rows(act: torch.Tensor, lam, cap, halvings: int, by: str = "activation",
+               xe=None, ids=None, xe_cap: float = math.inf) -> torch.Tensor:
     """The rows that search on after ``halvings`` rounds of successive halving (sorted
-    indices): every row that weighs fluency (their scores do not compare across rows),
-    and the strongest ceil(m / 2**halvings) by activation of the m rows that weigh
-    activation alone."""
+    indices).  ``by="activation"``: every row that weighs fluency (their scores do not
+    compare across rows), and the strongest ceil(m / 2**halvings) by activation of the m
+    rows that weigh activation alone.  ``by="fluent"``: the best ceil(B / 2**halvings) of
+    all B rows, by their member's activation at ``xe`` <= ``xe_cap`` (members above it
+    last); a member that several rows hold counts once, for the row whose cap is the
+    loosest at or under ``xe_cap`` (then the largest lambda), and its other rows rank
+    last."""
+    if by == "fluent":
+        return _focus_fluent(act, xe, ids, lam, cap, halvings, xe_cap)
     pure = ~weighs_fluency(lam, cap)
     m = int(pure.sum())
     if not halvings or m < 2:
@@ -60,6 +67,27 @@ def focus_rows(act: torch.Tensor, lam, cap, halvings: int) -> torch.Tensor:
     chosen = torch.zeros(len(act), dtype=torch.bool, device=act.device)
     chosen[order[:keep]] = True
     return torch.nonzero(chosen | ~pure).flatten()
+
+
+def _focus_fluent(act, xe, ids, lam, cap, halvings: int, xe_cap: float) -> torch.Tensor:
+    B = len(act)
+    if not halvings or B < 2:
+        return torch.arange(B, device=act.device)
+    keep = max(1, math.ceil(B / 2 ** halvings))
+    # the rows in order of preference for a shared member: caps at or under xe_cap from
+    # the loosest, then lambdas from the largest, then the other caps
+    capl, laml = cap.tolist(), lam.tolist()
+    pref = sorted(range(B), key=lambda r: (0, -capl[r]) if capl[r] <= xe_cap
+                  else (1, -laml[r]) if math.isinf(capl[r]) else (2, capl[r]))
+    a, x = act.float().tolist(), xe.float().tolist()
+    seen, key = set(), {}
+    for r in pref:
+        member = tuple(ids[r].tolist())
+        fluent = x[r] <= xe_cap and not math.isnan(a[r])
+        key[r] = a[r] if fluent and member not in seen else -math.inf
+        seen.add(member)
+    ranked = sorted(pref, key=lambda r: -key[r])         # stable: ties keep the preference
+    return torch.tensor(sorted(ranked[:keep]), device=act.device)
 
 
 def population(archive: Archive, lam, cap, dev, distance: int = 0):

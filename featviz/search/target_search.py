@@ -18,7 +18,7 @@ from featviz.search.budget import Clock, weight_copies_fit
 from featviz.search.config import DreamConfig
 from featviz.search.init import init_ids
 from featviz.search.lockstep import Beam, Evaluate, Grads, Sample, Sweep, Verify
-from featviz.search.moves import crossover, propose, rotations
+from featviz.search.moves import crossover, novel, propose, rotations
 from featviz.search.population import (
     Population,
     focus_rows,
@@ -230,14 +230,18 @@ class TargetSearch:
         propose children (as many in all) and sweep."""
         cfg = self.cfg
         sweep = max(1, int(plan["sweep"] * frac)) if plan["sweep"] else 0
-        on = focus_rows(pop.act, self.lam, self.cap, halvings)
+        on = focus_rows(pop.act, self.lam, self.cap, halvings, cfg.swaps.focus_by, pop.xe,
+                        pop.ids, cfg.xe_cap)
         self.stats["focus_rows"] = len(on)
         children = max(1, int(cfg.swaps.children * frac * self.B / len(on)))
         grad, lm = yield Grads(pop.ids[on], self.lam[on], self.cap[on])
-        kids = propose(pop.ids[on], grad.float(), lm.float(), self.mask, children,
-                       cfg.swaps.k_grad, cfg.swaps.k_lm, plan["lm_rows"][on], self.gen,
+        kids = propose(pop.ids[on], grad.float(), lm.float(), self.mask,
+                       children * cfg.swaps.redraw, cfg.swaps.k_grad, cfg.swaps.k_lm,
+                       plan["lm_rows"][on], self.gen,
                        relax_top=None if self.relax_top is None else self.relax_top[on],
                        relax_share=cfg.swaps.relax_share)
+        if cfg.swaps.redraw > 1:
+            kids = novel(kids, len(on), children, self.archive)
         if sweep and self.last_only and not self.tokens.suffix:
             pop = yield from self.sweep(pop, grad, lm, sweep, on)
         rot = self.take_rotations()

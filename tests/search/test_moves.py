@@ -152,3 +152,23 @@ def test_archive_frontier():
            torch.tensor([2.0, 4.0, 5.0, float("inf")]))
     assert [(k, a) for k, a, _ in ar.frontier()] == [((1,), 1.0), ((2,), 3.0)]
     assert ar.best(4.5)[0] == (2,) and ar.best(1.0) is None
+
+
+def test_novel_keeps_each_parents_first_unseen_draws():
+    from featviz.search.moves import novel
+    draws = torch.tensor([[1, 1], [1, 2], [1, 1], [1, 3], [1, 4],      # parent 0
+                          [2, 1], [1, 2], [2, 2], [2, 3], [2, 4]])     # parent 1
+    seen = {(1, 3), (2, 2)}
+    # parent 0: [1, 1], [1, 2] (then a repeat, a seen row, and one over its two);
+    # parent 1: [1, 2] is parent 0's, [2, 2] was scored: [2, 1], [2, 3]
+    assert novel(draws, 2, 2, seen).tolist() == [[1, 1], [1, 2], [2, 1], [2, 3]]
+    assert novel(draws, 2, 9, seen).tolist() == [[1, 1], [1, 2], [1, 4], [2, 1], [2, 3],
+                                                   [2, 4]]
+    assert novel(draws[:0], 0, 2, seen).shape == (0, 2)
+
+
+@pytest.mark.parametrize("redraw", [0, 1.5, True])
+def test_redraw_must_be_a_positive_integer(redraw):
+    from featviz import DreamConfig, FeatvizError
+    with pytest.raises(FeatvizError, match="redraw must be an integer"):
+        DreamConfig(redraw=redraw).check()

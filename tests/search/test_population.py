@@ -142,6 +142,33 @@ def test_focus_rows_halves_the_activation_rows_only():
     assert focus_rows(act[:2], torch.tensor([0.0, 1.0]), cap[:2], 3).tolist() == [0, 1]
 
 
+def test_focus_rows_by_fluent_ranks_every_row_by_its_fluent_activation():
+    from featviz.search.population import focus_rows
+    inf, nan = math.inf, float("nan")
+    # rows: caps 5, 6.5, 8, then lambdas 0, 0.1, 1
+    cap = torch.tensor([5.0, 6.5, 8.0, inf, inf, inf])
+    lam = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.1, 1.0])
+    act = torch.tensor([3.0, 4.0, 9.0, 9.5, 4.0, nan])
+    xe = torch.tensor([4.0, 6.0, 7.5, 9.0, 6.0, 3.0])
+    ids = torch.tensor([[1, 1], [2, 2], [3, 3], [4, 4], [2, 2], [5, 5]])
+    by = dict(by="fluent", xe=xe, ids=ids, xe_cap=6.5)
+    assert focus_rows(act, lam, cap, 0, **by).tolist() == [0, 1, 2, 3, 4, 5]
+    # fluent members first: row 1's (4.0, shared with row 4, counted once, for the row
+    # capped at 6.5), then row 0's (3.0); rows 2 and 3 (xe above 6.5), row 4 (a copy) and
+    # row 5 (NaN) rank last, in the order caps <= 6.5, lambdas from the largest, other caps
+    assert focus_rows(act, lam, cap, 1, **by).tolist() == [0, 1, 5]
+    assert focus_rows(act, lam, cap, 2, **by).tolist() == [0, 1]
+    assert focus_rows(act, lam, cap, 3, **by).tolist() == [1]
+    assert focus_rows(act, lam, cap, 9, **by).tolist() == [1]         # never below one row
+    # the activation rule on the same rows: a single activation row, nothing to halve
+    assert focus_rows(act, lam, cap, 3).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_focus_by_must_be_known():
+    with pytest.raises(FeatvizError, match="focus_by must be activation or fluent"):
+        DreamConfig(focus_by="xe").check()
+
+
 @pytest.mark.parametrize("focus", [(0.6, 0.3), (0.5, 0.5), (1.0,), (0.0,), 0.5, ("a",),
                                    (True,)])
 def test_focus_must_be_increasing_shares(focus):
@@ -171,6 +198,48 @@ def test_focus_gives_the_strongest_rows_all_the_children(llama, monkeypatch, bac
     assert res.stats["focus_rows"] == 2 and res.stats["backend"] == backend
     assert res.stats["sweep_scored"] == (4 + 4 + 2 + 2) * res.stats["sweep"]
     assert res.best is not None and res.config["focus"] == (0.5,)
+
+
+def test_fluent_focus_halves_the_default_search(llama, monkeypatch):
+    """``focus_by: fluent`` halves the default population, whose rows all weigh fluency
+    but the lambda-0 row (the activation rule would keep the other three): in the second
+    half of the swaps the two rows whose members are the strongest at xe <= xe_cap
+    propose all the children."""
+    import featviz.search.target_search as ts
+    calls, kept = [], []
+    real_propose, real_focus = ts.propose, ts.focus_rows
+
+    def spy(ids, *args, **kw):
+        calls.append((len(ids), args[3]))
+        return real_propose(ids, *args, **kw)
+
+    def spy_focus(act, lam, cap, halvings, by, xe, ids, xe_cap):
+        on = real_focus(act, lam, cap, halvings, by, xe, ids, xe_cap)
+        kept.append((on.tolist(), act.tolist(), xe.tolist(), ids.tolist()))
+        return on
+    monkeypatch.setattr(ts, "propose", spy)
+    monkeypatch.setattr(ts, "focus_rows", spy_focus)
+    cfg = DreamConfig(length=6, batch=4, steps=0, swap_iters=4, children=6,
+                      init_samples=16, beam_lams=(), focus=(0.5,), focus_by="fluent",
+                      xe_cap=50.0)
+    res = featviz.dream(llama, "mlp:0:1", cfg.check(), progress=False)
+    assert calls == [(4, 6), (4, 6), (2, 12), (2, 12)]
+    for on, act, xe, ids in kept[2:]:
+        members = {tuple(i): a for i, a, x in zip(ids, act, xe) if x <= 50.0}
+        top = sorted(members.values(), reverse=True)[:2]
+        assert len(on) == 2 and max(act[r] for r in on) == top[0]
+        if len(top) == 2:                   # two distinct members: both kept, not a copy
+            assert sorted(act[r] for r in on) == sorted(top)
+            assert ids[on[0]] != ids[on[1]]
+    assert res.config["focus_by"] == "fluent" and res.best_fluent is not None
+
+
+def test_fluent_preset_is_the_default_search_halving_by_fluency():
+    from featviz.config import load_config
+    fluent = load_config("configs/fluent.yaml", {}).dream.flat()
+    default = load_config("configs/default.yaml", {}).dream.flat()
+    assert {k: v for k, v in fluent.items() if default[k] != v} == {
+        "focus": (0.25, 0.5, 0.75), "focus_by": "fluent"}
 
 
 def test_focus_in_a_group_keeps_each_targets_rows(llama):
