@@ -95,8 +95,8 @@ class SwapConfig:
                                     # 0.25 measured worse, benchmarks/README.md)
     k_relax: int = 16               # those top tokens per position
     focus: tuple = ()               # successive halving: at each of these shares of the swap
-                                    # stage, the rows that weigh activation alone halve; only
-                                    # the strongest of them propose children (as many in all)
+                                    # stage, the rows focus_by names halve; only the
+                                    # strongest of them propose children (as many in all)
                                     # and sweep, the others are kept as they are
     focus_by: str = "activation"    # which rows halve: "activation" (those that weigh
                                     # activation alone, by activation; the others kept) or
