@@ -111,6 +111,15 @@ METHODS = {
                                                  # (8, 4, 2, then 1 row)
     "featviz-fluent-halve3-norelax": {"focus": (0.25, 0.5, 0.75), "focus_by": "fluent",
                                       "relax_fraction": 0.0, "steps": 0},
+    # fixed work, no clock (the setting of a GPU gallery, where the relaxation is
+    # batched across targets and costs little): the same 20 swap iterations with the
+    # relaxation's 60 steps and without it; the result does not depend on the machine's
+    # speed
+    "featviz-fixed": {"budget_seconds": None, "steps": 60, "swap_iters": 20},
+    "featviz-fixed-norelax": {"budget_seconds": None, "steps": 0, "relax_fraction": 0.0,
+                              "swap_iters": 20},
+    "featviz-fixed-simplex": {"budget_seconds": None, "steps": 60, "swap_iters": 20,
+                              "simplex": True, "lr": 0.1},
     # fluent-probe also ran these two with `redraw: 4` (-r4: children never scored
     # before), and fluent-probe2 a definition of focus_by fluent that kept the lambda-0
     # row on (featviz-fluent-focus3, and -focus: halved once at 1/2); neither kept, see
@@ -271,7 +280,9 @@ def seed_table(rows, cmax, methods, specs, seeds):
                 "featviz-jax": "featviz-jax-norelax",
                 "featviz-jax-relax": "featviz-jax-norelax",
                 "featviz-jax-simplex": "featviz-jax-norelax",
-                "featviz-jax-simplex-short": "featviz-jax-norelax"}.get(m)
+                "featviz-jax-simplex-short": "featviz-jax-norelax",
+                "featviz-fixed-simplex": "featviz-fixed-norelax"}.get(m)
+        twin = twin or (m + "-norelax" if m + "-norelax" in methods else None)
         if twin not in methods:
             continue
         both = [s for s in specs if (s, m) in means and (s, twin) in means]

@@ -10,6 +10,8 @@ iterations, no time budget, so every group size does the same work per target):
 - the 8 dev neurons dreamt as one group of 8: each one's fluent ratio (best activation at
   xe <= 6.5 over its corpus max, benchmarks/results/corpus_max_200000.json), and whether
   a group's results equal one-at-a-time on this device;
+- the same group without the relaxation (``steps`` 0): its seconds and fluent ratios, so
+  the relaxation's share of a group's time and what it adds at equal swap work;
 - mining all 1,536 neurons of layer 6 over 20,000 tokens in one streaming pass;
 - the projected hours for all 46,080 MLP neurons (dreaming at the best group's rate plus
   mining of every layer).
@@ -73,7 +75,9 @@ def main() -> None:
     ap.add_argument("--limit-seconds", type=float, default=480.0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--groups", default="1,16,64,max")
+    ap.add_argument("--groups", default="1,16,64,max", help="group sizes to time ('none': "
+                    "skip to the quality)")
+    ap.add_argument("--dev", type=int, default=None, help="only the first N dev neurons")
     args = ap.parse_args()
     t_start = time.perf_counter()
     left = lambda: args.limit_seconds - (time.perf_counter() - t_start)  # noqa: E731
@@ -98,7 +102,7 @@ def main() -> None:
     largest = fit_group(h, featviz.parse_target("mlp:6:0", h), cfg, 1024, limit=1024)
     out["largest_fitting_group"] = largest
     sizes = []
-    for g in args.groups.split(","):
+    for g in ([] if args.groups == "none" else args.groups.split(",")):
         k = largest if g == "max" else int(g)
         if k not in sizes:
             sizes.append(k)
@@ -130,6 +134,7 @@ def main() -> None:
         save()
     # quality at the gallery's settings: the dev neurons as one group, and group == alone?
     dev_specs = json.load(open(DEV))["targets"] if os.path.exists(DEV) else DEV_NEURONS
+    dev_specs = dev_specs[:args.dev]
     cmax = {t: v["max"] for t, v in json.load(open(CMAX))["targets"].items()}
     if left() > 60:
         res, secs, _ = timed_group(h, dev_specs, cfg)
@@ -153,6 +158,17 @@ def main() -> None:
                 round((b.best_fluent.activation if b.best_fluent else 0.0) / cmax[b.target], 3)
                 if cmax.get(b.target) else None for b in solo]
             save()
+    if left() > 60:     # the relaxation's share and worth in a group: the same group without it
+        bare = cfg.replace(steps=0, relax_fraction=0.0)
+        res0, secs0, _ = timed_group(h, dev_specs, bare)
+        r0 = {r.target: None if not cmax.get(r.target) else round(
+            (r.best_fluent.activation if r.best_fluent else 0.0) / cmax[r.target], 3)
+            for r in res0}
+        vals0 = [v for v in r0.values() if v is not None]
+        out["no_relaxation"] = {"seconds": round(secs0, 1), "fluent_ratio": r0,
+                                "median_fluent_ratio": statistics.median(vals0) if vals0
+                                else None}
+        save()
     if left() > 40:
         layer = [featviz.parse_target(f"mlp:6:{i}", h) for i in range(h.d_mlp)]
         sync(dev)
