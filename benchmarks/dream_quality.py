@@ -492,8 +492,12 @@ def main():
     # code before a change: `--import-rows`) come after
     all_methods += [m for m in dict.fromkeys(r["method"] for r in rows) if m not in all_methods]
     all_seeds = sorted({r.get("seed", 0) for r in rows})
+    fixed = [m for m in all_methods if isinstance(METHODS.get(m), dict)
+             and "budget_seconds" in METHODS[m] and METHODS[m]["budget_seconds"] is None]
     title = (f"# Dream quality, {args.budget:g} s per neuron (embedded SmolLM2-135M, 2 CPU "
-             f"cores)\n\n")
+             f"cores)\n\n" if not fixed else
+             f"# Dream quality at fixed work (embedded SmolLM2-135M, 2 CPU cores): "
+             f"{', '.join(fixed)} run set step counts, no clock\n\n")
     if len(all_seeds) > 1:
         md = title + seed_table(rows, cmax, all_methods, specs, all_seeds) + "\n"
     else:
