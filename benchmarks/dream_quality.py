@@ -111,10 +111,10 @@ METHODS = {
                                                  # (8, 4, 2, then 1 row)
     "featviz-fluent-halve3-norelax": {"focus": (0.25, 0.5, 0.75), "focus_by": "fluent",
                                       "relax_fraction": 0.0, "steps": 0},
-    # fixed work, no clock (the setting of a GPU gallery, where the relaxation is
-    # batched across targets and costs little): the same 20 swap iterations with the
-    # relaxation's 60 steps and without it; the result does not depend on the machine's
-    # speed
+    # fixed work, no clock (a GPU gallery's setting: step caps, every stage batched across
+    # targets, the relaxation about an eighth of a target's work): the same 20 swap
+    # iterations with the relaxation's 60 steps and without it; the result does not
+    # depend on the machine's speed
     "featviz-fixed": {"budget_seconds": None, "steps": 60, "swap_iters": 20},
     "featviz-fixed-norelax": {"budget_seconds": None, "steps": 0, "relax_fraction": 0.0,
                               "swap_iters": 20},

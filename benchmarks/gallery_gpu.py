@@ -69,6 +69,17 @@ def timed_group(h, specs, cfg):
     return res, secs, peak
 
 
+def fluent_summary(results, cmax) -> dict:
+    """Each result's fluent ratio (its verified best activation at xe <= xe_cap over its
+    corpus max; 0 when it has none, None without a corpus max) and their median."""
+    ratios = {r.target: None if not cmax.get(r.target) else round(
+        (r.best_fluent.activation if r.best_fluent else 0.0) / cmax[r.target], 3)
+        for r in results}
+    vals = [v for v in ratios.values() if v is not None]
+    return {"fluent_ratio": ratios,
+            "median_fluent_ratio": statistics.median(vals) if vals else None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -79,6 +90,8 @@ def main() -> None:
                     "skip to the quality)")
     ap.add_argument("--dev", type=int, default=None, help="only the first N dev neurons")
     args = ap.parse_args()
+    if args.dev is not None and args.dev < 1:
+        ap.error(f"--dev must be at least 1, got {args.dev}")
     t_start = time.perf_counter()
     left = lambda: args.limit_seconds - (time.perf_counter() - t_start)  # noqa: E731
     out = {"device": None, "groups": [], "quality": None, "mining": None}
@@ -138,14 +151,7 @@ def main() -> None:
     cmax = {t: v["max"] for t, v in json.load(open(CMAX))["targets"].items()}
     if left() > 60:
         res, secs, _ = timed_group(h, dev_specs, cfg)
-        ratios = {}
-        for r in res:
-            m = cmax.get(r.target)
-            a = r.best_fluent.activation if r.best_fluent else 0.0
-            ratios[r.target] = None if not m else round(a / m, 3)
-        vals = [v for v in ratios.values() if v is not None]
-        out["quality"] = {"seconds": round(secs, 1), "fluent_ratio": ratios,
-                          "median_fluent_ratio": statistics.median(vals) if vals else None,
+        out["quality"] = {"seconds": round(secs, 1), **fluent_summary(res, cmax),
                           "texts": {r.target: r.best_fluent.text if r.best_fluent else None
                                     for r in res}}
         save()
@@ -154,20 +160,12 @@ def main() -> None:
             solo = [dream(h, s, cfg, progress=False) for s in dev_specs[:2]]
             out["quality"]["group_equals_alone_first_two"] = [
                 strip(a) == strip(b) for a, b in zip(res[:2], solo)]
-            out["quality"]["alone_fluent_ratio_first_two"] = [
-                round((b.best_fluent.activation if b.best_fluent else 0.0) / cmax[b.target], 3)
-                if cmax.get(b.target) else None for b in solo]
+            out["quality"]["alone_fluent_ratio_first_two"] = list(
+                fluent_summary(solo, cmax)["fluent_ratio"].values())
             save()
     if left() > 60:     # the relaxation's share and worth in a group: the same group without it
-        bare = cfg.replace(steps=0, relax_fraction=0.0)
-        res0, secs0, _ = timed_group(h, dev_specs, bare)
-        r0 = {r.target: None if not cmax.get(r.target) else round(
-            (r.best_fluent.activation if r.best_fluent else 0.0) / cmax[r.target], 3)
-            for r in res0}
-        vals0 = [v for v in r0.values() if v is not None]
-        out["no_relaxation"] = {"seconds": round(secs0, 1), "fluent_ratio": r0,
-                                "median_fluent_ratio": statistics.median(vals0) if vals0
-                                else None}
+        res0, secs0, _ = timed_group(h, dev_specs, cfg.replace(steps=0, relax_fraction=0.0))
+        out["no_relaxation"] = {"seconds": round(secs0, 1), **fluent_summary(res0, cmax)}
         save()
     if left() > 40:
         layer = [featviz.parse_target(f"mlp:6:{i}", h) for i in range(h.d_mlp)]
